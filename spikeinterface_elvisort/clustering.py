@@ -1,0 +1,87 @@
+"""Latent clustering with an automatic number of clusters, one clustering per peak channel."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cluster_latents(
+    latents: np.ndarray,
+    groups: np.ndarray,
+    *,
+    method: str = "gmm_bic",
+    max_components: int = 8,
+    pca_components: int = 6,
+    min_cluster_size: int = 20,
+    seed: int = 0,
+) -> np.ndarray:
+    """Cluster latent means separately within each group (the events' peak channel), so that units far apart on
+    the probe never share a cluster; the count per group is automatic.
+
+    Parameters
+    ----------
+    latents : np.ndarray (num_events, latent_dim)
+    groups : np.ndarray (num_events,)
+        Group of each event (its peak channel).
+    method : "gmm_bic" | "hdbscan", default: "gmm_bic"
+        "gmm_bic": Gaussian mixtures of 1 to ``max_components`` components, the lowest BIC wins.
+        "hdbscan": scikit-learn's HDBSCAN, events outside dense regions become noise.
+    pca_components : int
+        Latents are reduced to this many principal components within each group first.
+    min_cluster_size : int
+        Smaller clusters (and groups) are labelled -1 (noise).
+
+    Returns
+    -------
+    labels : np.ndarray (num_events,)
+        Cluster index, unique across groups, or -1.
+    """
+    labels = np.full(latents.shape[0], -1, dtype=np.int64)
+    next_label = 0
+    for group in np.unique(groups):
+        indices = np.flatnonzero(groups == group)
+        if indices.size < min_cluster_size:
+            continue
+        local = _cluster_group(latents[indices], method, max_components, pca_components, min_cluster_size, seed)
+        for value in np.unique(local[local >= 0]):
+            members = indices[local == value]
+            if members.size >= min_cluster_size:
+                labels[members] = next_label
+                next_label += 1
+    return labels
+
+
+def _cluster_group(features, method, max_components, pca_components, min_cluster_size, seed):
+    from sklearn.decomposition import PCA
+
+    num_components = min(pca_components, features.shape[1], features.shape[0] - 1)
+    if num_components >= 1:
+        features = PCA(n_components=num_components, random_state=seed).fit_transform(features)
+    if method == "gmm_bic":
+        return gmm_bic(features, max_components=max_components, min_cluster_size=min_cluster_size, seed=seed)
+    if method == "hdbscan":
+        from sklearn.cluster import HDBSCAN
+
+        return HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(features)
+    raise ValueError(f"clustering method={method!r} is not valid; choose 'gmm_bic' or 'hdbscan'")
+
+
+def gmm_bic(features: np.ndarray, max_components: int = 8, min_cluster_size: int = 20, seed: int = 0) -> np.ndarray:
+    """Fit Gaussian mixtures with 1..max_components components (full covariance) and keep the one with the lowest
+    Bayesian information criterion; never more components than ``len(features) // min_cluster_size``.
+
+    features (num, dim) -> labels (num,)
+    """
+    from sklearn.mixture import GaussianMixture
+
+    largest = max(1, min(max_components, features.shape[0] // max(min_cluster_size, 1)))
+    best, best_bic = None, np.inf
+    for num in range(1, largest + 1):
+        gmm = GaussianMixture(num, covariance_type="full", random_state=seed, reg_covar=1e-4, n_init=1)
+        gmm.fit(features)
+        bic = gmm.bic(features)
+        if bic < best_bic:
+            best, best_bic = gmm, bic
+        elif num > 2 and bic > best_bic:
+            break  # past the minimum BIC (from 3 components on): more components will not win
+    return best.predict(features)

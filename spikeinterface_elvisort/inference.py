@@ -1,0 +1,36 @@
+"""Batched, gradient-free passes of a trained model over snippets; numpy in, numpy out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _batched(model, method: str, snippets: np.ndarray, device, batch_size: int, positions=None) -> np.ndarray:
+    import torch
+
+    model.to(device)
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(snippets), batch_size):
+            batch = [torch.as_tensor(np.ascontiguousarray(snippets[start : start + batch_size]), device=device)]
+            if positions is not None:
+                batch.append(torch.as_tensor(positions[start : start + batch_size], dtype=torch.float32, device=device))
+            outputs.append(getattr(model, method)(*batch).float().cpu().numpy())
+    if not outputs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(outputs)
+
+
+def encode(model, snippets: np.ndarray, device, batch_size: int = 1024) -> np.ndarray:
+    """Latent means, (num, num_samples, num_channels) -> (num, latent_dim + upper_latent_dim)."""
+    return _batched(model, "encode", snippets, device, batch_size)
+
+
+def predict_proba(model, snippets: np.ndarray, positions: np.ndarray, device, batch_size: int = 1024) -> np.ndarray:
+    """Classifier probabilities, (num, num_samples, num_channels), positions (num, 2) in um -> (num, num_classes);
+    the last class is the non-spike class."""
+    import torch
+
+    logits = _batched(model, "classify", snippets, device, batch_size, positions=positions)
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()

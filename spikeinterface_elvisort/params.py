@@ -1,0 +1,277 @@
+"""Every sorter parameter, declared once: default, description and the stage that reads it.
+
+SpikeInterface merges the user's parameters into ``DEFAULT_PARAMS``, rejects unknown top-level keys and then calls
+``check_params`` (through the sorter's ``_check_params``), so every value here stays plain JSON.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Param:
+    default: object
+    description: str
+    stage: str  # "preprocessing" | "detection" | "snippets" | "model" | "training" | "clustering" | "cleanup" | "run"
+
+
+STAGES = ("preprocessing", "detection", "snippets", "model", "training", "clustering", "cleanup", "run")
+
+PARAMS = {
+    # preprocessing
+    "apply_preprocessing": Param(
+        True,
+        "Band-pass filter and common-median-reference the recording. Set False only when it is already filtered.",
+        "preprocessing",
+    ),
+    "freq_min": Param(300.0, "Low cut-off of the Butterworth band-pass filter (Hz).", "preprocessing"),
+    "freq_max": Param(
+        6000.0, "High cut-off of the band-pass filter (Hz); lowered to 0.45 x sampling rate if above.", "preprocessing"
+    ),
+    "common_reference": Param(
+        True, "Subtract the median across channels (common median reference) after filtering.", "preprocessing"
+    ),
+    "whitening": Param(
+        False, "Whiten the recording locally (spikeinterface.preprocessing.whiten, mode='local').", "preprocessing"
+    ),
+    "cache_preprocessing": Param(
+        "auto",
+        '"auto" | "memory" | "folder" | "no": where the preprocessed traces are cached. "auto" keeps them in memory '
+        "when they take less than a quarter of the available RAM, otherwise in sorter_output/, which bounds memory for "
+        "long recordings; 'no' recomputes the filter at every pass.",
+        "preprocessing",
+    ),
+    # detection
+    "detection_method": Param(
+        "locally_exclusive",
+        '"locally_exclusive" (SpikeInterface detect_peaks: a peak must be the largest within detect_radius_um and '
+        'detect_exclude_sweep_ms) | "algorithm1" (the ELVISort paper\'s Algorithm 1: summed supra-threshold '
+        "mask, one event per snippet span, centred on the largest sample).",
+        "detection",
+    ),
+    "peak_sign": Param('neg', '"neg" | "pos" | "both": polarity of the detected peaks.', "detection"),
+    "detect_threshold": Param(
+        5.0,
+        "Detection threshold in units of the channel's noise level (MAD). For detection_method='algorithm1' this "
+        "is theta of the paper's eq. 6.",
+        "detection",
+    ),
+    "detect_exclude_sweep_ms": Param(
+        0.5, "Two peaks closer in time than this (and within detect_radius_um) count as one event.", "detection"
+    ),
+    "detect_radius_um": Param(50.0, "Spatial radius of the locally exclusive detection (um).", "detection"),
+    # snippets
+    "ms_before": Param(1.0, "Snippet length before the peak (ms).", "snippets"),
+    "ms_after": Param(1.5, "Snippet length after the peak (ms).", "snippets"),
+    "snippet_channels": Param(
+        8,
+        "Number of channels in a snippet: the peak channel and its nearest neighbours, in spatial order "
+        "(capped at the number of channels of the recording).",
+        "snippets",
+    ),
+    # model
+    "model_kwargs": Param(
+        {},
+        "Overrides of the beta-VAE config (spikeinterface_elvisort.models.BetaVAEConfig), e.g. {'beta': 4.0}. "
+        "Fields: latent_dim (32), upper_latent_dim (8), beta (15.0, weight of the KL term), lstm_hidden (32), "
+        "conv_channels (16), num_inception_blocks (4), decoder_hidden (48), attention_heads (4), dropout (0.5), "
+        "classifier_hidden (64), dec_alpha (1.0).",
+        "model",
+    ),
+    # training
+    "train_max_snippets": Param(
+        4000,
+        "Upper bound on the number of events the model is trained on (a uniform random subsample); bounds the "
+        "training time and memory whatever the recording's length.",
+        "training",
+    ),
+    "train_epochs": Param(10, "Epochs of unsupervised beta-VAE training (reconstruction + beta * KL).", "training"),
+    "train_kl_warmup_epochs": Param(
+        4, "Epochs over which the KL weight ramps linearly from 0 to beta (avoids posterior collapse).", "training"
+    ),
+    "train_dec_epochs": Param(
+        2, "Epochs of DEC refinement of the latent (clustering branch) after the first clustering; 0 skips.", "training"
+    ),
+    "train_dec_weight": Param(0.1, "Weight of the DEC clustering loss during refinement.", "training"),
+    "train_classifier_epochs": Param(
+        4, "Epochs of self-training of the classifier branch on confident cluster assignments.", "training"
+    ),
+    "train_batch_size": Param(256, "Mini-batch size for training and for the labelling pass.", "training"),
+    "train_learning_rate": Param(2e-3, "Adam learning rate.", "training"),
+    "train_noise_fraction": Param(
+        0.1,
+        "Noise windows (far from every detection) added to training, as a fraction of the training events; they "
+        "teach the classifier its non-spike class.",
+        "training",
+    ),
+    "mixed_precision": Param(
+        "auto",
+        '"auto" | true | false: bfloat16/float16 autocast on CUDA ("auto" = on for CUDA, always off on the CPU, '
+        "where it would only cost time and determinism).",
+        "training",
+    ),
+    # clustering
+    "clustering_method": Param(
+        "gmm_bic",
+        '"gmm_bic" (Gaussian mixture, component count chosen by BIC) | "hdbscan" (density based, scikit-learn) '
+        "on the latent means, one clustering per peak channel so that distant units never mix.",
+        "clustering",
+    ),
+    "clustering_max_components": Param(
+        8, "Largest number of clusters tried per peak channel by clustering_method='gmm_bic'.", "clustering"
+    ),
+    "clustering_pca_components": Param(
+        6, "Latent means are reduced to this many principal components per channel before clustering.", "clustering"
+    ),
+    "clustering_min_cluster_size": Param(
+        20, "Clusters with fewer training events are treated as noise before self-training.", "clustering"
+    ),
+    "clustering_confidence": Param(
+        0.8,
+        "Fraction of each cluster's events the classifier is self-trained on: those DEC still assigns to the "
+        "cluster, with the highest soft assignment to it (1.0 keeps every event DEC agrees with).",
+        "clustering",
+    ),
+    # clean-up
+    "merge_threshold": Param(
+        0.25,
+        "Two units merge when the normalised distance between their templates (aligned over +-0.3 ms, on the "
+        "union of their channels) is below this value.",
+        "cleanup",
+    ),
+    "duplicate_ms": Param(
+        0.3, "Spikes of the same unit closer than this are duplicates and only the first is kept (ms).", "cleanup"
+    ),
+    "min_spikes_per_unit": Param(10, "Units with fewer spikes are removed.", "cleanup"),
+    "matching_method": Param(
+        "circus-omp",
+        '"circus-omp" | "tdc-peeler" | "none": after labelling, re-find every spike with SpikeInterface template '
+        "matching (sortingcomponents.matching) using the units' templates; recovers spikes hidden in collisions. "
+        '"none" keeps the classifier labels of the detected events.',
+        "cleanup",
+    ),
+    # run
+    "device": Param('auto', '"auto" | "cpu" | "cuda" | "cuda:N": where the network runs; "auto" picks CUDA when present.', "run"),
+    "seed": Param(0, "Random seed (numpy, scikit-learn and torch); the same seed gives the same sorting on the CPU.", "run"),
+    "torch_threads": Param(
+        None, "Threads torch may use on the CPU (None: torch's default, one per core).", "run"
+    ),
+    "save_arrays": Param(
+        False, "Also save peaks, latents and labels as .npy files in sorter_output/ (for inspection).", "run"
+    ),
+    "job_kwargs": Param(
+        {},
+        "SpikeInterface job kwargs for the chunked stages (n_jobs, chunk_duration, ...). progress_bar follows "
+        "verbose.",
+        "run",
+    ),
+}
+
+DEFAULT_PARAMS = {name: param.default for name, param in PARAMS.items()}
+PARAMS_DESCRIPTION = {name: param.description for name, param in PARAMS.items()}
+
+_CHOICES = {
+    "cache_preprocessing": ("auto", "memory", "folder", "no"),
+    "detection_method": ("locally_exclusive", "algorithm1"),
+    "peak_sign": ("neg", "pos", "both"),
+    "mixed_precision": ("auto", True, False),
+    "clustering_method": ("gmm_bic", "hdbscan"),
+    "matching_method": ("circus-omp", "tdc-peeler", "none"),
+}
+_BOOLS = ("apply_preprocessing", "common_reference", "whitening", "save_arrays")
+# name -> (minimum, maximum, integer?); bounds are inclusive
+_NUMBERS = {
+    "freq_min": (0.0, None, False),
+    "freq_max": (0.0, None, False),
+    "detect_threshold": (0.5, None, False),
+    "detect_exclude_sweep_ms": (0.0, 10.0, False),
+    "detect_radius_um": (0.0, None, False),
+    "ms_before": (0.1, 10.0, False),
+    "ms_after": (0.1, 10.0, False),
+    "snippet_channels": (1, None, True),
+    "train_max_snippets": (100, None, True),
+    "train_epochs": (1, None, True),
+    "train_kl_warmup_epochs": (0, None, True),
+    "train_dec_epochs": (0, None, True),
+    "train_dec_weight": (0.0, None, False),
+    "train_classifier_epochs": (1, None, True),
+    "train_batch_size": (2, None, True),
+    "train_learning_rate": (1e-7, 1.0, False),
+    "train_noise_fraction": (0.0, 10.0, False),
+    "clustering_max_components": (1, 100, True),
+    "clustering_pca_components": (1, None, True),
+    "clustering_min_cluster_size": (2, None, True),
+    "clustering_confidence": (0.0, 1.0, False),
+    "merge_threshold": (0.0, 2.0, False),
+    "duplicate_ms": (0.0, 10.0, False),
+    "min_spikes_per_unit": (1, None, True),
+    "seed": (0, 2**32 - 1, True),
+}
+
+
+def _describe_range(low, high):
+    if high is None:
+        return f">= {low}"
+    return f"between {low} and {high}"
+
+
+def check_params(params: dict) -> dict:
+    """Validate a full parameter dict and return it (with ``device`` checked as far as possible without torch).
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter, the value given and the valid values.
+    """
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise ValueError(f"Unknown parameter(s) {unknown}; valid parameters are {sorted(PARAMS)}")
+    missing = sorted(set(PARAMS) - set(params))
+    if missing:
+        raise ValueError(f"Missing parameter(s) {missing}; start from get_default_sorter_params('elvisort')")
+
+    for name, choices in _CHOICES.items():
+        value = params[name]
+        # True == 1 in Python: compare types too so that 1 is not accepted for a boolean choice
+        if not any(value == choice and type(value) is type(choice) for choice in choices):
+            raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
+    for name in _BOOLS:
+        if not isinstance(params[name], bool):
+            raise ValueError(f"{name}={params[name]!r} must be True or False")
+    for name, (low, high, integer) in _NUMBERS.items():
+        value = params[name]
+        if name == "seed" and value is None:
+            continue
+        ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
+        if isinstance(value, bool) or not ok_type:
+            kind = "an integer" if integer else "a number"
+            raise ValueError(f"{name}={value!r} must be {kind} {_describe_range(low, high)}")
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"{name}={value!r} is out of range; it must be {_describe_range(low, high)}")
+    if params["freq_min"] >= params["freq_max"]:
+        raise ValueError(f"freq_min={params['freq_min']} must be below freq_max={params['freq_max']}")
+
+    device = params["device"]
+    if not isinstance(device, str) or not (
+        device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    ):
+        raise ValueError(f'device={device!r} is not valid; use "auto", "cpu", "cuda" or "cuda:N"')
+    threads = params["torch_threads"]
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
+        raise ValueError(f"torch_threads={threads!r} must be None or an integer >= 1")
+
+    if not isinstance(params["job_kwargs"], dict):
+        raise ValueError(f"job_kwargs={params['job_kwargs']!r} must be a dict such as {{'n_jobs': 2}}")
+    model_kwargs = params["model_kwargs"]
+    if not isinstance(model_kwargs, dict):
+        raise ValueError(f"model_kwargs={model_kwargs!r} must be a dict such as {{'beta': 4.0}}")
+    from .models.config import BetaVAEConfig
+
+    tunable = {f.name for f in fields(BetaVAEConfig)} - BetaVAEConfig.derived_fields
+    bad = sorted(set(model_kwargs) - tunable)
+    if bad:
+        raise ValueError(f"model_kwargs has unknown key(s) {bad}; valid keys are {sorted(tunable)}")
+    BetaVAEConfig(num_samples=32, num_channels=4, **model_kwargs).validate()
+    return params

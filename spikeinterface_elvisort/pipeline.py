@@ -1,0 +1,383 @@
+"""The whole ELVISort data flow, top to bottom: one call per stage, one log line per stage."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .clustering import cluster_latents
+from .curation import compute_templates, merge_similar_units, remove_duplicate_spikes, template_snr
+from .detection import detect_spikes
+from .device import resolve_device, seed_everything
+from .inference import encode, predict_proba
+from .models import build_model
+from .preprocessing import cache_recording, preprocess
+from .results import save_arrays, save_checkpoint, save_history, to_sorting
+from .snippets import channel_neighbours, extract_snippets, noise_peaks
+from .training import TrainConfig, train_model
+
+logger = logging.getLogger("spikeinterface_elvisort")
+
+MIN_TEMPLATE_SNR = 3.0  # units whose template peaks below this many noise levels are noise, not neurons
+LABEL_CHUNK = 20_000  # events labelled per pass: memory of the labelling pass does not grow with the recording
+
+
+class _Stages:
+    """Times each stage and logs one line per stage."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.times = {}
+
+    def done(self, stage: str, message: str, *args) -> None:
+        now = time.perf_counter()
+        self.times[stage] = now - self.last
+        logger.info(f"%-14s %6.1f s  {message}", stage, now - self.last, *args)
+        self.last = now
+
+
+def run_elvisort(recording, params: dict, folder: Path, verbose: bool = False):
+    """Sort ``recording`` with ELVISort; writes model.pt, history.csv (and arrays) in ``folder``.
+
+    Parameters
+    ----------
+    recording : BaseRecording
+        Any SpikeInterface recording with a probe; it is never modified.
+    params : dict
+        A full, checked parameter dict (``spikeinterface_elvisort.params.DEFAULT_PARAMS`` updated by the user).
+    folder : Path
+        Output folder (``sorter_output/`` under ``run_sorter``).
+    verbose : bool
+        Progress bars for the chunked stages and training.
+
+    Returns
+    -------
+    sorting : NumpySorting
+        Same sampling frequency and segments as ``recording``.
+    """
+    from spikeinterface.core import get_noise_levels
+    from spikeinterface.core.job_tools import fix_job_kwargs
+
+    folder = Path(folder)
+    stages = _Stages()
+    device = resolve_device(params["device"])
+    rng = seed_everything(params["seed"])
+    seed = int(params["seed"])
+    if params["torch_threads"] is not None:
+        import torch
+
+        torch.set_num_threads(params["torch_threads"])
+    job_kwargs = fix_job_kwargs(params["job_kwargs"])
+    job_kwargs["progress_bar"] = verbose
+    sampling_frequency = recording.sampling_frequency
+    num_segments = recording.get_num_segments()
+    nbefore = int(round(params["ms_before"] * sampling_frequency / 1000.0))
+    nafter = int(round(params["ms_after"] * sampling_frequency / 1000.0))
+    channel_locations = recording.get_channel_locations()[:, :2]
+    logger.info(
+        "elvisort on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s",
+        recording.get_num_channels(), num_segments, recording.get_total_duration(), sampling_frequency, device,
+    )
+
+    # preprocessing
+    preprocessed = preprocess(
+        recording,
+        apply_preprocessing=params["apply_preprocessing"],
+        freq_min=params["freq_min"],
+        freq_max=params["freq_max"],
+        common_reference=params["common_reference"],
+        whitening=params["whitening"],
+        seed=seed,
+    )
+    preprocessed, cache_info = cache_recording(
+        preprocessed, params["cache_preprocessing"], folder / "cache_preprocessing", job_kwargs
+    )
+    noise_levels = get_noise_levels(
+        preprocessed, return_in_uV=False, random_slices_kwargs={"seed": seed}, **(job_kwargs | {"progress_bar": False})
+    )
+    stages.done("preprocessing", "cache: %s", cache_info["mode"])
+
+    # detection
+    peaks = detect_spikes(
+        preprocessed,
+        noise_levels,
+        method=params["detection_method"],
+        peak_sign=params["peak_sign"],
+        detect_threshold=params["detect_threshold"],
+        exclude_sweep_ms=params["detect_exclude_sweep_ms"],
+        radius_um=params["detect_radius_um"],
+        snippet_samples=nbefore + nafter,
+        job_kwargs=job_kwargs,
+    )
+    stages.done("detection", "%d events (%.1f per channel per s)", peaks.size,
+                peaks.size / max(recording.get_num_channels() * recording.get_total_duration(), 1e-9))
+
+    neighbours = channel_neighbours(channel_locations, params["snippet_channels"])
+    num_units = 0
+    final_labels = np.full(peaks.size, -1, dtype=np.int64)
+    history: list[dict] = []
+    model = None
+    if peaks.size >= 2 * params["clustering_min_cluster_size"]:
+        model, history, final_labels, num_units = _learn_and_label(
+            preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
+            job_kwargs, stages, verbose,
+        )
+    else:
+        logger.info("too few events to learn units from (%d): the sorting is empty", peaks.size)
+
+    # clean-up: templates, merges, weak units, optional template matching, duplicates
+    peaks_out, labels_out, num_units, templates = _clean_up(
+        preprocessed, peaks, final_labels, num_units, noise_levels, nbefore, nafter, params, job_kwargs
+    )
+    stages.done("clean-up", "%d units, %d spikes", num_units, int((labels_out >= 0).sum()))
+
+    unit_ids = np.arange(num_units)
+    sorting = to_sorting(peaks_out, labels_out, unit_ids, sampling_frequency, num_segments)
+    if model is not None:
+        extra = {
+            "params": params,
+            "sampling_frequency": sampling_frequency,
+            "channel_ids": list(map(str, recording.channel_ids)),
+            "channel_locations": channel_locations,
+            "noise_levels": noise_levels,
+            "nbefore": nbefore,
+            "nafter": nafter,
+            "unit_ids": unit_ids,
+            "templates": templates,
+        }
+        save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=extra)
+        save_history(folder / "history.csv", history)
+    if params["save_arrays"]:
+        save_arrays(folder, peaks=peaks, labels=final_labels, noise_levels=noise_levels, templates=templates)
+    del preprocessed
+    if cache_info["mode"] == "folder":
+        from spikeinterface.sortingcomponents.tools import clean_cache_preprocessing
+
+        clean_cache_preprocessing(cache_info)
+    logger.info("total %.1f s", time.perf_counter() - stages.start)
+    return sorting
+
+
+def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params,
+                     device, rng, job_kwargs, stages, verbose):
+    """Train the beta-VAE on a subsample, cluster, refine with DEC, self-train the classifier, label every event."""
+    seed = int(params["seed"])
+    positions = channel_locations[peaks["channel_index"]]
+
+    # snippets for training: a bounded random subsample of events, plus noise windows for the non-spike class
+    num_train = min(params["train_max_snippets"], peaks.size)
+    train_indices = np.sort(rng.choice(peaks.size, size=num_train, replace=False))
+    noise = noise_peaks(peaks, preprocessed, int(params["train_noise_fraction"] * num_train), nbefore + nafter, rng)
+    train_snippets = extract_snippets(preprocessed, peaks[train_indices], neighbours, nbefore, nafter)
+    noise_snippets = extract_snippets(preprocessed, noise, neighbours, nbefore, nafter)
+    noise_positions = channel_locations[noise["channel_index"]]
+    stages.done("snippets", "%d training events, %d noise windows, snippet %s",
+                num_train, noise.size, train_snippets.shape[1:])
+
+    # unsupervised beta-VAE
+    model = build_model(
+        "beta_vae",
+        num_samples=nbefore + nafter,
+        num_channels=neighbours.shape[1],
+        input_scale=float(np.std(train_snippets)) or 1.0,
+        **params["model_kwargs"],
+    )
+    beta = model.config.beta
+    mixed = params["mixed_precision"] is True or (params["mixed_precision"] == "auto" and device.type == "cuda")
+    base = TrainConfig(
+        batch_size=params["train_batch_size"], learning_rate=params["train_learning_rate"], mixed_precision=mixed,
+        seed=seed,
+    )
+    all_snippets = np.concatenate([train_snippets, noise_snippets])
+    history = train_model(
+        model, all_snippets,
+        replace(base, epochs=params["train_epochs"], weights={"kl": beta},
+                kl_warmup_epochs=params["train_kl_warmup_epochs"], stage="vae"),
+        device, verbose=verbose,
+    )
+    stages.done("training", "%d epochs, reconstruction %.1f, KL %.2f", params["train_epochs"],
+                history[-1]["reconstruction"], history[-1]["kl"])
+
+    # latent clustering, per peak channel, then merge clusters whose full-probe templates are near-identical
+    latents = encode(model, train_snippets, device, batch_size=params["train_batch_size"] * 4)
+    labels = cluster_latents(
+        latents,
+        peaks["channel_index"][train_indices],
+        method=params["clustering_method"],
+        max_components=params["clustering_max_components"],
+        pca_components=params["clustering_pca_components"],
+        min_cluster_size=params["clustering_min_cluster_size"],
+        seed=seed,
+    )
+    num_clusters = int(labels.max()) + 1
+    num_before_merge = num_clusters
+    if num_clusters:
+        templates = compute_templates(preprocessed, peaks[train_indices], labels, num_clusters, nbefore, nafter,
+                                      job_kwargs)
+        merged = merge_similar_units(templates, np.bincount(labels[labels >= 0], minlength=num_clusters),
+                                     params["merge_threshold"], max_lag=_merge_lag(preprocessed))
+        labels = np.where(labels >= 0, merged[np.maximum(labels, 0)], -1)
+        num_clusters = int(labels.max()) + 1
+    stages.done("clustering", "%d clusters (%s), %d after merging near-identical ones, %d events as noise",
+                num_before_merge, params["clustering_method"], num_clusters, int((labels < 0).sum()))
+    if num_clusters == 0:
+        return model, history, np.full(peaks.size, -1, dtype=np.int64), 0
+
+    # DEC refinement: Student-t soft assignment to centres initialised at the cluster means of the embedding
+    train_positions = positions[train_indices]
+    embedding = np.concatenate([latents, train_positions / model.config.position_scale_um], axis=1)
+    centres = np.stack([embedding[labels == k].mean(axis=0) for k in range(num_clusters)])
+    model.set_centres(centres)
+    confidence = np.ones(num_train)
+    if params["train_dec_epochs"]:
+        history += train_model(
+            model, train_snippets,
+            replace(base, epochs=params["train_dec_epochs"], weights={"kl": beta, "dec": params["train_dec_weight"]},
+                    stage="dec"),
+            device, positions=train_positions, verbose=verbose,
+        )
+        q = _soft_assignment(model, train_snippets, train_positions, device, params["train_batch_size"] * 4)
+        confidence = np.where(np.argmax(q, axis=1) == labels, q[np.arange(num_train), np.maximum(labels, 0)], -1.0)
+    confident = _most_confident(labels, confidence, params["clustering_confidence"])
+
+    # self-training of the classifier branch: confident events + the non-spike class
+    model.set_num_classes(num_clusters + 1)
+    targets = np.concatenate([np.where(confident, labels, -1), np.full(noise.size, num_clusters)])
+    history += train_model(
+        model, all_snippets,
+        replace(base, epochs=params["train_classifier_epochs"], trainable="encoder_classifier", stage="classifier"),
+        device, labels=targets, positions=np.concatenate([train_positions, noise_positions]), verbose=verbose,
+    )
+    stages.done("self-training", "%d of %d events confident, %d classes", int(confident.sum()), num_train,
+                num_clusters + 1)
+
+    # one batched labelling pass over every event, chunk by chunk
+    final_labels = np.empty(peaks.size, dtype=np.int64)
+    for start in range(0, peaks.size, LABEL_CHUNK):
+        chunk = slice(start, start + LABEL_CHUNK)
+        snippets = extract_snippets(preprocessed, peaks[chunk], neighbours, nbefore, nafter)
+        probabilities = predict_proba(model, snippets, positions[chunk], device, params["train_batch_size"] * 4)
+        final_labels[chunk] = np.argmax(probabilities, axis=1)
+    final_labels[final_labels == num_clusters] = -1  # the non-spike class
+    stages.done("labelling", "%d events labelled as spikes, %d as noise", int((final_labels >= 0).sum()),
+                int((final_labels < 0).sum()))
+    return model, history, final_labels, num_clusters
+
+
+def _most_confident(labels, confidence, fraction):
+    """Per cluster, the ``fraction`` of its events with the highest confidence (events with confidence < 0, those
+    DEC moved to another cluster, never count)."""
+    confident = np.zeros(labels.size, dtype=bool)
+    for label in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero((labels == label) & (confidence >= 0))
+        if members.size == 0:
+            continue
+        cut = np.quantile(confidence[members], 1.0 - fraction)
+        confident[members[confidence[members] >= cut]] = True
+    return confident
+
+
+def _soft_assignment(model, snippets, positions, device, batch_size):
+    import torch
+
+    latents = encode(model, snippets, device, batch_size)
+    embedding = model.embed(torch.from_numpy(latents), torch.as_tensor(positions, dtype=torch.float32))
+    model.cpu()
+    with torch.no_grad():
+        q = model.soft_assignment(embedding).numpy()
+    model.to(device)
+    return q
+
+
+def _merge_lag(recording) -> int:
+    return int(round(0.3e-3 * recording.sampling_frequency))
+
+
+def _clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter, params, job_kwargs):
+    """Merge near-identical units, drop weak and tiny units, optionally re-find spikes by template matching,
+    remove duplicates. Returns (events, labels, num_units, templates)."""
+    sampling_frequency = recording.sampling_frequency
+    empty_templates = np.zeros((0, nbefore + nafter, recording.get_num_channels()), dtype=np.float32)
+    if num_units == 0:
+        return peaks, labels, 0, empty_templates
+
+    templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
+    counts = np.bincount(labels[labels >= 0], minlength=num_units)
+    merged = merge_similar_units(templates, counts, params["merge_threshold"], max_lag=_merge_lag(recording))
+    labels = np.where(labels >= 0, merged[np.maximum(labels, 0)], -1)
+    num_units = int(merged.max()) + 1
+    templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
+
+    # weak (noise-like) and tiny units go
+    counts = np.bincount(labels[labels >= 0], minlength=num_units)
+    keep_units = (template_snr(templates, noise_levels) >= MIN_TEMPLATE_SNR) & (
+        counts >= params["min_spikes_per_unit"]
+    )
+    labels, num_units, templates = _keep(labels, keep_units, templates)
+
+    if params["matching_method"] != "none" and num_units:
+        peaks, labels, kept = _match(recording, templates, noise_levels, nbefore, params["matching_method"],
+                                     job_kwargs)
+        templates = templates[kept]
+        num_units = templates.shape[0]
+
+    censor = max(int(round(params["duplicate_ms"] * sampling_frequency / 1000.0)), 1)
+    keep = remove_duplicate_spikes(peaks["sample_index"], labels, peaks["segment_index"], censor) & (labels >= 0)
+    peaks, labels = peaks[keep], labels[keep]
+    # spikes whose window would reach past the end of the segment (SpikeInterface's remove_excess_spikes rule)
+    lengths = np.array([recording.get_num_samples(s) for s in range(recording.get_num_segments())])
+    inside = peaks["sample_index"] < lengths[peaks["segment_index"]]
+    peaks, labels = peaks[inside], labels[inside]
+
+    # no empty units
+    counts = np.bincount(labels, minlength=num_units)
+    labels, num_units, templates = _keep(labels, counts >= params["min_spikes_per_unit"], templates)
+    keep = labels >= 0
+    return peaks[keep], labels[keep], num_units, templates
+
+
+def _keep(labels, keep_units, templates):
+    new_index = np.cumsum(keep_units) - 1
+    labels = np.where((labels >= 0) & keep_units[np.maximum(labels, 0)], new_index[np.maximum(labels, 0)], -1)
+    return labels, int(keep_units.sum()), templates[keep_units]
+
+
+def _match(recording, templates_array, noise_levels, nbefore, method, job_kwargs):
+    """SpikeInterface template matching with the units' templates; returns (events, labels, kept unit mask)."""
+    from spikeinterface.core import Templates
+    from spikeinterface.core.node_pipeline import base_peak_dtype
+    from spikeinterface.sortingcomponents.matching import find_spikes_from_templates
+    from spikeinterface.sortingcomponents.tools import clean_templates
+
+    num_units = templates_array.shape[0]
+    templates = Templates(
+        templates_array=templates_array,
+        sampling_frequency=recording.sampling_frequency,
+        nbefore=nbefore,
+        channel_ids=recording.channel_ids,
+        unit_ids=np.arange(num_units),
+        probe=recording.get_probe(),
+        is_in_uV=False,
+    )
+    templates = clean_templates(
+        templates, sparsify_threshold=1.5, noise_levels=noise_levels, min_snr=MIN_TEMPLATE_SNR, max_jitter_ms=None,
+        remove_empty=True,
+    )
+    kept = np.isin(np.arange(num_units), templates.unit_ids)
+    method_kwargs = {"noise_levels": noise_levels} if method == "tdc-peeler" else {}
+    spikes = find_spikes_from_templates(
+        recording, templates, method=method, method_kwargs=method_kwargs, job_kwargs=job_kwargs
+    )
+    events = np.zeros(spikes.size, dtype=base_peak_dtype)
+    events["sample_index"] = spikes["sample_index"]
+    events["segment_index"] = spikes["segment_index"]
+    events["channel_index"] = spikes["channel_index"]
+    events["amplitude"] = spikes["amplitude"]
+    # templates.unit_ids are the original unit indices of the kept units; renumber 0..kept-1
+    new_index = np.cumsum(kept) - 1
+    labels = new_index[templates.unit_ids[spikes["cluster_index"]]].astype(np.int64)
+    return events, labels, kept

@@ -1,0 +1,78 @@
+"""SpikeInterface adapters: thin, stateless sorter classes; the algorithm lives in pipeline.py."""
+
+from __future__ import annotations
+
+import logging
+from importlib.util import find_spec
+from pathlib import Path
+
+from spikeinterface.sorters.internal.si_based import ComponentsBasedSorter
+
+from .params import DEFAULT_PARAMS, PARAMS_DESCRIPTION, check_params
+
+
+class ElvisortSorter(ComponentsBasedSorter):
+    """ELVISort: a beta-VAE (BiLSTM + inception encoder, hierarchical 32 + 8 latent, LSTM + attention decoder,
+    classifier and DEC branches) trained on the recording itself, latent clustering, self-trained classifier."""
+
+    sorter_name = "elvisort"
+    gpu_capability = "nvidia-optional"
+    requires_locations = True
+    handle_multi_segment = True
+    compatible_with_parallel = {"loky": True, "multiprocessing": True, "threading": False}
+    _default_params = DEFAULT_PARAMS
+    _params_description = PARAMS_DESCRIPTION
+    installation_mesg = "pip install spikeinterface-elvisort  (torch: pip install torch)"
+
+    @classmethod
+    def is_installed(cls) -> bool:
+        return find_spec("torch") is not None and find_spec("sklearn") is not None
+
+    @classmethod
+    def get_sorter_version(cls) -> str:
+        from . import __version__
+
+        return __version__
+
+    @classmethod
+    def use_gpu(cls, params) -> bool:
+        return params.get("device", "auto") != "cpu"
+
+    @classmethod
+    def _check_params(cls, recording, output_folder, params):
+        return check_params(params)
+
+    @classmethod
+    def _run_from_folder(cls, sorter_output_folder, params, verbose):
+        from .pipeline import run_elvisort
+
+        sorter_output_folder = Path(sorter_output_folder)
+        recording = cls.load_recording_from_folder(sorter_output_folder.parent, with_warnings=False)
+        with _log_to(sorter_output_folder / f"{cls.sorter_name}.log", verbose):
+            sorting = run_elvisort(recording, params, folder=sorter_output_folder, verbose=verbose)
+        sorting.save(folder=sorter_output_folder / "sorting")
+
+
+class _log_to:
+    """Route the package's log records to ``file_path`` (always) and to the console (when verbose)."""
+
+    def __init__(self, file_path: Path, verbose: bool):
+        self.logger = logging.getLogger("spikeinterface_elvisort")
+        self.handlers = [logging.FileHandler(file_path, mode="w", encoding="utf8")]
+        if verbose:
+            self.handlers.append(logging.StreamHandler())
+        formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        for handler in self.handlers:
+            handler.setFormatter(formatter)
+
+    def __enter__(self):
+        self.previous_level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        for handler in self.handlers:
+            self.logger.addHandler(handler)
+
+    def __exit__(self, *exc):
+        for handler in self.handlers:
+            self.logger.removeHandler(handler)
+            handler.close()
+        self.logger.setLevel(self.previous_level)
