@@ -19,6 +19,10 @@ def register_sorters() -> None:
     """Add our sorters to SpikeInterface's sorter list (idempotent)."""
     from spikeinterface.sorters import sorterlist
 
+    ours = sys.modules.get(__package__ + ".sorters")
+    if ours is not None and not hasattr(ours, "ElvisortSorter"):
+        # our sorters module is importing spikeinterface.sorters right now; it registers itself when it is done
+        return
     from .sorters import ElvisortSorter
 
     for sorter_class in (ElvisortSorter,):

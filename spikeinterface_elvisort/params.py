@@ -96,7 +96,10 @@ PARAMS = {
     ),
     "train_dec_weight": Param(0.1, "Weight of the DEC clustering loss during refinement.", "training"),
     "train_classifier_epochs": Param(
-        4, "Epochs of self-training of the classifier branch on confident cluster assignments.", "training"
+        40,
+        "Epochs of self-training of the classifier branch on confident cluster assignments (the encoder is frozen "
+        "and runs once, so these epochs are cheap).",
+        "training",
     ),
     "train_batch_size": Param(256, "Mini-batch size for training and for the labelling pass.", "training"),
     "train_learning_rate": Param(2e-3, "Adam learning rate.", "training"),
@@ -136,7 +139,7 @@ PARAMS = {
     ),
     # clean-up
     "merge_threshold": Param(
-        0.25,
+        0.3,
         "Two units merge when the normalised distance between their templates (aligned over +-0.3 ms, on the "
         "union of their channels) is below this value.",
         "cleanup",

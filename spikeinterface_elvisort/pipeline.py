@@ -184,6 +184,7 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
         num_samples=nbefore + nafter,
         num_channels=neighbours.shape[1],
         input_scale=float(np.std(train_snippets)) or 1.0,
+        noise_level=float(np.median(noise_levels)) or 1.0,
         **params["model_kwargs"],
     )
     beta = model.config.beta
@@ -249,7 +250,7 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
     targets = np.concatenate([np.where(confident, labels, -1), np.full(noise.size, num_clusters)])
     history += train_model(
         model, all_snippets,
-        replace(base, epochs=params["train_classifier_epochs"], trainable="encoder_classifier", stage="classifier"),
+        replace(base, epochs=params["train_classifier_epochs"], trainable="classifier", stage="classifier"),
         device, labels=targets, positions=np.concatenate([train_positions, noise_positions]), verbose=verbose,
     )
     stages.done("self-training", "%d of %d events confident, %d classes", int(confident.sum()), num_train,

@@ -76,3 +76,13 @@ class _log_to:
             self.logger.removeHandler(handler)
             handler.close()
         self.logger.setLevel(self.previous_level)
+
+
+def _register_when_imported():
+    # importing this module first (before spikeinterface.sorters) must register too: see _registration.py
+    from ._registration import register_sorters
+
+    register_sorters()
+
+
+_register_when_imported()

@@ -37,14 +37,13 @@ def train_model(
     from tqdm.auto import tqdm
 
     model.to(device)
+    if config.trainable == "classifier":
+        return _train_classifier_head(model, snippets, labels, positions, config, device, verbose)
     data = torch.as_tensor(np.ascontiguousarray(snippets), dtype=torch.float32, device=device)
     target = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
     where = None if positions is None else torch.as_tensor(positions, dtype=torch.float32, device=device)
     reconstruct = config.trainable == "all"
-    if config.trainable == "classifier":
-        parameters = list(model.classifier.parameters())
-    else:
-        parameters = [p for name, p in model.named_parameters() if reconstruct or not name.startswith("decoder")]
+    parameters = [p for name, p in model.named_parameters() if reconstruct or not name.startswith("decoder")]
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     autocast = (
@@ -57,9 +56,6 @@ def train_model(
     epochs = tqdm(range(config.epochs), desc=f"elvisort {config.stage}", disable=not verbose, leave=False)
     for epoch in epochs:
         model.train()
-        if config.trainable == "classifier":
-            model.eval()  # frozen encoder: keep batch-norm statistics and dropout of the encoder fixed
-            model.classifier.train()
         weights = dict(config.weights)
         if config.kl_warmup_epochs:
             weights["kl"] = weights.get("kl", 1.0) * min(1.0, (epoch + 1) / config.kl_warmup_epochs)
@@ -90,5 +86,39 @@ def train_model(
         history.append(row)
         epochs.set_postfix(loss=f"{row.get('total', float('nan')):.3g}")
         logger.debug("%s epoch %d: %s", config.stage, epoch, row)
+    model.eval()
+    return history
+
+
+def _train_classifier_head(model, snippets, labels, positions, config: TrainConfig, device, verbose: bool) -> list[dict]:
+    """Classifier branch only, everything else frozen: the encoder runs once (eval mode, no gradients) and the
+    head trains on the cached embeddings, so many epochs cost about as much as one encoder pass."""
+    import torch
+    from torch.nn import functional as F
+    from tqdm.auto import tqdm
+
+    from .inference import encode
+
+    known = np.flatnonzero(np.asarray(labels) >= 0)
+    latents = torch.as_tensor(encode(model, snippets[known], device), device=device)
+    features = model.embed(latents, torch.as_tensor(positions[known], dtype=torch.float32, device=device))
+    target = torch.as_tensor(np.asarray(labels)[known], dtype=torch.long, device=device)
+    optimizer = torch.optim.Adam(model.classifier.parameters(), lr=config.learning_rate)
+    generator = torch.Generator().manual_seed(config.seed)
+    history = []
+    for epoch in tqdm(range(config.epochs), desc=f"elvisort {config.stage}", disable=not verbose, leave=False):
+        model.classifier.train()
+        order = torch.randperm(known.size, generator=generator).to(device)
+        total, count = 0.0, 0
+        for start in range(0, known.size, config.batch_size):
+            batch = order[start : start + config.batch_size]
+            loss = F.cross_entropy(model.classifier(features[batch]), target[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            count += 1
+        history.append({"stage": config.stage, "epoch": epoch, "classification": total / max(count, 1),
+                        "total": total / max(count, 1)})
     model.eval()
     return history

@@ -172,10 +172,11 @@ class BetaVAE(nn.Module):
         prior_logvar = prior_logvar.clamp(-12.0, 8.0)
 
         reconstruction = self.decode(torch.cat([z1, z2], dim=1))
-        scale = self.config.input_scale
+        noise = self.config.noise_level
         losses = {
-            # eq. 2: squared error summed over the snippet, averaged over the batch
-            "reconstruction": ((reconstruction - snippets) / scale).pow(2).sum(dim=(1, 2)).mean(),
+            # eq. 2: squared error summed over the snippet, averaged over the batch; in noise units it reads as a
+            # Gaussian log-likelihood with the noise's variance, so beta keeps its meaning whatever the gain
+            "reconstruction": ((reconstruction - snippets) / noise).pow(2).sum(dim=(1, 2)).mean(),
             "kl": (gaussian_kl(mu1, logvar1, prior_mu, prior_logvar) + gaussian_kl(mu2, logvar2)).mean(),
         }
         return self._head_losses(reconstruction, losses, torch.cat([mu1, mu2], dim=1), labels, positions)

@@ -13,7 +13,8 @@ class BetaVAEConfig:
     num_channels: int  # channels per snippet; set from the data
     num_classes: int = 0  # classifier outputs: units + 1 non-spike class; set after clustering
     num_clusters: int = 0  # DEC centres; set after clustering
-    input_scale: float = 1.0  # snippets are divided by this (set from the training data) before the network
+    input_scale: float = 1.0  # snippets are divided by this (their std, set from the data) before the network
+    noise_level: float = 1.0  # reconstruction errors are measured in this unit (the recording's noise level)
     latent_dim: int = 32  # lower latent (the paper's 32)
     upper_latent_dim: int = 8  # upper latent of the hierarchical layout (the paper's 8; 40 latents in all)
     beta: float = 15.0  # weight of the KL term (beta=1 is a plain VAE; the paper uses 15)
@@ -29,7 +30,9 @@ class BetaVAEConfig:
     position_scale_um: float = 40.0  # event positions (side features of the classifier and DEC) are divided by this
 
     # set by the pipeline from the data, not by users
-    derived_fields = frozenset({"num_samples", "num_channels", "num_classes", "num_clusters", "input_scale"})
+    derived_fields = frozenset(
+        {"num_samples", "num_channels", "num_classes", "num_clusters", "input_scale", "noise_level"}
+    )
 
     def validate(self) -> "BetaVAEConfig":
         positive_ints = ("samples_per_step", "latent_dim", "upper_latent_dim", "lstm_hidden", "conv_channels", "decoder_hidden",

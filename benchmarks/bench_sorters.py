@@ -1,0 +1,165 @@
+"""Ground-truth benchmark: elvisort beside SpikeInterface's internal sorters (and Kilosort4 when installed).
+
+Every sorter runs through ``run_sorter`` on the same recordings, one after the other, in this process; the wall time
+is that of the whole ``run_sorter`` call. Accuracy, precision and recall come from
+``compare_sorter_to_ground_truth(exhaustive_gt=True)`` (match window 0.4 ms, SpikeInterface's default), averaged over
+ground-truth units with SNR >= --min-snr (SNR: SpikeInterface's ``snr`` quality metric on the recording).
+
+Examples
+--------
+python benchmarks/bench_sorters.py --sets static --seeds 0 1 --sorters elvisort tridesclous2
+python benchmarks/bench_sorters.py --sets static lowsnr mearec --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SORTERS = ["elvisort", "tridesclous2", "spykingcircus2", "lupin", "kilosort4"]
+MEAREC_FOLDER = Path("/tmp/mearec_recordings/dev")
+
+
+def generated(seed: int, duration: float, noise_level: float, num_channels: int = 32, num_units: int = 15):
+    from spikeinterface.core import generate_ground_truth_recording
+
+    return generate_ground_truth_recording(
+        durations=[duration],
+        sampling_frequency=30000.0,
+        num_channels=num_channels,
+        num_units=num_units,
+        noise_kwargs=dict(noise_levels=noise_level, strategy="on_the_fly"),
+        seed=seed,
+    )
+
+
+def datasets(sets, seeds, duration, folder):
+    """Yield (set name, dataset name, recording, ground-truth sorting)."""
+    for name in sets:
+        if name in ("static", "lowsnr"):
+            noise = 5.0 if name == "static" else 10.0
+            for seed in seeds:
+                recording, sorting = generated(seed, duration, noise)
+                # generated recordings are lazy and not serialisable for run_sorter: write them once, for everyone
+                recording = recording.save(folder=folder / f"{name}_seed{seed}", overwrite=True, n_jobs=1)
+                yield name, f"{name}_seed{seed}", recording, sorting
+        elif name == "mearec":
+            import spikeinterface.extractors as se
+
+            files = sorted(MEAREC_FOLDER.glob("*.h5"))
+            if not files:
+                print(f"# mearec: no recordings in {MEAREC_FOLDER}; run ../shared/data/mearec/make_recordings.py")
+            for file_path in files:
+                recording, sorting = se.read_mearec(file_path)
+                yield name, file_path.stem, recording, sorting
+        else:
+            raise ValueError(f"unknown set {name!r}")
+
+
+def unit_snr(recording, sorting, seed=0):
+    from spikeinterface.core import create_sorting_analyzer
+    from spikeinterface.metrics import compute_quality_metrics
+
+    analyzer = create_sorting_analyzer(sorting, recording, sparse=True, format="memory")
+    analyzer.compute(["random_spikes", "templates", "noise_levels"], extension_params={"random_spikes": {"seed": seed}})
+    return compute_quality_metrics(analyzer, metric_names=["snr"])["snr"]
+
+
+def run_one(sorter, recording, folder, params):
+    import spikeinterface.sorters as ss
+
+    start = time.perf_counter()
+    sorting = ss.run_sorter(sorter, recording, folder=folder, remove_existing_folder=True, verbose=False, **params)
+    return sorting, time.perf_counter() - start
+
+
+def versions():
+    import spikeinterface
+
+    out = {"python": platform.python_version(), "spikeinterface": spikeinterface.__version__}
+    for module in ("torch", "spikeinterface_elvisort", "kilosort", "numpy", "sklearn"):
+        try:
+            out[module] = __import__(module).__version__
+        except Exception:
+            pass
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", default=["static"], choices=["static", "lowsnr", "mearec"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--duration", type=float, default=120.0)
+    parser.add_argument("--sorters", nargs="+", default=DEFAULT_SORTERS)
+    parser.add_argument("--min-snr", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--elvisort-params", type=json.loads, default={}, help="JSON dict of elvisort parameters")
+    args = parser.parse_args(argv)
+
+    import pandas as pd
+    import spikeinterface.sorters as ss
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    installed = set(ss.installed_sorters())
+    sorters = []
+    for sorter in args.sorters:
+        if sorter in installed:
+            sorters.append(sorter)
+        else:
+            print(f"# {sorter}: not installed, skipped (pip install 'spikeinterface-elvisort[bench]')")
+
+    rows = []
+    recordings_folder = args.out / "recordings"
+    for set_name, dataset, recording, gt_sorting in datasets(args.sets, args.seeds, args.duration, recordings_folder):
+        snr = unit_snr(recording, gt_sorting)
+        selected = snr.index[snr.values >= args.min_snr]
+        for sorter in sorters:
+            params = args.elvisort_params if sorter == "elvisort" else {}
+            folder = args.out / "work" / f"{dataset}_{sorter}"
+            try:
+                sorting, wall = run_one(sorter, recording, folder, params)
+            except Exception as error:  # a peer failing must not lose the other rows
+                print(f"# {sorter} failed on {dataset}: {error!r}")
+                continue
+            performance = compare_sorter_to_ground_truth(gt_sorting, sorting, exhaustive_gt=True).get_performance()
+            performance = performance.loc[selected]
+            rows.append(
+                {
+                    "set": set_name,
+                    "dataset": dataset,
+                    "sorter": sorter,
+                    "gt_units": len(selected),
+                    "found_units": len(sorting.unit_ids),
+                    "accuracy": performance["accuracy"].astype(float).mean(),
+                    "precision": performance["precision"].astype(float).mean(),
+                    "recall": performance["recall"].astype(float).mean(),
+                    "wall_s": wall,
+                    "xspeed": recording.get_total_duration() / wall,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+            shutil.rmtree(folder, ignore_errors=True)
+
+    table = pd.DataFrame(rows)
+    table.to_csv(args.out / "results.csv", index=False)
+    summary = table.groupby(["set", "sorter"])[["accuracy", "precision", "recall", "wall_s", "xspeed"]].mean()
+    header = (
+        f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.node()} ({platform.processor() or platform.machine()},"
+        f" {__import__('os').cpu_count()} cores); versions: {versions()}\n"
+        f"command: python {' '.join(sys.argv)}\n"
+    )
+    markdown = header + "\n" + table.round(3).to_markdown(index=False) + "\n\n" + summary.round(3).to_markdown() + "\n"
+    (args.out / "results.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
