@@ -62,7 +62,16 @@ def _cluster_group(features, method, max_components, pca_components, min_cluster
     if method == "hdbscan":
         from sklearn.cluster import HDBSCAN
 
-        return HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(features)
+        labels = HDBSCAN(min_cluster_size=min_cluster_size, allow_single_cluster=True, copy=True).fit_predict(features)
+        if not np.any(labels >= 0):
+            return np.zeros(features.shape[0], dtype=np.int64)
+        if np.mean(labels < 0) > 0.5:
+            # with a single unit on the channel HDBSCAN keeps only the densest core as a cluster: give the rest
+            # to the nearest cluster centre instead of calling most of the unit noise
+            centres = np.stack([features[labels == k].mean(axis=0) for k in np.unique(labels[labels >= 0])])
+            nearest = np.argmin(((features[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
+            labels = np.where(labels >= 0, labels, np.unique(labels[labels >= 0])[nearest])
+        return labels
     raise ValueError(f"clustering method={method!r} is not valid; choose 'gmm_bic' or 'hdbscan'")
 
 

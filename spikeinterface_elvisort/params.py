@@ -53,15 +53,20 @@ PARAMS = {
     ),
     "peak_sign": Param('neg', '"neg" | "pos" | "both": polarity of the detected peaks.', "detection"),
     "detect_threshold": Param(
-        5.0,
+        4.5,
         "Detection threshold in units of the channel's noise level (MAD). For detection_method='algorithm1' this "
         "is theta of the paper's eq. 6.",
         "detection",
     ),
     "detect_exclude_sweep_ms": Param(
-        0.5, "Two peaks closer in time than this (and within detect_radius_um) count as one event.", "detection"
+        1.0, "Two peaks closer in time than this (and within detect_radius_um) count as one event.", "detection"
     ),
-    "detect_radius_um": Param(50.0, "Spatial radius of the locally exclusive detection (um).", "detection"),
+    "detect_radius_um": Param(
+        100.0,
+        "Spatial radius of the locally exclusive detection (um). Wide enough that a large spike is one event, not "
+        "one per distant channel; template matching recovers the spikes this hides in collisions.",
+        "detection",
+    ),
     # snippets
     "ms_before": Param(1.0, "Snippet length before the peak (ms).", "snippets"),
     "ms_after": Param(1.5, "Snippet length after the peak (ms).", "snippets"),
@@ -75,9 +80,9 @@ PARAMS = {
     "model_kwargs": Param(
         {},
         "Overrides of the beta-VAE config (spikeinterface_elvisort.models.BetaVAEConfig), e.g. {'beta': 4.0}. "
-        "Fields: latent_dim (32), upper_latent_dim (8), beta (15.0, weight of the KL term), lstm_hidden (32), "
-        "conv_channels (16), num_inception_blocks (4), decoder_hidden (48), attention_heads (4), dropout (0.5), "
-        "classifier_hidden (64), dec_alpha (1.0).",
+        "Fields: latent_dim (32), upper_latent_dim (8), beta (15.0, weight of the KL term), samples_per_step (3), "
+        "lstm_hidden (32), conv_channels (16), num_inception_blocks (4), decoder_hidden (48), attention_heads (4), "
+        "dropout (0.5), classifier_hidden (64), dec_alpha (1.0), position_scale_um (40.0).",
         "model",
     ),
     # training
@@ -155,6 +160,12 @@ PARAMS = {
         '"none" keeps the classifier labels of the detected events.',
         "cleanup",
     ),
+    "auto_merge": Param(
+        True,
+        "After template matching, merge over-split units with SpikeInterface's auto-merge (template similarity "
+        "and cross-contamination presets, as Tridesclous2 and SpykingCircus2 do).",
+        "cleanup",
+    ),
     # run
     "device": Param('auto', '"auto" | "cpu" | "cuda" | "cuda:N": where the network runs; "auto" picks CUDA when present.', "run"),
     "seed": Param(0, "Random seed (numpy, scikit-learn and torch); the same seed gives the same sorting on the CPU.", "run"),
@@ -183,7 +194,7 @@ _CHOICES = {
     "clustering_method": ("gmm_bic", "hdbscan"),
     "matching_method": ("circus-omp", "tdc-peeler", "none"),
 }
-_BOOLS = ("apply_preprocessing", "common_reference", "whitening", "save_arrays")
+_BOOLS = ("apply_preprocessing", "common_reference", "whitening", "auto_merge", "save_arrays")
 # name -> (minimum, maximum, integer?); bounds are inclusive
 _NUMBERS = {
     "freq_min": (0.0, None, False),

@@ -59,18 +59,26 @@ def run_elvisort(recording, params: dict, folder: Path, verbose: bool = False):
     sorting : NumpySorting
         Same sampling frequency and segments as ``recording``.
     """
+    import torch
+
+    folder = Path(folder)
+    device = resolve_device(params["device"])
+    rng = seed_everything(params["seed"])
+    previous_threads = torch.get_num_threads()
+    if params["torch_threads"] is not None:
+        torch.set_num_threads(params["torch_threads"])
+    try:
+        return _run(recording, params, folder, verbose, device, rng)
+    finally:
+        torch.set_num_threads(previous_threads)  # the caller's process keeps its own setting
+
+
+def _run(recording, params, folder, verbose, device, rng):
     from spikeinterface.core import get_noise_levels
     from spikeinterface.core.job_tools import fix_job_kwargs
 
-    folder = Path(folder)
     stages = _Stages()
-    device = resolve_device(params["device"])
-    rng = seed_everything(params["seed"])
     seed = int(params["seed"])
-    if params["torch_threads"] is not None:
-        import torch
-
-        torch.set_num_threads(params["torch_threads"])
     job_kwargs = fix_job_kwargs(params["job_kwargs"])
     job_kwargs["progress_bar"] = verbose
     sampling_frequency = recording.sampling_frequency
@@ -321,10 +329,13 @@ def _clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter
     labels, num_units, templates = _keep(labels, keep_units, templates)
 
     if params["matching_method"] != "none" and num_units:
-        peaks, labels, kept = _match(recording, templates, noise_levels, nbefore, params["matching_method"],
-                                     job_kwargs)
-        templates = templates[kept]
-        num_units = templates.shape[0]
+        peaks, labels, kept, templates_object = _match(
+            recording, templates, noise_levels, nbefore, params["matching_method"], job_kwargs
+        )
+        num_units = int(kept.sum())
+        if params["auto_merge"] and num_units > 1:
+            labels, num_units = _auto_merge(recording, peaks, labels, templates_object, noise_levels, job_kwargs)
+        templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
 
     censor = max(int(round(params["duplicate_ms"] * sampling_frequency / 1000.0)), 1)
     keep = remove_duplicate_spikes(peaks["sample_index"], labels, peaks["segment_index"], censor) & (labels >= 0)
@@ -364,8 +375,10 @@ def _match(recording, templates_array, noise_levels, nbefore, method, job_kwargs
         probe=recording.get_probe(),
         is_in_uV=False,
     )
+    # sparsify, and drop templates whose peak sits more than 0.2 ms off the alignment point: those come from
+    # events caught on another phase of a unit that has its own, aligned template
     templates = clean_templates(
-        templates, sparsify_threshold=1.5, noise_levels=noise_levels, min_snr=MIN_TEMPLATE_SNR, max_jitter_ms=None,
+        templates, sparsify_threshold=1.5, noise_levels=noise_levels, min_snr=MIN_TEMPLATE_SNR, max_jitter_ms=0.2,
         remove_empty=True,
     )
     kept = np.isin(np.arange(num_units), templates.unit_ids)
@@ -381,4 +394,60 @@ def _match(recording, templates_array, noise_levels, nbefore, method, job_kwargs
     # templates.unit_ids are the original unit indices of the kept units; renumber 0..kept-1
     new_index = np.cumsum(kept) - 1
     labels = new_index[templates.unit_ids[spikes["cluster_index"]]].astype(np.int64)
-    return events, labels, kept
+    templates = Templates(
+        templates_array=templates.templates_array,
+        sampling_frequency=templates.sampling_frequency,
+        nbefore=templates.nbefore,
+        sparsity_mask=templates.sparsity_mask,
+        channel_ids=templates.channel_ids,
+        unit_ids=np.arange(int(kept.sum())),
+        probe=templates.probe,
+        is_in_uV=False,
+    )
+    return events, labels, kept, templates
+
+
+def _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs):
+    """Merge over-split units with SpikeInterface's auto-merge (template similarity, then cross-contamination
+    presets at growing template differences), as Tridesclous2 and SpykingCircus2 do after matching."""
+    from spikeinterface.core import NumpySorting
+    from spikeinterface.core.base import minimum_spike_dtype
+    from spikeinterface.sorters.internal.spyking_circus2 import final_cleaning_circus
+
+    spikes = np.zeros(events.size, dtype=minimum_spike_dtype)
+    spikes["sample_index"] = events["sample_index"]
+    spikes["unit_index"] = labels
+    spikes["segment_index"] = events["segment_index"]
+    sorting = NumpySorting(spikes, recording.sampling_frequency, templates.unit_ids)
+    job_kwargs = job_kwargs | {"progress_bar": False}
+    analyzer = final_cleaning_circus(
+        recording,
+        sorting,
+        templates,
+        amplitude_scalings=events["amplitude"],
+        noise_levels=noise_levels,
+        similarity_kwargs={"method": "l1", "support": "union", "max_lag_ms": 0.3},
+        sparsity_overlap=0.5,
+        censor_ms=3.0,
+        max_distance_um=50,
+        template_diff_thresh=np.arange(0.05, 0.4, 0.05),
+        job_kwargs=job_kwargs,
+    )
+    merged = analyzer.sorting
+    # map every event to its merged unit: a merge keeps one of the original unit ids, or makes a new one
+    merged_vector = merged.to_spike_vector()
+    merged_ids = np.asarray(merged.unit_ids)
+    order_before = np.lexsort((labels, events["sample_index"], events["segment_index"]))
+    order_after = np.lexsort((merged_vector["unit_index"], merged_vector["sample_index"], merged_vector["segment_index"]))
+    if merged_vector.size != events.size:
+        raise RuntimeError("auto-merge changed the number of spikes")
+    aligned = np.empty(events.size, dtype=np.int64)
+    aligned[order_before] = merged_vector["unit_index"][order_after]
+    # a merge maps whole units: take each original unit's merged unit by majority (immune to the order of two
+    # spikes sharing a sample), then renumber the merged units 0..n-1
+    old_to_new = np.array([np.bincount(aligned[labels == u]).argmax() if np.any(labels == u) else -1
+                           for u in range(int(labels.max()) + 1)])
+    _, new_index = np.unique(old_to_new[old_to_new >= 0], return_inverse=True)
+    mapping = np.full(old_to_new.size, -1)
+    mapping[old_to_new >= 0] = new_index
+    return mapping[labels], int(new_index.max()) + 1

@@ -20,24 +20,14 @@ def to_sorting(peaks: np.ndarray, labels: np.ndarray, unit_ids, sampling_frequen
     spikes["unit_index"] = labels[keep]
     spikes["segment_index"] = peaks["segment_index"][keep]
     spikes = spikes[np.lexsort((spikes["unit_index"], spikes["sample_index"], spikes["segment_index"]))]
-    sorting = NumpySorting(spikes, sampling_frequency, np.asarray(unit_ids))
-    if sorting.get_num_segments() != num_segments:
-        # NumpySorting infers segments from the spikes: add the empty trailing ones
-        sorting = _with_segments(spikes, sampling_frequency, unit_ids, num_segments)
-    return sorting
-
-
-def _with_segments(spikes, sampling_frequency, unit_ids, num_segments):
-    from spikeinterface.core import NumpySorting
-
     unit_ids = np.asarray(unit_ids)
-    units_dict_list = []
-    for segment_index in range(num_segments):
-        in_segment = spikes[spikes["segment_index"] == segment_index]
-        units_dict_list.append(
-            {unit_id: in_segment["sample_index"][in_segment["unit_index"] == i] for i, unit_id in enumerate(unit_ids)}
-        )
-    return NumpySorting.from_unit_dict(units_dict_list, sampling_frequency)
+    sorting = NumpySorting(spikes, sampling_frequency, unit_ids)
+    # NumpySorting counts segments up to the last spike: add the silent trailing ones
+    from spikeinterface.core.basesorting import SpikeVectorSortingSegment
+
+    for segment_index in range(sorting.get_num_segments(), num_segments):
+        sorting.add_sorting_segment(SpikeVectorSortingSegment(spikes, segment_index, unit_ids))
+    return sorting
 
 
 def save_checkpoint(file_path: Path, model, model_name: str, history: list[dict], extra: dict | None = None) -> None:

@@ -66,8 +66,9 @@ class _log_to:
             handler.setFormatter(formatter)
 
     def __enter__(self):
-        self.previous_level = self.logger.level
+        self.previous_level, self.previous_propagate = self.logger.level, self.logger.propagate
         self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False  # a user's logging.basicConfig() must not print our lines when not verbose
         for handler in self.handlers:
             self.logger.addHandler(handler)
 
@@ -76,6 +77,7 @@ class _log_to:
             self.logger.removeHandler(handler)
             handler.close()
         self.logger.setLevel(self.previous_level)
+        self.logger.propagate = self.previous_propagate
 
 
 def _register_when_imported():

@@ -162,9 +162,13 @@ class BetaVAE(nn.Module):
 
         With ``positions`` (batch, 2) in um: ``labels`` (batch,) with -1 for unlabelled events adds the
         "classification" term, and DEC centres, when set, add the "dec" term (KL of the sharpened target from the
-        soft assignment).
+        soft assignment). ``reconstruct=False`` skips the decoder and the VAE terms (the heads then read the
+        encoder's means), for training the encoder and the classifier branch alone.
         """
         mu1, logvar1 = self._encode_distribution(snippets)
+        if not reconstruct:
+            mu2, _ = self._upper(mu1)
+            return self._head_losses(None, {}, torch.cat([mu1, mu2], dim=1), labels, positions)
         z1 = mu1 + torch.randn_like(mu1) * (0.5 * logvar1).exp() if self.training else mu1
         mu2, logvar2 = self._upper(z1)
         z2 = mu2 + torch.randn_like(mu2) * (0.5 * logvar2).exp() if self.training else mu2

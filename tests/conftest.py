@@ -1,0 +1,132 @@
+"""Shared fixtures: the torch device, small ground-truth recordings and sorter parameters.
+
+Everything is generated with fixed seeds; nothing is downloaded. Recordings that go through ``run_sorter`` are saved
+as binary folders (``run_sorter`` needs a serialisable recording). Sorter runs that several tests reuse live in
+module- or session-scoped fixtures of the test files: sort once, assert many things.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--gpu", action="store_true", default=False, help="run the torch code and the sorter on CUDA")
+
+
+@pytest.fixture(scope="session")
+def use_gpu(request) -> bool:
+    use = bool(request.config.getoption("--gpu"))
+    if use:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.fail("--gpu was given but torch sees no CUDA device")
+    return use
+
+
+@pytest.fixture(scope="session")
+def torch_device(use_gpu):
+    """CPU unless ``--gpu`` (Kilosort's fixture)."""
+    import torch
+
+    return torch.device("cuda" if use_gpu else "cpu")
+
+
+@pytest.fixture(scope="module")
+def single_thread_torch():
+    """One torch thread for the small-tensor tests: on a busy CPU, torch's default of one thread per core makes tiny
+    batches many times slower (threads wait for each other); restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def sorter_device(use_gpu) -> str:
+    """The ``device`` sorter parameter matching ``torch_device``."""
+    return "cuda" if use_gpu else "cpu"
+
+
+def default_params(device: str | None = None) -> dict:
+    """A fresh copy of the sorter's real defaults (optionally with ``device`` set)."""
+    from spikeinterface_elvisort.params import DEFAULT_PARAMS
+
+    params = copy.deepcopy(DEFAULT_PARAMS)
+    if device is not None:
+        params["device"] = device
+    return params
+
+
+def fast_params(device: str = "cpu", **overrides) -> dict:
+    """Defaults shrunk so that a 4-channel, 10-20 s recording sorts in seconds: for tests of the plumbing (folders,
+    segments, determinism, workers), not of accuracy. The classifier head keeps its default epochs (cheap: it trains
+    on cached embeddings; one epoch leaves it untrained and every event labelled noise)."""
+    params = default_params(device)
+    params.update(
+        train_epochs=2,
+        train_max_snippets=500,
+        train_kl_warmup_epochs=1,
+        train_dec_epochs=1,
+        torch_threads=1,
+        model_kwargs=dict(num_inception_blocks=1, lstm_hidden=16, decoder_hidden=16, conv_channels=8),
+    )
+    params.update(overrides)
+    return params
+
+
+def make_ground_truth(num_channels=4, durations=(20.0,), seed=0, **kwargs):
+    """(recording, sorting) from ``generate_ground_truth_recording`` (lazy, not serialisable)."""
+    from spikeinterface.core import generate_ground_truth_recording
+
+    return generate_ground_truth_recording(num_channels=num_channels, durations=list(durations), seed=seed, **kwargs)
+
+
+def save_binary(recording, folder):
+    return recording.save(folder=folder, format="binary", overwrite=True, verbose=False, progress_bar=False)
+
+
+@pytest.fixture(scope="session")
+def contract_recording(tmp_path_factory):
+    """The contract's recording: 4 channels x 60 s, seed 0, saved as binary; (recording, ground truth)."""
+    recording, sorting = make_ground_truth(num_channels=4, durations=[60.0], seed=0)
+    return save_binary(recording, tmp_path_factory.mktemp("contract") / "recording"), sorting
+
+
+@pytest.fixture(scope="session")
+def small_recording(tmp_path_factory):
+    """4 channels x 20 s, seed 0, saved as binary: for sorter runs with ``fast_params``; (recording, ground truth)."""
+    recording, sorting = make_ground_truth(num_channels=4, durations=[20.0], seed=0)
+    return save_binary(recording, tmp_path_factory.mktemp("small") / "recording"), sorting
+
+
+@pytest.fixture(scope="session")
+def tiny_recordings(tmp_path_factory):
+    """Two different 4-channel x 10 s recordings saved as binary (seeds 1 and 2), for the worker-process tests."""
+    folder = tmp_path_factory.mktemp("tiny")
+    recordings = []
+    for seed in (1, 2):
+        recording, _ = make_ground_truth(num_channels=4, durations=[10.0], seed=seed)
+        recordings.append(save_binary(recording, folder / f"recording{seed}"))
+    return recordings
+
+
+@pytest.fixture(scope="session")
+def two_segment_recording(tmp_path_factory):
+    """4 channels, two 20 s segments, seed 0, saved as binary; (recording, ground truth)."""
+    recording, sorting = make_ground_truth(num_channels=4, durations=[20.0, 20.0], seed=0)
+    return save_binary(recording, tmp_path_factory.mktemp("segments") / "recording"), sorting
+
+
+@pytest.fixture(scope="session")
+def accuracy_recording(tmp_path_factory):
+    """8 channels x 30 s, 5 units, 30 kHz, seed 0, saved as binary; (recording, ground truth)."""
+    recording, sorting = make_ground_truth(
+        num_channels=8, num_units=5, durations=[30.0], sampling_frequency=30000.0, seed=0
+    )
+    return save_binary(recording, tmp_path_factory.mktemp("accuracy") / "recording"), sorting

@@ -1,0 +1,43 @@
+"""End-to-end accuracy with the default parameters on a small ground-truth recording (slow, but runs in CI)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spikeinterface.comparison as sc
+import spikeinterface.sorters as ss
+
+from conftest import default_params
+
+MIN_MEAN_ACCURACY = 0.9
+
+
+def unit_snr(recording, sorting):
+    from spikeinterface.core import create_sorting_analyzer
+    from spikeinterface.metrics import compute_quality_metrics
+
+    analyzer = create_sorting_analyzer(sorting, recording, sparse=True, format="memory")
+    analyzer.compute(["random_spikes", "templates", "noise_levels"], extension_params={"random_spikes": {"seed": 0}})
+    return compute_quality_metrics(analyzer, metric_names=["snr"])["snr"]
+
+
+@pytest.mark.slow
+def test_default_params_sort_a_ground_truth_recording(accuracy_recording, tmp_path, sorter_device):
+    recording, ground_truth = accuracy_recording
+    assert (recording.get_num_channels(), ground_truth.get_num_units()) == (8, 5)
+    sorting = ss.run_sorter("elvisort", recording, folder=tmp_path / "elvisort", verbose=False,
+                            **default_params(sorter_device))
+    comparison = sc.compare_sorter_to_ground_truth(ground_truth, sorting, exhaustive_gt=True)
+    # score the units a sorter can see, as the benchmarks do (SNR >= 5): unit 2 of this recording sits at about
+    # 1x the noise level, below any detection threshold
+    snr = unit_snr(recording, ground_truth)
+    assert (snr >= 5).sum() >= 4
+    performance = comparison.get_performance().loc[snr.index[snr.values >= 5]]
+    accuracy = performance["accuracy"].astype(float)
+    print(f"\nelvisort accuracy per ground-truth unit: {np.round(accuracy.to_numpy(), 3).tolist()}, "
+          f"mean {accuracy.mean():.3f}; {sorting.get_num_units()} units found")
+    assert accuracy.mean() >= MIN_MEAN_ACCURACY, (
+        f"mean accuracy {accuracy.mean():.3f} < {MIN_MEAN_ACCURACY}; per unit {np.round(accuracy.to_numpy(), 3)}, "
+        f"{sorting.get_num_units()} units found"
+    )

@@ -1,0 +1,219 @@
+"""Parameters: defaults and descriptions agree with each other and with SpikeInterface; bad values fail early,
+naming the parameter."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+import spikeinterface.sorters as ss
+from spikeinterface.sorters.utils import SpikeSortingError
+
+from spikeinterface_elvisort.params import DEFAULT_PARAMS, PARAMS, PARAMS_DESCRIPTION, STAGES, check_params
+
+from conftest import default_params
+
+
+def test_defaults_and_descriptions_have_the_same_keys():
+    assert set(DEFAULT_PARAMS) == set(PARAMS_DESCRIPTION) == set(PARAMS)
+    assert len(DEFAULT_PARAMS) > 20
+
+
+def test_every_description_is_a_non_empty_string():
+    for name, description in PARAMS_DESCRIPTION.items():
+        assert isinstance(description, str), name
+        assert description.strip(), name
+
+
+def test_every_param_belongs_to_a_stage():
+    for name, param in PARAMS.items():
+        assert param.stage in STAGES, name
+
+
+def test_defaults_are_plain_json_and_pass_their_own_check():
+    # SpikeInterface writes the params to spikeinterface_params.json: they must round-trip through JSON unchanged
+    assert json.loads(json.dumps(DEFAULT_PARAMS)) == DEFAULT_PARAMS
+    params = copy.deepcopy(DEFAULT_PARAMS)
+    assert check_params(params) == DEFAULT_PARAMS
+
+
+def test_spikeinterface_sees_exactly_our_defaults():
+    assert ss.get_default_sorter_params("elvisort") == DEFAULT_PARAMS
+    assert ss.get_sorter_params_description("elvisort") == PARAMS_DESCRIPTION
+
+
+def test_spikeinterface_returns_a_copy_of_the_defaults():
+    params = ss.get_default_sorter_params("elvisort")
+    params["model_kwargs"]["beta"] = 1.0
+    params["train_epochs"] = 99
+    assert DEFAULT_PARAMS["model_kwargs"] == {}
+    assert ss.get_default_sorter_params("elvisort")["train_epochs"] == DEFAULT_PARAMS["train_epochs"]
+
+
+BAD_VALUES = [
+    # wrong choice
+    ("peak_sign", "up"),
+    ("matching_method", "x"),
+    ("detection_method", "x"),
+    ("clustering_method", "x"),
+    ("cache_preprocessing", "disk"),
+    ("mixed_precision", 1),  # 1 == True, but not a bool
+    # wrong type
+    ("train_epochs", "10"),
+    ("train_epochs", 1.5),
+    ("train_epochs", True),
+    ("whitening", 1),
+    ("apply_preprocessing", "yes"),
+    ("detect_threshold", "5"),
+    ("detect_threshold", None),
+    # out of range
+    ("train_epochs", 0),
+    ("train_epochs", -1),
+    ("detect_threshold", 0),
+    ("clustering_confidence", 2),
+    ("clustering_confidence", -0.1),
+    ("train_max_snippets", 10),
+    ("seed", -1),
+    ("ms_before", 0.0),
+    ("torch_threads", 0),
+    ("torch_threads", 1.5),
+    # device
+    ("device", "gpu"),
+    ("device", "cuda:x"),
+    ("device", "cuda:-1"),
+    ("device", "CPU"),
+    ("device", None),
+    # nested dicts
+    ("job_kwargs", "n_jobs=2"),
+    ("model_kwargs", None),
+]
+
+
+@pytest.mark.parametrize("name, value", BAD_VALUES, ids=[f"{n}={v!r}" for n, v in BAD_VALUES])
+def test_bad_value_is_rejected_naming_the_parameter(name, value):
+    params = default_params()
+    params[name] = value
+    with pytest.raises(ValueError, match=name):
+        check_params(params)
+
+
+def test_freq_min_must_be_below_freq_max():
+    params = default_params()
+    params.update(freq_min=6000.0, freq_max=300.0)
+    with pytest.raises(ValueError, match="freq_min"):
+        check_params(params)
+
+
+def test_unknown_parameter_is_rejected_by_name():
+    params = default_params()
+    params["train_epoch"] = 10
+    with pytest.raises(ValueError, match="train_epoch"):
+        check_params(params)
+
+
+def test_missing_parameter_is_rejected_by_name():
+    params = default_params()
+    del params["train_epochs"]
+    with pytest.raises(ValueError, match="train_epochs"):
+        check_params(params)
+
+
+@pytest.mark.parametrize(
+    "model_kwargs, match",
+    [
+        ({"not_a_field": 1}, "not_a_field"),
+        ({"num_samples": 10}, "num_samples"),  # derived from the data, not a user setting
+        ({"beta": -1}, "beta"),
+        ({"beta": "high"}, "beta"),
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"latent_dim": 4.5}, "latent_dim"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"decoder_hidden": 10, "attention_heads": 4}, "attention_heads"),
+        ({"num_inception_blocks": 9}, "num_inception_blocks"),
+    ],
+)
+def test_bad_model_kwargs_are_rejected_by_name(model_kwargs, match):
+    params = default_params()
+    params["model_kwargs"] = model_kwargs
+    with pytest.raises(ValueError, match=match):
+        check_params(params)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("device", "cuda:0"),
+        ("device", "cpu"),
+        ("seed", None),
+        ("seed", 2**32 - 1),
+        ("torch_threads", 2),
+        ("mixed_precision", True),
+        ("model_kwargs", {"beta": 4.0, "latent_dim": 8, "upper_latent_dim": 2}),
+        ("job_kwargs", {"n_jobs": 2, "chunk_duration": "1s"}),
+        ("detect_threshold", 4),  # integers are numbers too
+    ],
+)
+def test_good_values_pass(name, value):
+    params = default_params()
+    params[name] = value
+    assert check_params(params)[name] == value
+
+
+# through run_sorter: SpikeInterface merges the params into the defaults, then calls our _check_params before any
+# sorting work (but after writing the recording's json into the folder)
+
+
+def test_run_sorter_rejects_a_bad_value_before_sorting(small_recording, tmp_path):
+    recording, _ = small_recording
+    folder = tmp_path / "bad"
+    with pytest.raises((ValueError, SpikeSortingError), match="train_epochs"):
+        ss.run_sorter("elvisort", recording, folder=folder, train_epochs=-1)
+    # nothing ran: no log of a run, nothing in sorter_output
+    assert not (folder / "spikeinterface_log.json").exists()
+    assert not any((folder / "sorter_output").iterdir())
+
+
+def test_run_sorter_rejects_an_unknown_parameter(small_recording, tmp_path):
+    recording, _ = small_recording
+    with pytest.raises(ValueError, match="train_epoch"):
+        ss.run_sorter("elvisort", recording, folder=tmp_path / "unknown", train_epoch=3)
+
+
+def test_run_sorter_on_cuda_without_cuda_says_so(small_recording, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    recording, _ = small_recording
+    folder = tmp_path / "cuda"
+    with pytest.raises((ValueError, SpikeSortingError), match="CUDA"):
+        ss.run_sorter("elvisort", recording, folder=folder, device="cuda")
+    # it failed at the start of the pipeline, before any model was trained
+    assert not (folder / "sorter_output" / "model.pt").exists()
+    log = json.loads((folder / "spikeinterface_log.json").read_text())
+    assert log["error"] is True
+    assert any("CUDA" in line for line in log["error_trace"])
+
+
+def test_resolve_device_cpu_and_auto():
+    import torch
+
+    from spikeinterface_elvisort.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+
+
+def test_resolve_device_rejects_a_missing_gpu():
+    import torch
+
+    from spikeinterface_elvisort.device import resolve_device
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="cuda:99"):
+        resolve_device("cuda:99")

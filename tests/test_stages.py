@@ -1,0 +1,397 @@
+"""Stage functions on data with a known answer: planted spikes, ramps, blobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spikeinterface.core import NumpyRecording
+from spikeinterface.core.node_pipeline import base_peak_dtype
+
+from spikeinterface_elvisort.clustering import cluster_latents, gmm_bic
+from spikeinterface_elvisort.curation import merge_similar_units, remove_duplicate_spikes, template_distance
+from spikeinterface_elvisort.detection import algorithm1, detect_spikes
+from spikeinterface_elvisort.results import to_sorting
+from spikeinterface_elvisort.snippets import channel_neighbours, extract_snippets, noise_peaks
+
+FS = 30_000.0
+
+
+def _probe_recording(traces_list, sampling_frequency=FS):
+    from probeinterface import generate_linear_probe
+
+    num_channels = traces_list[0].shape[1]
+    recording = NumpyRecording([t.astype(np.float32) for t in traces_list], sampling_frequency)
+    probe = generate_linear_probe(num_elec=num_channels, ypitch=20)
+    probe.set_device_channel_indices(np.arange(num_channels))
+    recording.set_probe(probe)  # in place since SpikeInterface 0.105
+    return recording
+
+
+def _peaks(samples, channels, segments=None):
+    peaks = np.zeros(len(samples), dtype=base_peak_dtype)
+    peaks["sample_index"] = samples
+    peaks["channel_index"] = channels
+    peaks["segment_index"] = 0 if segments is None else segments
+    return peaks
+
+
+# -- detection ---------------------------------------------------------------------------------------------------
+
+# planted events: sample, peak channel. Two sit on either side of the 1 s block boundary of algorithm1
+# (30_000 samples), one in the block's overlap margin; all are > 40 samples apart
+PLANTED_SAMPLES = np.array([500, 1_700, 4_000, 12_345, 29_950, 30_010, 45_000, 59_000])
+PLANTED_CHANNELS = np.array([0, 1, 2, 3, 3, 1, 2, 0])
+AMPLITUDE = 20.0  # in noise standard deviations
+
+
+@pytest.fixture(scope="module")
+def planted(request):
+    """(recording, planted samples, planted channels) for one polarity: 4 channels, 2 s of N(0, 1) noise with
+    20-sigma spikes, a 5-sample trough on the peak channel and 40 % of it on the adjacent channels."""
+    rng = np.random.default_rng(0)
+    sign = request.param
+    traces = rng.normal(0.0, 1.0, size=(60_000, 4))
+    shape = np.array([0.2, 0.6, 1.0, 0.6, 0.2])
+    for sample, channel in zip(PLANTED_SAMPLES, PLANTED_CHANNELS):
+        for other in range(4):
+            scale = {0: 1.0, 1: 0.4}.get(abs(other - channel), 0.0)
+            traces[sample - 2 : sample + 3, other] += sign * AMPLITUDE * scale * shape
+    return _probe_recording([traces]), sign
+
+
+@pytest.mark.parametrize("planted", [-1.0, 1.0], ids=["neg", "pos"], indirect=True)
+@pytest.mark.parametrize("method", ["locally_exclusive", "algorithm1"])
+def test_detect_spikes_finds_planted_spikes(planted, method):
+    recording, sign = planted
+    peak_sign = "neg" if sign < 0 else "pos"
+    peaks = detect_spikes(
+        recording, np.ones(4, dtype=np.float32), method=method, peak_sign=peak_sign, detect_threshold=6.0,
+        snippet_samples=64,
+    )
+    assert peaks.dtype.names == np.dtype(base_peak_dtype).names
+    assert peaks.size == PLANTED_SAMPLES.size, peaks["sample_index"]
+    assert np.all(np.abs(peaks["sample_index"] - PLANTED_SAMPLES) <= 1)
+    assert np.array_equal(peaks["channel_index"], PLANTED_CHANNELS)
+    assert np.all(peaks["segment_index"] == 0)
+    assert np.all(sign * peaks["amplitude"] > 15.0)
+
+
+@pytest.mark.parametrize("method", ["locally_exclusive", "algorithm1"])
+def test_detect_spikes_keeps_segments_and_sorts_by_segment_then_sample(method):
+    rng = np.random.default_rng(1)
+    segments = [rng.normal(0.0, 1.0, size=(20_000, 4)), rng.normal(0.0, 1.0, size=(40_000, 4))]
+    planted = [(0, 15_000, 2), (0, 300, 0), (1, 100, 1), (1, 35_000, 3)]
+    for segment, sample, channel in planted:
+        segments[segment][sample, channel] -= 30.0
+    recording = _probe_recording(segments)
+    peaks = detect_spikes(recording, np.ones(4), method=method, detect_threshold=8.0)
+    expected = sorted(planted)
+    assert peaks["segment_index"].tolist() == [p[0] for p in expected]
+    assert peaks["sample_index"].tolist() == [p[1] for p in expected]
+    assert peaks["channel_index"].tolist() == [p[2] for p in expected]
+
+
+def test_detect_spikes_rejects_an_unknown_method():
+    recording = _probe_recording([np.zeros((1000, 4))])
+    with pytest.raises(ValueError, match="method"):
+        detect_spikes(recording, np.ones(4), method="nope")
+
+
+def test_detect_spikes_on_silence_finds_nothing():
+    recording = _probe_recording([np.zeros((3000, 4))])
+    for method in ("locally_exclusive", "algorithm1"):
+        peaks = detect_spikes(recording, np.ones(4), method=method)
+        assert peaks.size == 0
+        assert peaks.dtype.names == np.dtype(base_peak_dtype).names
+
+
+def test_algorithm1_exact_centres():
+    traces = np.zeros((1000, 3), dtype=np.float32)
+    traces[100, 0] = -10.0  # opens a window ...
+    traces[102, 1] = -15.0  # ... whose largest sample is here: one event at 102
+    traces[300, 2] = -8.0
+    traces[500, 0] = -10.0  # a second spike within half a span (32) of the first: one event, at the larger
+    traces[520, 1] = -12.0
+    traces[560, 2] = -9.0  # after the previous snippet's second half: a new event
+    traces[700, 0] = +50.0  # positive: ignored with peak_sign="neg"
+    thresholds = np.full(3, 5.0, dtype=np.float32)
+    assert algorithm1(traces, thresholds, snippet_samples=64).tolist() == [102, 300, 520, 560]
+    assert algorithm1(traces, thresholds, snippet_samples=64, peak_sign="pos").tolist() == [700]
+    assert algorithm1(traces, thresholds, snippet_samples=64, peak_sign="both").tolist() == [102, 300, 520, 560, 700]
+
+
+def test_algorithm1_uses_per_channel_thresholds():
+    traces = np.zeros((200, 2), dtype=np.float32)
+    traces[50, 0] = -6.0
+    traces[150, 1] = -6.0
+    thresholds = np.array([5.0, 7.0], dtype=np.float32)
+    assert algorithm1(traces, thresholds, snippet_samples=20).tolist() == [50]
+    assert algorithm1(np.zeros((10, 2), dtype=np.float32), thresholds, snippet_samples=20).size == 0
+
+
+# -- snippets ----------------------------------------------------------------------------------------------------
+
+
+def test_channel_neighbours_on_a_two_column_probe():
+    from probeinterface import generate_multi_columns_probe
+
+    probe = generate_multi_columns_probe(num_columns=2, num_contact_per_column=5, xpitch=20, ypitch=20)
+    locations = probe.contact_positions
+    num_channels = locations.shape[0]
+    for k in (1, 3, 4, 7):
+        neighbours = channel_neighbours(locations, k)
+        assert neighbours.shape == (num_channels, k)
+        for channel, row in enumerate(neighbours):
+            assert channel in row
+            assert len(set(row.tolist())) == k
+            # the k nearest: no channel left out is closer than one kept
+            distance = np.linalg.norm(locations - locations[channel], axis=1)
+            left_out = np.setdiff1d(np.arange(num_channels), row)
+            if left_out.size:
+                assert distance[row].max() <= distance[left_out].min()
+            # spatial order: depth (y) first, then x
+            keys = [(locations[c, 1], locations[c, 0]) for c in row]
+            assert keys == sorted(keys)
+    # asking for more neighbours than channels caps at the number of channels
+    assert channel_neighbours(locations, 50).shape == (num_channels, num_channels)
+
+
+def test_channel_neighbours_accepts_3d_locations():
+    locations = np.array([[0.0, 0.0, 5.0], [0.0, 20.0, 5.0], [0.0, 40.0, 5.0]])
+    assert channel_neighbours(locations, 2).tolist() == [[0, 1], [0, 1], [1, 2]]
+
+
+def _ramp(num_samples, num_channels, sign=1.0):
+    t = np.arange(num_samples)[:, None]
+    c = np.arange(num_channels)[None, :]
+    return sign * (t * 100.0 + c)
+
+
+def _expected_snippets(segments, peaks, neighbours, nbefore, nafter):
+    expected = np.zeros((peaks.size, nbefore + nafter, neighbours.shape[1]), dtype=np.float32)
+    for i, peak in enumerate(peaks):
+        traces = segments[peak["segment_index"]]
+        for j, sample in enumerate(range(peak["sample_index"] - nbefore, peak["sample_index"] + nafter)):
+            if 0 <= sample < traces.shape[0]:
+                expected[i, j] = traces[sample, neighbours[peak["channel_index"]]]
+    return expected
+
+
+@pytest.mark.parametrize("chunk_samples", [7, 30_000])
+def test_extract_snippets_exact_values_edges_and_segments(chunk_samples):
+    segments = [_ramp(200, 4), _ramp(120, 4, sign=-1.0)]
+    recording = _probe_recording(segments)
+    neighbours = np.array([[0, 1], [0, 1], [1, 2], [2, 3]])
+    # unsorted, both segments, events at the first and last samples and next to them
+    peaks = _peaks(
+        samples=[50, 0, 199, 1, 198, 0, 119, 60, 50],
+        channels=[2, 0, 3, 1, 2, 3, 0, 1, 2],
+        segments=[0, 0, 0, 0, 0, 1, 1, 1, 1],
+    )
+    nbefore, nafter = 5, 7
+    snippets = extract_snippets(recording, peaks, neighbours, nbefore, nafter, chunk_samples=chunk_samples)
+    assert snippets.dtype == np.float32
+    assert snippets.shape == (peaks.size, nbefore + nafter, 2)
+    expected = _expected_snippets([s.astype(np.float32) for s in segments], peaks, neighbours, nbefore, nafter)
+    np.testing.assert_array_equal(snippets, expected)
+    # spot checks of the padding: the first event's window starts 5 samples before the segment
+    assert np.all(snippets[1, :nbefore] == 0) and snippets[1, nbefore, 0] == 0.0 and snippets[1, nbefore, 1] == 1.0
+    assert np.all(snippets[2, nbefore + 1 :] == 0) and snippets[2, nbefore, 1] == 199 * 100 + 3
+    assert snippets[5, nbefore, 1] == -3.0  # segment 1 is the negated ramp
+
+
+def test_extract_snippets_with_no_peaks():
+    recording = _probe_recording([_ramp(100, 4)])
+    snippets = extract_snippets(recording, _peaks([], []), np.array([[0, 1]] * 4), 3, 4)
+    assert snippets.shape == (0, 7, 2)
+
+
+def test_noise_peaks_stay_away_from_every_peak():
+    segments = [np.zeros((20_000, 4)), np.zeros((10_000, 4))]
+    recording = _probe_recording(segments)
+    rng = np.random.default_rng(0)
+    samples = np.concatenate([np.sort(rng.choice(20_000, 40, replace=False)), np.sort(rng.choice(10_000, 20, replace=False))])
+    segment_of = np.r_[np.zeros(40, int), np.ones(20, int)]
+    peaks = _peaks(samples, rng.integers(0, 4, samples.size), segment_of)
+    margin = 64
+    noise = noise_peaks(peaks, recording, count=100, margin=margin, rng=np.random.default_rng(1))
+    assert noise.size == 100
+    assert set(np.unique(noise["segment_index"]).tolist()) == {0, 1}
+    for segment, length in ((0, 20_000), (1, 10_000)):
+        times = noise["sample_index"][noise["segment_index"] == segment]
+        spikes = peaks["sample_index"][peaks["segment_index"] == segment]
+        assert np.all(np.abs(times[:, None] - spikes[None, :]).min(axis=1) >= margin)
+        assert times.min() >= margin and times.max() < length - margin
+        assert np.all(np.diff(times) >= 0)  # sorted by segment, then sample
+    assert np.all(np.diff(noise["segment_index"]) >= 0)
+    assert noise["channel_index"].min() >= 0 and noise["channel_index"].max() < 4
+
+
+def test_noise_peaks_are_reproducible():
+    recording = _probe_recording([np.zeros((10_000, 4))])
+    peaks = _peaks([1000, 5000], [0, 1])
+    first = noise_peaks(peaks, recording, 30, 50, np.random.default_rng(3))
+    second = noise_peaks(peaks, recording, 30, 50, np.random.default_rng(3))
+    np.testing.assert_array_equal(first, second)
+
+
+# -- results -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_segments", [2, 3])
+def test_to_sorting_keeps_segments_units_and_sampling_frequency(num_segments):
+    peaks = _peaks(samples=[10, 20, 30, 40, 5, 15], channels=[0] * 6, segments=[0, 0, 0, 0, 1, 1])
+    labels = np.array([0, 1, -1, 0, 1, 1])
+    unit_ids = np.array([0, 1, 2])  # unit 2 has no spikes
+    sorting = to_sorting(peaks, labels, unit_ids, 25_000.0, num_segments)
+    assert sorting.get_num_segments() == num_segments
+    assert sorting.get_sampling_frequency() == 25_000.0
+    assert list(sorting.unit_ids) == [0, 1, 2]
+    assert sorting.get_unit_spike_train(0, segment_index=0).tolist() == [10, 40]
+    assert sorting.get_unit_spike_train(1, segment_index=0).tolist() == [20]
+    assert sorting.get_unit_spike_train(1, segment_index=1).tolist() == [5, 15]
+    assert sorting.get_unit_spike_train(0, segment_index=1).size == 0
+    assert sorting.get_unit_spike_train(2, segment_index=0).size == 0
+    if num_segments == 3:
+        assert all(sorting.get_unit_spike_train(u, segment_index=2).size == 0 for u in unit_ids)
+    assert sorting.to_spike_vector().size == 5  # label -1 dropped
+
+
+def test_to_sorting_with_no_spikes_keeps_the_segments():
+    peaks = _peaks(samples=[10, 20], channels=[0, 0])
+    sorting = to_sorting(peaks, np.array([-1, -1]), np.array([], dtype=int), 30_000.0, 2)
+    assert sorting.get_num_segments() == 2
+    assert sorting.get_num_units() == 0
+    assert sorting.get_sampling_frequency() == 30_000.0
+
+
+# -- clean-up ----------------------------------------------------------------------------------------------------
+
+
+def test_remove_duplicate_spikes():
+    samples = np.array([22, 0, 5, 8, 20, 5, 0, 3])
+    units = np.array([0, 0, 0, 0, 0, 1, 0, 0])
+    segments = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    keep = remove_duplicate_spikes(samples, units, segments, censor_samples=10)
+    # unit 0, segment 0: 0 kept, 5 and 8 censored (within 10 of 0), 20 kept, 22 censored; unit 1 and segment 1 are
+    # independent
+    assert keep.tolist() == [False, True, False, False, True, True, True, False]
+    assert remove_duplicate_spikes(samples, units, segments, censor_samples=1).all()
+    assert remove_duplicate_spikes(np.array([], int), np.array([], int), np.array([], int), 10).size == 0
+
+
+def _pulse(num_samples, centre, width=2.0):
+    t = np.arange(num_samples)
+    return -np.exp(-0.5 * ((t - centre) / width) ** 2)
+
+
+def test_template_distance():
+    first = np.zeros((60, 4))
+    first[:, 1] = 10 * _pulse(60, 25)
+    first[:, 2] = 4 * _pulse(60, 26)
+    assert template_distance(first, first, max_lag=0) == 0.0
+    shifted = np.roll(first, 3, axis=0)  # the pulse is ~0 at the ends: a pure shift
+    assert template_distance(first, shifted, max_lag=3) < 1e-6
+    assert template_distance(shifted, first, max_lag=3) < 1e-6
+    assert template_distance(first, shifted, max_lag=1) > 0.3  # the shift is beyond max_lag
+    elsewhere = np.zeros_like(first)
+    elsewhere[:, 3] = 10 * _pulse(60, 25)
+    assert template_distance(first, elsewhere, max_lag=3) >= 1.0
+    assert template_distance(first, 0.5 * first, max_lag=0) == pytest.approx(0.5)
+
+
+def test_merge_similar_units():
+    a = np.zeros((60, 4))
+    a[:, 1] = 10 * _pulse(60, 25)
+    a[:, 0] = 3 * _pulse(60, 25)
+    b = np.zeros((60, 4))
+    b[:, 1] = -8 * _pulse(60, 25, width=6.0)  # same channel, a different (positive, wide) shape
+    templates = np.stack([a, b, np.roll(a, 2, axis=0)])  # unit 2 = unit 0, 2 samples later
+    merged = merge_similar_units(templates, np.array([100, 50, 80]), threshold=0.25, max_lag=3)
+    assert merged.tolist() == [0, 1, 0]
+    assert merge_similar_units(templates, np.array([100, 50, 80]), threshold=0.0, max_lag=3).tolist() == [0, 1, 2]
+    assert merge_similar_units(templates[:1], np.array([5]), threshold=0.25, max_lag=3).tolist() == [0]
+    # three identical units become one
+    assert merge_similar_units(np.stack([a, a, a]), np.array([1, 2, 3]), 0.25, 3).tolist() == [0, 0, 0]
+
+
+# -- clustering --------------------------------------------------------------------------------------------------
+
+
+def _blobs(centres, per_blob, dim, seed, spread=1.0):
+    rng = np.random.default_rng(seed)
+    points, truth = [], []
+    for index, centre in enumerate(centres):
+        c = np.zeros(dim)
+        c[: len(centre)] = centre
+        points.append(c + spread * rng.normal(size=(per_blob, dim)))
+        truth.append(np.full(per_blob, index))
+    return np.concatenate(points), np.concatenate(truth)
+
+
+def _same_partition(labels, truth):
+    pairs = set(zip(labels.tolist(), truth.tolist()))
+    return len(pairs) == len(set(labels.tolist())) == len(set(truth.tolist()))
+
+
+def test_gmm_bic_finds_the_planted_number_of_clusters():
+    features, truth = _blobs([(0, 0), (12, 0), (0, 12)], per_blob=150, dim=2, seed=0)
+    labels = gmm_bic(features, max_components=8, min_cluster_size=20, seed=0)
+    assert len(np.unique(labels)) == 3
+    assert _same_partition(labels, truth)
+    single, _ = _blobs([(0, 0)], per_blob=200, dim=2, seed=1)
+    assert len(np.unique(gmm_bic(single, max_components=8, min_cluster_size=20, seed=0))) == 1
+
+
+def test_gmm_bic_is_bounded_by_min_cluster_size():
+    features, _ = _blobs([(0, 0), (12, 0), (0, 12)], per_blob=15, dim=2, seed=0)
+    # 45 points and clusters of at least 20: at most 2 components
+    assert len(np.unique(gmm_bic(features, max_components=8, min_cluster_size=20, seed=0))) <= 2
+
+
+@pytest.mark.parametrize("method", ["gmm_bic", "hdbscan"])
+def test_cluster_latents_keeps_groups_apart(method):
+    # group 0 and group 1 hold the same two blobs (same latents) but different peak channels: different clusters;
+    # group 2 is too small to cluster
+    first, truth0 = _blobs([(0, 0), (15, 0)], per_blob=100, dim=10, seed=0)
+    second, truth1 = _blobs([(0, 0), (15, 0)], per_blob=100, dim=10, seed=1)
+    third, _ = _blobs([(30, 30)], per_blob=5, dim=10, seed=2)
+    latents = np.concatenate([first, second, third])
+    groups = np.r_[np.zeros(200, int), np.ones(200, int), np.full(5, 2)]
+    labels = cluster_latents(latents, groups, method=method, min_cluster_size=20, seed=0)
+    assert labels.shape == (405,)
+    assert np.all(labels[groups == 2] == -1)
+    group0, group1 = labels[groups == 0], labels[groups == 1]
+    assert not set(group0[group0 >= 0].tolist()) & set(group1[group1 >= 0].tolist())
+    # within each group the two blobs are told apart and most events are clustered
+    for group_labels, truth in ((group0, truth0), (group1, truth1)):
+        kept = group_labels >= 0
+        assert kept.mean() > 0.8
+        assert len(np.unique(group_labels[kept])) == 2
+        assert _same_partition(group_labels[kept], truth[kept])
+    # labels are 0..n-1
+    assert sorted(np.unique(labels[labels >= 0]).tolist()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "gmm_bic",
+        "hdbscan",
+    ],
+)
+def test_cluster_latents_single_unit_group_is_one_cluster(method):
+    # the usual case on a probe: a peak channel that only one unit peaks on
+    latents, _ = _blobs([(0, 0)], per_blob=200, dim=10, seed=1)
+    labels = cluster_latents(latents, np.zeros(200, int), method=method, min_cluster_size=20, seed=0)
+    assert (labels >= 0).mean() > 0.8
+    assert len(np.unique(labels[labels >= 0])) == 1
+
+
+def test_cluster_latents_is_deterministic():
+    latents, _ = _blobs([(0, 0), (8, 0), (0, 8)], per_blob=80, dim=6, seed=4)
+    groups = np.zeros(latents.shape[0], int)
+    first = cluster_latents(latents, groups, seed=0)
+    second = cluster_latents(latents, groups, seed=0)
+    np.testing.assert_array_equal(first, second)
