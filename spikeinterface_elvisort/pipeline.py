@@ -225,12 +225,10 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
     num_clusters = int(labels.max()) + 1
     num_before_merge = num_clusters
     if num_clusters:
-        templates = compute_templates(preprocessed, peaks[train_indices], labels, num_clusters, nbefore, nafter,
-                                      job_kwargs)
-        merged = merge_similar_units(templates, np.bincount(labels[labels >= 0], minlength=num_clusters),
-                                     params["merge_threshold"], max_lag=_merge_lag(preprocessed))
-        labels = np.where(labels >= 0, merged[np.maximum(labels, 0)], -1)
-        num_clusters = int(labels.max()) + 1
+        labels, num_clusters = _merge_near_identical(
+            preprocessed, peaks[train_indices], labels, num_clusters, nbefore, nafter, params["merge_threshold"],
+            job_kwargs,
+        )
     stages.done("clustering", "%d clusters (%s), %d after merging near-identical ones, %d events as noise",
                 num_before_merge, params["clustering_method"], num_clusters, int((labels < 0).sum()))
     if num_clusters == 0:
@@ -302,8 +300,14 @@ def _soft_assignment(model, snippets, positions, device, batch_size):
     return q
 
 
-def _merge_lag(recording) -> int:
-    return int(round(0.3e-3 * recording.sampling_frequency))
+def _merge_near_identical(recording, peaks, labels, num_units, nbefore, nafter, threshold, job_kwargs):
+    """Full-probe templates of the labelled events, agglomerative merge of those closer than ``threshold`` (aligned
+    over +-0.3 ms); returns the relabelled events (-1 stays -1) and the new unit count."""
+    templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
+    counts = np.bincount(labels[labels >= 0], minlength=num_units)
+    max_lag = int(round(0.3e-3 * recording.sampling_frequency))
+    merged = merge_similar_units(templates, counts, threshold, max_lag=max_lag)
+    return np.where(labels >= 0, merged[np.maximum(labels, 0)], -1), int(merged.max()) + 1
 
 
 def _clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter, params, job_kwargs):
@@ -314,11 +318,9 @@ def _clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter
     if num_units == 0:
         return peaks, labels, 0, empty_templates
 
-    templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
-    counts = np.bincount(labels[labels >= 0], minlength=num_units)
-    merged = merge_similar_units(templates, counts, params["merge_threshold"], max_lag=_merge_lag(recording))
-    labels = np.where(labels >= 0, merged[np.maximum(labels, 0)], -1)
-    num_units = int(merged.max()) + 1
+    labels, num_units = _merge_near_identical(
+        recording, peaks, labels, num_units, nbefore, nafter, params["merge_threshold"], job_kwargs
+    )
     templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
 
     # weak (noise-like) and tiny units go
@@ -433,10 +435,8 @@ def _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs):
         template_diff_thresh=np.arange(0.05, 0.4, 0.05),
         job_kwargs=job_kwargs,
     )
-    merged = analyzer.sorting
-    # map every event to its merged unit: a merge keeps one of the original unit ids, or makes a new one
-    merged_vector = merged.to_spike_vector()
-    merged_ids = np.asarray(merged.unit_ids)
+    # map every event to its merged unit: align the merged spike vector with the events
+    merged_vector = analyzer.sorting.to_spike_vector()
     order_before = np.lexsort((labels, events["sample_index"], events["segment_index"]))
     order_after = np.lexsort((merged_vector["unit_index"], merged_vector["sample_index"], merged_vector["segment_index"]))
     if merged_vector.size != events.size:
