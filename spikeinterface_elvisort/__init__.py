@@ -19,6 +19,9 @@ _LAZY = {
     "check_params": ".params",
     "resolve_device": ".device",
     "load_checkpoint": ".results",
+    "load_model": ".instant",
+    "ElvisortModel": ".instant",
+    "OnlineSorter": ".streaming",
     "BetaVAE": ".models",
     "BetaVAEConfig": ".models",
 }

@@ -70,19 +70,29 @@ def algorithm1(traces: np.ndarray, thresholds: np.ndarray, snippet_samples: int,
 
     traces (num_samples, num_channels), thresholds (num_channels,) -> centres (num_events,)
     """
+    return algorithm1_scan(traces, thresholds, snippet_samples, peak_sign)[0]
+
+
+def algorithm1_scan(traces: np.ndarray, thresholds: np.ndarray, snippet_samples: int, peak_sign: str = "neg",
+                    first: int = 0, stop: int | None = None, next_free: int = -1) -> tuple[np.ndarray, int]:
+    """Algorithm 1's scan restricted to windows opening in ``traces[first:stop]``, resuming after ``next_free``
+    (the state carried from the previous block); a window may read up to st/2 samples past ``stop``.
+
+    Returns the centres (indices into ``traces``) and the new ``next_free``.
+    """
     signed = _signed(traces, peak_sign)
     above = (signed > thresholds[None, :]).any(axis=1)
     d_prime = signed.max(axis=1) * above
     half = snippet_samples // 2
+    stop = traces.shape[0] if stop is None else stop
     centres = []
-    next_free = 0
-    for t in np.flatnonzero(above):
+    for t in np.flatnonzero(above[first:stop]) + first:
         if t < next_free:
             continue
         centre = t + int(np.argmax(d_prime[t : t + half + 1]))
         centres.append(centre)
         next_free = centre + half + 1
-    return np.asarray(centres, dtype=np.int64)
+    return np.asarray(centres, dtype=np.int64), int(next_free)
 
 
 def _detect_algorithm1(recording, noise_levels, peak_sign, detect_threshold, snippet_samples):

@@ -7,6 +7,8 @@ SpikeInterface merges the user's parameters into ``DEFAULT_PARAMS``, rejects unk
 from __future__ import annotations
 
 import numbers
+from os import PathLike
+from pathlib import Path
 from dataclasses import dataclass, fields
 
 
@@ -17,7 +19,7 @@ class Param:
     stage: str  # "preprocessing" | "detection" | "snippets" | "model" | "training" | "clustering" | "cleanup" | "run"
 
 
-STAGES = ("preprocessing", "detection", "snippets", "model", "training", "clustering", "cleanup", "run")
+STAGES = ("preprocessing", "detection", "snippets", "model", "training", "clustering", "cleanup", "instant", "run")
 
 PARAMS = {
     # preprocessing
@@ -166,6 +168,27 @@ PARAMS = {
         "and cross-contamination presets, as Tridesclous2 and SpykingCircus2 do).",
         "cleanup",
     ),
+    # saved models and labels
+    "pretrained_model": Param(
+        None,
+        "Path to a model saved by an earlier elvisort run (its model.pt, sorter_output/ or run folder): sort with "
+        "inference only, no training (see load_model). The recording must come from the same probe, channel order "
+        "and sampling rate.",
+        "instant",
+    ),
+    "training_sorting": Param(
+        None,
+        "Path to labels to train on instead of clustering: a saved SpikeInterface sorting folder, or a Phy folder "
+        "(for instance curated in Phy; clusters labelled 'noise' are left out). Detected events near a labelled "
+        "spike train the classifier branch with that unit; the output has these unit ids.",
+        "instant",
+    ),
+    "training_recording": Param(
+        None,
+        "Path to the saved SpikeInterface recording that training_sorting labels, when it is not the recording being "
+        "sorted (it must come from the same probe and sampling rate).",
+        "instant",
+    ),
     # run
     "device": Param('auto', '"auto" | "cpu" | "cuda" | "cuda:N": where the network runs; "auto" picks CUDA when present.', "run"),
     "seed": Param(0, "Random seed (numpy, scikit-learn and torch); the same seed gives the same sorting on the CPU.", "run"),
@@ -275,6 +298,17 @@ def check_params(params: dict) -> dict:
     threads = params["torch_threads"]
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
         raise ValueError(f"torch_threads={threads!r} must be None or an integer >= 1")
+
+    for name in ("pretrained_model", "training_sorting", "training_recording"):
+        value = params[name]
+        if value is not None and not isinstance(value, (str, PathLike)):
+            raise ValueError(f"{name}={value!r} must be None or a path (str or pathlib.Path)")
+        if value is not None and not Path(value).exists():
+            raise ValueError(f"{name}={str(value)!r} does not exist")
+    if params["pretrained_model"] is not None and params["training_sorting"] is not None:
+        raise ValueError("give either pretrained_model (inference only) or training_sorting (train on labels), not both")
+    if params["training_recording"] is not None and params["training_sorting"] is None:
+        raise ValueError("training_recording is the recording of training_sorting's labels: give training_sorting too")
 
     if not isinstance(params["job_kwargs"], dict):
         raise ValueError(f"job_kwargs={params['job_kwargs']!r} must be a dict such as {{'n_jobs': 2}}")

@@ -78,6 +78,14 @@ def _run(recording, params, folder, verbose, device, rng):
     from spikeinterface.core.job_tools import fix_job_kwargs
 
     stages = _Stages()
+    if params["pretrained_model"] is not None:
+        return _sort_pretrained(recording, params, folder, verbose, device, stages)
+    target = recording  # the recording to sort; the stages below learn from `recording`
+    labelled = None
+    if params["training_sorting"] is not None:
+        # supervised: learn from the labelled recording (this one unless training_recording is given), then sort
+        # `target` with the trained model
+        labelled, recording = _read_labels(params, target)
     seed = int(params["seed"])
     job_kwargs = fix_job_kwargs(params["job_kwargs"])
     job_kwargs["progress_bar"] = verbose
@@ -101,6 +109,7 @@ def _run(recording, params, folder, verbose, device, rng):
         whitening=params["whitening"],
         seed=seed,
     )
+    whitening = _whitening_matrix(preprocessed)
     preprocessed, cache_info = cache_recording(
         preprocessed, params["cache_preprocessing"], folder / "cache_preprocessing", job_kwargs
     )
@@ -129,8 +138,35 @@ def _run(recording, params, folder, verbose, device, rng):
     final_labels = np.full(peaks.size, -1, dtype=np.int64)
     history: list[dict] = []
     model = None
+    settings = {
+        "params": params,
+        "sampling_frequency": sampling_frequency,
+        "channel_ids": list(map(str, recording.channel_ids)),
+        "channel_locations": channel_locations,
+        "noise_levels": noise_levels,
+        "nbefore": nbefore,
+        "nafter": nafter,
+        "whitening": whitening,
+    }
+    if labelled is not None:
+        model, history, training_set = _learn_from_labels(
+            preprocessed, peaks, labelled, noise_levels, neighbours, channel_locations, nbefore, nafter, params,
+            device, rng, stages, verbose,
+        )
+        templates = compute_templates(preprocessed, training_set["events"], training_set["labels"],
+                                      labelled.unit_ids.size, nbefore, nafter, job_kwargs)
+        settings.update(unit_ids=np.asarray(labelled.unit_ids), templates=templates)
+        save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=settings)
+        save_history(folder / "history.csv", history)
+        del preprocessed
+        if cache_info["mode"] == "folder":
+            from spikeinterface.sortingcomponents.tools import clean_cache_preprocessing
+
+            clean_cache_preprocessing(cache_info)
+        return _sort_pretrained(target, params | {"pretrained_model": folder}, folder, verbose, device, stages,
+                                save=False)
     if peaks.size >= 2 * params["clustering_min_cluster_size"]:
-        model, history, final_labels, num_units = _learn_and_label(
+        model, history, final_labels, num_units, training_set = _learn_and_label(
             preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
             job_kwargs, stages, verbose,
         )
@@ -145,19 +181,12 @@ def _run(recording, params, folder, verbose, device, rng):
 
     unit_ids = np.arange(num_units)
     sorting = to_sorting(peaks_out, labels_out, unit_ids, sampling_frequency, num_segments)
-    if model is not None:
-        extra = {
-            "params": params,
-            "sampling_frequency": sampling_frequency,
-            "channel_ids": list(map(str, recording.channel_ids)),
-            "channel_locations": channel_locations,
-            "noise_levels": noise_levels,
-            "nbefore": nbefore,
-            "nafter": nafter,
-            "unit_ids": unit_ids,
-            "templates": templates,
-        }
-        save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=extra)
+    if model is not None and num_units:
+        # the saved model must label events with the final units: retrain its classifier head on them
+        history += _classifier_for_units(model, training_set, sorting, params, device, verbose)
+        stages.done("saved model", "classifier retrained on the %d final units", num_units)
+        settings.update(unit_ids=unit_ids, templates=templates)
+        save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=settings)
         save_history(folder / "history.csv", history)
     if params["save_arrays"]:
         save_arrays(folder, peaks=peaks, labels=final_labels, noise_levels=noise_levels, templates=templates)
@@ -170,23 +199,19 @@ def _run(recording, params, folder, verbose, device, rng):
     return sorting
 
 
-def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params,
-                     device, rng, job_kwargs, stages, verbose):
-    """Train the beta-VAE on a subsample, cluster, refine with DEC, self-train the classifier, label every event."""
+def _train_vae(preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
+               stages, verbose):
+    """Training set (a bounded random subsample of the events plus noise windows for the non-spike class) and the
+    unsupervised beta-VAE trained on it. Returns (model, history, training_set, base TrainConfig)."""
     seed = int(params["seed"])
-    positions = channel_locations[peaks["channel_index"]]
-
-    # snippets for training: a bounded random subsample of events, plus noise windows for the non-spike class
     num_train = min(params["train_max_snippets"], peaks.size)
     train_indices = np.sort(rng.choice(peaks.size, size=num_train, replace=False))
     noise = noise_peaks(peaks, preprocessed, int(params["train_noise_fraction"] * num_train), nbefore + nafter, rng)
     train_snippets = extract_snippets(preprocessed, peaks[train_indices], neighbours, nbefore, nafter)
     noise_snippets = extract_snippets(preprocessed, noise, neighbours, nbefore, nafter)
-    noise_positions = channel_locations[noise["channel_index"]]
     stages.done("snippets", "%d training events, %d noise windows, snippet %s",
                 num_train, noise.size, train_snippets.shape[1:])
 
-    # unsupervised beta-VAE
     model = build_model(
         "beta_vae",
         num_samples=nbefore + nafter,
@@ -195,27 +220,50 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
         noise_level=float(np.median(noise_levels)) or 1.0,
         **params["model_kwargs"],
     )
-    beta = model.config.beta
     mixed = params["mixed_precision"] is True or (params["mixed_precision"] == "auto" and device.type == "cuda")
     base = TrainConfig(
         batch_size=params["train_batch_size"], learning_rate=params["train_learning_rate"], mixed_precision=mixed,
         seed=seed,
     )
-    all_snippets = np.concatenate([train_snippets, noise_snippets])
+    training_set = {
+        "events": peaks[train_indices],  # the training events (noise windows follow them in snippets/positions)
+        "num_events": num_train,
+        "snippets": np.concatenate([train_snippets, noise_snippets]),
+        "positions": np.concatenate([channel_locations[peaks["channel_index"][train_indices]],
+                                     channel_locations[noise["channel_index"]]]),
+    }
     history = train_model(
-        model, all_snippets,
-        replace(base, epochs=params["train_epochs"], weights={"kl": beta},
+        model, training_set["snippets"],
+        replace(base, epochs=params["train_epochs"], weights={"kl": model.config.beta},
                 kl_warmup_epochs=params["train_kl_warmup_epochs"], stage="vae"),
         device, verbose=verbose,
     )
     stages.done("training", "%d epochs, reconstruction %.1f, KL %.2f", params["train_epochs"],
                 history[-1]["reconstruction"], history[-1]["kl"])
+    return model, history, training_set, base
+
+
+def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params,
+                     device, rng, job_kwargs, stages, verbose):
+    """Train the beta-VAE on a subsample, cluster, refine with DEC, self-train the classifier, label every event."""
+    seed = int(params["seed"])
+    positions = channel_locations[peaks["channel_index"]]
+    model, history, training_set, base = _train_vae(
+        preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
+        stages, verbose,
+    )
+    beta = model.config.beta
+    num_train = training_set["num_events"]
+    train_events = training_set["events"]
+    train_snippets = training_set["snippets"][:num_train]
+    train_positions = training_set["positions"][:num_train]
+    num_noise = training_set["snippets"].shape[0] - num_train
 
     # latent clustering, per peak channel, then merge clusters whose full-probe templates are near-identical
     latents = encode(model, train_snippets, device, batch_size=params["train_batch_size"] * 4)
     labels = cluster_latents(
         latents,
-        peaks["channel_index"][train_indices],
+        train_events["channel_index"],
         method=params["clustering_method"],
         max_components=params["clustering_max_components"],
         pca_components=params["clustering_pca_components"],
@@ -226,16 +274,15 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
     num_before_merge = num_clusters
     if num_clusters:
         labels, num_clusters = _merge_near_identical(
-            preprocessed, peaks[train_indices], labels, num_clusters, nbefore, nafter, params["merge_threshold"],
+            preprocessed, train_events, labels, num_clusters, nbefore, nafter, params["merge_threshold"],
             job_kwargs,
         )
     stages.done("clustering", "%d clusters (%s), %d after merging near-identical ones, %d events as noise",
                 num_before_merge, params["clustering_method"], num_clusters, int((labels < 0).sum()))
     if num_clusters == 0:
-        return model, history, np.full(peaks.size, -1, dtype=np.int64), 0
+        return model, history, np.full(peaks.size, -1, dtype=np.int64), 0, training_set
 
     # DEC refinement: Student-t soft assignment to centres initialised at the cluster means of the embedding
-    train_positions = positions[train_indices]
     embedding = np.concatenate([latents, train_positions / model.config.position_scale_um], axis=1)
     centres = np.stack([embedding[labels == k].mean(axis=0) for k in range(num_clusters)])
     model.set_centres(centres)
@@ -253,11 +300,11 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
 
     # self-training of the classifier branch: confident events + the non-spike class
     model.set_num_classes(num_clusters + 1)
-    targets = np.concatenate([np.where(confident, labels, -1), np.full(noise.size, num_clusters)])
+    targets = np.concatenate([np.where(confident, labels, -1), np.full(num_noise, num_clusters)])
     history += train_model(
-        model, all_snippets,
+        model, training_set["snippets"],
         replace(base, epochs=params["train_classifier_epochs"], trainable="classifier", stage="classifier"),
-        device, labels=targets, positions=np.concatenate([train_positions, noise_positions]), verbose=verbose,
+        device, labels=targets, positions=training_set["positions"], verbose=verbose,
     )
     stages.done("self-training", "%d of %d events confident, %d classes", int(confident.sum()), num_train,
                 num_clusters + 1)
@@ -272,7 +319,133 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
     final_labels[final_labels == num_clusters] = -1  # the non-spike class
     stages.done("labelling", "%d events labelled as spikes, %d as noise", int((final_labels >= 0).sum()),
                 int((final_labels < 0).sum()))
-    return model, history, final_labels, num_clusters
+    return model, history, final_labels, num_clusters, training_set
+
+
+def _learn_from_labels(preprocessed, peaks, labelled, noise_levels, neighbours, channel_locations, nbefore, nafter,
+                       params, device, rng, stages, verbose):
+    """Supervised, as in the paper: the beta-VAE, then encoder and classifier branch trained on the labels (an event
+    within 0.4 ms of a labelled spike takes its unit; other events and the noise windows are the non-spike class)."""
+    from .instant import LABEL_MATCH_MS, label_events
+
+    if peaks.size < 2:
+        raise ValueError(f"only {peaks.size} event(s) detected in the labelled recording: nothing to train on (check "
+                         "detect_threshold and that the recording holds spikes)")
+    model, history, training_set, base = _train_vae(
+        preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
+        stages, verbose,
+    )
+    max_distance = int(round(LABEL_MATCH_MS * preprocessed.sampling_frequency / 1000.0))
+    labels = label_events(training_set["events"], labelled, max_distance)
+    num_units = labelled.unit_ids.size
+    num_noise = training_set["snippets"].shape[0] - labels.size
+    model.set_num_classes(num_units + 1)
+    targets = np.concatenate([np.where(labels >= 0, labels, num_units), np.full(num_noise, num_units)])
+    history += train_model(
+        model, training_set["snippets"],
+        replace(base, epochs=params["train_epochs"], trainable="encoder_classifier", stage="supervised"),
+        device, labels=targets, positions=training_set["positions"], verbose=verbose,
+    )
+    history += train_model(
+        model, training_set["snippets"],
+        replace(base, epochs=params["train_classifier_epochs"], trainable="classifier", stage="classifier"),
+        device, labels=targets, positions=training_set["positions"], verbose=verbose,
+    )
+    training_set["labels"] = labels
+    stages.done("supervised", "%d of %d training events labelled, %d units", int((labels >= 0).sum()), labels.size,
+                num_units)
+    return model, history, training_set
+
+
+def _classifier_for_units(model, training_set, sorting, params, device, verbose):
+    """Retrain the classifier head alone so that its classes are ``sorting``'s units (+ the non-spike class): the
+    training events take the unit of a final spike within 0.4 ms, the others and the noise windows are non-spikes."""
+    from .instant import LABEL_MATCH_MS, label_events
+
+    max_distance = int(round(LABEL_MATCH_MS * sorting.sampling_frequency / 1000.0))
+    labels = label_events(training_set["events"], sorting, max_distance)
+    num_units = sorting.unit_ids.size
+    num_noise = training_set["snippets"].shape[0] - labels.size
+    model.set_num_classes(num_units + 1)
+    targets = np.concatenate([np.where(labels >= 0, labels, num_units), np.full(num_noise, num_units)])
+    config = TrainConfig(epochs=params["train_classifier_epochs"], batch_size=params["train_batch_size"],
+                         learning_rate=params["train_learning_rate"], trainable="classifier", seed=int(params["seed"]),
+                         stage="final classifier")
+    return train_model(model, training_set["snippets"], config, device, labels=targets,
+                       positions=training_set["positions"], verbose=verbose)
+
+
+def _sort_pretrained(recording, params, folder, verbose, device, stages, save=True):
+    """Inference only: the saved model's settings, detection and classifier (see ElvisortModel.sort)."""
+    from spikeinterface.core.job_tools import fix_job_kwargs
+
+    from .instant import load_model
+
+    model = load_model(params["pretrained_model"], device=str(device))
+    logger.info("elvisort inference with %r on %d channels, %.1f s", model, recording.get_num_channels(),
+                recording.get_total_duration())
+    n_jobs = fix_job_kwargs(params["job_kwargs"])["n_jobs"]
+    sorting = model.sort(recording, n_jobs=n_jobs, verbose=verbose)
+    stages.done("instant sort", "%d units, %d spikes", sorting.unit_ids.size, sorting.to_spike_vector().size)
+    if save:
+        model.save(Path(folder) / "model.pt")
+    logger.info("total %.1f s", time.perf_counter() - stages.start)
+    return sorting
+
+
+def _read_labels(params, recording):
+    """The labelled sorting (SpikeInterface folder or Phy folder) and the recording it labels, checked."""
+    from spikeinterface.core import BaseRecording, BaseSorting, load
+
+    path = Path(params["training_sorting"])
+    if (path / "params.py").is_file() and (path / "spike_times.npy").is_file():
+        from spikeinterface.extractors import read_phy
+
+        sorting = read_phy(path, exclude_cluster_groups=["noise"])
+    else:
+        try:
+            sorting = load(path)
+        except Exception as error:
+            raise ValueError(f"training_sorting={str(path)!r} is neither a saved SpikeInterface sorting nor a Phy "
+                             f"folder ({type(error).__name__}: {error})") from None
+    if not isinstance(sorting, BaseSorting):
+        raise ValueError(f"training_sorting={str(path)!r} holds a {type(sorting).__name__}, not a sorting")
+    labelled_recording = recording
+    if params["training_recording"] is not None:
+        labelled_recording = load(Path(params["training_recording"]))
+        if not isinstance(labelled_recording, BaseRecording):
+            raise ValueError(f"training_recording={params['training_recording']!r} holds a "
+                             f"{type(labelled_recording).__name__}, not a recording")
+        _check_same_probe(labelled_recording, recording)
+    from .instant import _check_sorting
+
+    _check_sorting(sorting, labelled_recording)
+    return sorting, labelled_recording
+
+
+def _check_same_probe(training_recording, recording):
+    if training_recording.get_num_channels() != recording.get_num_channels():
+        raise ValueError(f"training_recording has {training_recording.get_num_channels()} channels, the recording "
+                         f"{recording.get_num_channels()}: labels must come from the same probe")
+    if abs(training_recording.sampling_frequency - recording.sampling_frequency) > 1e-6 * recording.sampling_frequency:
+        raise ValueError(f"training_recording is sampled at {training_recording.sampling_frequency:g} Hz, the "
+                         f"recording at {recording.sampling_frequency:g} Hz: resample one of them first")
+    if not np.allclose(training_recording.get_channel_locations()[:, :2], recording.get_channel_locations()[:, :2],
+                       atol=1.0):
+        raise ValueError("training_recording's channel locations differ from the recording's: labels must come from "
+                         "the same probe, with the channels in the same order")
+
+
+def _whitening_matrix(recording):
+    """The whitening matrix (and mean) SpikeInterface's whiten computed, for the saved model; None without
+    whitening."""
+    from spikeinterface.preprocessing.whiten import WhitenRecording
+
+    if not isinstance(recording, WhitenRecording):
+        return None
+    M = recording._kwargs.get("M")
+    return {"W": np.asarray(recording._kwargs["W"], dtype=np.float32),
+            "M": None if M is None else np.asarray(M, dtype=np.float32)}
 
 
 def _most_confident(labels, confidence, fraction):

@@ -18,6 +18,7 @@ STAGE_TITLES = {
     "training": "Training",
     "clustering": "Clustering",
     "cleanup": "Clean-up",
+    "instant": "Saved models and labels",
     "run": "Run",
 }
 

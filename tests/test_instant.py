@@ -1,0 +1,332 @@
+"""Instant sorting: saved models, inference-only sorting, supervised training from labels, streaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import fast_params, make_ground_truth, save_binary
+
+
+@pytest.fixture(scope="module")
+def trained(small_recording, tmp_path_factory, sorter_device):
+    """An unsupervised elvisort run on the small recording: (run folder, recording, ground truth, sorting)."""
+    import spikeinterface.sorters as ss
+
+    recording, ground_truth = small_recording
+    folder = tmp_path_factory.mktemp("instant") / "run"
+    sorting = ss.run_sorter("elvisort", recording, folder=folder, **fast_params(sorter_device, seed=3))
+    return folder, recording, ground_truth, sorting
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    from spikeinterface_elvisort import load_model
+
+    return load_model(trained[0], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def transfer_pair(tmp_path_factory):
+    """Recordings A and B of the same 5 units on the same 8-channel probe (other spikes and noise), saved, with the
+    ground truth of A saved as a sorting folder: (recording_a, gt_a folder, recording_b, gt_b)."""
+    from spikeinterface_elvisort.benchmarks import generate_transfer_pair
+
+    folder = tmp_path_factory.mktemp("transfer")
+    recording_a, gt_a, recording_b, gt_b = generate_transfer_pair(
+        num_channels=8, num_units=5, durations=[20.0], seed_a=0, seed_b=1
+    )
+    recording_a = save_binary(recording_a, folder / "a")
+    recording_b = save_binary(recording_b, folder / "b")
+    gt_a.save(folder=folder / "gt_a")
+    recording_a.folder = folder / "a"
+    return recording_a, folder / "gt_a", recording_b, gt_b, gt_a
+
+
+def _spike_keys(sample_index, unit_ids):
+    order = np.lexsort((np.asarray(unit_ids).astype(str), sample_index))
+    return list(zip(np.asarray(sample_index)[order].tolist(), np.asarray(unit_ids).astype(str)[order].tolist()))
+
+
+def _sorting_keys(sorting):
+    vector = sorting.to_spike_vector()
+    return _spike_keys(vector["sample_index"], np.asarray(sorting.unit_ids)[vector["unit_index"]])
+
+
+def _mean_accuracy(ground_truth, sorting):
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+
+    return compare_sorter_to_ground_truth(ground_truth, sorting, exhaustive_gt=True).get_performance()[
+        "accuracy"
+    ].astype(float).mean()
+
+
+# -- saved model ---------------------------------------------------------------------------------------------------
+def test_model_pt_holds_what_inference_needs(trained):
+    import torch
+
+    checkpoint = torch.load(trained[0] / "sorter_output" / "model.pt", map_location="cpu", weights_only=False)
+    sorting = trained[3]
+    for key in ("config", "state_dict", "params", "sampling_frequency", "channel_locations", "noise_levels",
+                "nbefore", "nafter", "unit_ids", "templates", "whitening"):
+        assert key in checkpoint, key
+    assert list(checkpoint["unit_ids"]) == list(sorting.unit_ids)
+    assert checkpoint["templates"].shape[0] == sorting.unit_ids.size
+    # the classifier speaks the final units (+ the non-spike class)
+    assert checkpoint["config"]["num_classes"] == sorting.unit_ids.size + 1
+
+
+def test_load_model_accepts_file_and_folders(trained):
+    from spikeinterface_elvisort import load_model
+
+    folder = trained[0]
+    for path in (folder, folder / "sorter_output", folder / "sorter_output" / "model.pt", str(folder)):
+        loaded = load_model(path, device="cpu")
+        assert list(loaded.unit_ids) == list(trained[3].unit_ids)
+    assert "units" in repr(loaded)
+
+
+def test_load_model_errors(tmp_path):
+    from spikeinterface_elvisort import load_model
+
+    with pytest.raises(FileNotFoundError, match="no ELVISort model"):
+        load_model(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not an ELVISort model"):
+        load_model(tmp_path)
+
+
+# -- inference only ------------------------------------------------------------------------------------------------
+def test_sort_is_inference_only_deterministic_and_accurate(model, trained):
+    _, recording, ground_truth, full_sorting = trained
+    weights = {k: v.clone() for k, v in model.network.state_dict().items()}
+    first = model.sort(recording, n_jobs=1)
+    second = model.sort(recording, n_jobs=2)
+    assert _sorting_keys(first) == _sorting_keys(second)  # threads do not change the result
+    assert all(np.array_equal(weights[k], v) for k, v in model.network.state_dict().items())  # no training
+    assert list(first.unit_ids) == list(model.unit_ids)
+    assert first.sampling_frequency == recording.sampling_frequency
+    # 10 units on 4 channels, a 2-epoch model: the full run (template matching) scores 0.10 over the 10 units, one
+    # forward pass of its classifier 0.27 (3 units at 0.85-0.96)
+    assert _mean_accuracy(ground_truth, first) >= 0.2
+
+
+def test_sort_keeps_segments(model, two_segment_recording):
+    recording, _ = two_segment_recording
+    sorting = model.sort(recording)
+    assert sorting.get_num_segments() == 2
+    for segment_index in range(2):
+        assert sum(sorting.get_unit_spike_train(u, segment_index=segment_index).size for u in sorting.unit_ids) > 0
+
+
+def test_sort_rejects_other_probes(model, small_recording):
+    recording, _ = small_recording
+    with pytest.raises(ValueError, match="channels"):
+        model.sort(make_ground_truth(num_channels=8, durations=[2.0], seed=0)[0])
+    other_rate, _ = make_ground_truth(num_channels=4, durations=[2.0], seed=0, sampling_frequency=20000.0)
+    with pytest.raises(ValueError, match="Hz"):
+        model.sort(other_rate)
+    moved = recording.clone()
+    moved.set_dummy_probe_from_locations(recording.get_channel_locations() + 50.0)
+    with pytest.raises(ValueError, match="locations"):
+        model.sort(moved)
+
+
+def test_sort_with_recording_noise_levels(model, trained):
+    _, recording, ground_truth, _ = trained
+    sorting = model.sort(recording, noise_levels="recording")
+    assert _mean_accuracy(ground_truth, sorting) >= 0.2
+    with pytest.raises(ValueError, match="noise_levels"):
+        model.sort(recording, noise_levels="other")
+
+
+def test_run_sorter_with_pretrained_model(trained, model, tmp_path):
+    import spikeinterface.sorters as ss
+
+    folder, recording, _, _ = trained
+    sorting = ss.run_sorter("elvisort", recording, folder=tmp_path / "again", pretrained_model=str(folder),
+                            device="cpu", torch_threads=1)
+    assert _sorting_keys(sorting) == _sorting_keys(model.sort(recording))
+    output = tmp_path / "again" / "sorter_output"
+    assert (output / "model.pt").is_file()  # the model that sorted is kept with its result
+    assert not (output / "history.csv").exists()  # nothing was trained
+
+
+def test_pretrained_model_from_another_probe_is_refused(trained, tmp_path):
+    import spikeinterface.sorters as ss
+
+    recording, _ = make_ground_truth(num_channels=8, durations=[2.0], seed=0)
+    recording = save_binary(recording, tmp_path / "rec8")
+    with pytest.raises(Exception, match="trained on 4 channels"):
+        ss.run_sorter("elvisort", recording, folder=tmp_path / "out", pretrained_model=str(trained[0]),
+                      device="cpu")
+
+
+# -- streaming -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("block_sizes", ["one-block", "small-random", "large-random", "odd"])
+def test_stream_equals_offline_for_any_block_size(model, trained, block_sizes):
+    from spikeinterface_elvisort import OnlineSorter
+
+    _, recording, _, _ = trained
+    piece = recording.frame_slice(0, int(6 * recording.sampling_frequency))
+    offline = model.sort(piece)
+    traces = piece.get_traces()
+    rng = np.random.default_rng(0)
+    sizes = {
+        "one-block": lambda: traces.shape[0],
+        "small-random": lambda: int(rng.integers(1, 300)),
+        "large-random": lambda: int(rng.integers(1000, 40000)),
+        "odd": lambda: 4097,
+    }[block_sizes]
+    sorter = OnlineSorter(model)
+    found, start = [], 0
+    while start < traces.shape[0]:
+        size = sizes()
+        found.append(sorter.process(traces[start : start + size]))
+        start += size
+    found.append(sorter.flush())
+    spikes = np.concatenate(found)
+    assert spikes.size > 20
+    assert _spike_keys(spikes["sample_index"], spikes["unit_id"]) == _sorting_keys(offline)
+    assert sorter.flush().size == 0
+    with pytest.raises(RuntimeError, match="flushed"):
+        sorter.process(traces[:10])
+
+
+def test_stream_latency_is_bounded(model, trained):
+    from spikeinterface_elvisort import OnlineSorter
+
+    _, recording, _, _ = trained
+    sorter = OnlineSorter(model, block_ms=50.0)
+    fs = recording.sampling_frequency
+    traces = recording.get_traces(end_frame=int(4 * fs))
+    block = int(0.01 * fs)
+    worst = 0
+    for start in range(0, traces.shape[0], block):
+        spikes = sorter.process(traces[start : start + block])
+        if spikes.size:
+            worst = max(worst, int(start + block - spikes["sample_index"].min()))
+    assert worst > 0
+    assert worst / fs * 1000 <= sorter.latency_ms + 10.0  # + one 10 ms input block
+
+
+def test_stream_rejects_bad_blocks(model):
+    from spikeinterface_elvisort import OnlineSorter
+
+    sorter = OnlineSorter(model)
+    with pytest.raises(ValueError, match="channels"):
+        sorter.process(np.zeros((100, 3), dtype=np.float32))
+    bad = np.zeros((100, 4), dtype=np.float32)
+    bad[5, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sorter.process(bad)
+    block = np.ones((100, 4), dtype=np.float32)
+    sorter.process(block)
+    assert np.all(block == 1)  # the caller's data is untouched
+
+
+def test_stream_equals_offline_with_algorithm1(trained, tmp_path):
+    """Algorithm 1 carries its scan state across blocks: the stream must still match."""
+    from spikeinterface_elvisort import OnlineSorter, load_model
+
+    model = load_model(trained[0], device="cpu")
+    model.params["detection_method"] = "algorithm1"
+    piece = trained[1].frame_slice(0, int(3 * trained[1].sampling_frequency))
+    offline = model.sort(piece)
+    traces = piece.get_traces()
+    sorter = OnlineSorter(model)
+    rng = np.random.default_rng(1)
+    found, start = [], 0
+    while start < traces.shape[0]:
+        size = int(rng.integers(1, 5000))
+        found.append(sorter.process(traces[start : start + size]))
+        start += size
+    found.append(sorter.flush())
+    spikes = np.concatenate(found)
+    assert spikes.size > 10
+    assert _spike_keys(spikes["sample_index"], spikes["unit_id"]) == _sorting_keys(offline)
+
+
+# -- labels --------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def supervised_transfer(transfer_pair, tmp_path_factory, sorter_device):
+    """Train on A's ground truth, sort B (the paper's transfer experiment, small)."""
+    import spikeinterface.sorters as ss
+
+    recording_a, gt_a_folder, recording_b, gt_b, _ = transfer_pair
+    folder = tmp_path_factory.mktemp("supervised") / "run"
+    sorting = ss.run_sorter(
+        "elvisort", recording_b, folder=folder,
+        **fast_params(sorter_device, training_sorting=str(gt_a_folder), training_recording=str(recording_a.folder)),
+    )
+    return folder, sorting
+
+
+def test_training_sorting_transfers_to_another_recording(supervised_transfer, transfer_pair):
+    from spikeinterface_elvisort import load_model
+    from spikeinterface_elvisort.benchmarks import classification_scores
+
+    folder, sorting = supervised_transfer
+    _, _, recording_b, gt_b, gt_a = transfer_pair
+    assert list(sorting.unit_ids) == list(gt_a.unit_ids)  # the labels' unit ids
+    # measured 0.71 with the test's 2-epoch model: four units at 0.92-1.0, one too small for the detector
+    assert _mean_accuracy(gt_b, sorting) >= 0.65
+    scores = classification_scores(load_model(folder, device="cpu"), recording_b, gt_b)
+    assert scores["micro_f1"] >= 0.9
+    history = (folder / "sorter_output" / "history.csv").read_text()
+    assert "supervised" in history
+
+
+def test_training_sorting_from_a_phy_folder(transfer_pair, tmp_path, sorter_device):
+    """A Phy folder (as written by export_to_phy, with one cluster labelled noise) trains the classifier; the noise
+    cluster is left out."""
+    import spikeinterface.sorters as ss
+    from spikeinterface.core import create_sorting_analyzer
+    from spikeinterface.exporters import export_to_phy
+
+    recording_a, _, _, _, gt_a = transfer_pair
+    analyzer = create_sorting_analyzer(gt_a, recording_a, sparse=True, format="memory")
+    analyzer.compute(["random_spikes", "templates", "noise_levels"])
+    analyzer.compute("spike_amplitudes")
+    export_to_phy(analyzer, tmp_path / "phy", compute_pc_features=False, copy_binary=False, verbose=False)
+    groups = (tmp_path / "phy" / "cluster_group.tsv")
+    cluster_ids = np.unique(np.load(tmp_path / "phy" / "spike_clusters.npy"))
+    groups.write_text("cluster_id\tgroup\n" + "".join(
+        f"{c}\t{'noise' if i == 0 else 'good'}\n" for i, c in enumerate(cluster_ids)))
+    sorting = ss.run_sorter("elvisort", recording_a, folder=tmp_path / "run",
+                            **fast_params(sorter_device, training_sorting=str(tmp_path / "phy")))
+    assert sorting.unit_ids.size == cluster_ids.size - 1
+
+
+def test_label_errors(transfer_pair, tmp_path, trained):
+    import spikeinterface.sorters as ss
+    from spikeinterface.core import generate_sorting
+
+    recording_a, gt_a_folder, _, _, _ = transfer_pair
+    with pytest.raises(Exception, match="not both"):
+        ss.run_sorter("elvisort", recording_a, folder=tmp_path / "a", pretrained_model=str(trained[0]),
+                      training_sorting=str(gt_a_folder))
+    with pytest.raises(Exception, match="give training_sorting too"):
+        ss.run_sorter("elvisort", recording_a, folder=tmp_path / "b", training_recording=str(gt_a_folder))
+    other_rate = generate_sorting(num_units=3, sampling_frequency=20000.0, durations=[20.0], seed=0)
+    other_rate.save(folder=tmp_path / "other_rate")
+    with pytest.raises(Exception, match="Hz"):
+        ss.run_sorter("elvisort", recording_a, folder=tmp_path / "c", training_sorting=str(tmp_path / "other_rate"))
+    with pytest.raises(Exception, match="does not exist"):
+        ss.run_sorter("elvisort", recording_a, folder=tmp_path / "d", training_sorting=str(tmp_path / "nothing"))
+
+
+def test_fine_tune_learns_new_labels(trained, transfer_pair):
+    """fine_tune trains the classifier branch alone on ground truth; the rest of the network stays frozen."""
+    from spikeinterface_elvisort import load_model
+
+    _, recording, ground_truth, _ = trained
+    model = load_model(trained[0], device="cpu")
+    frozen = {k: v.clone() for k, v in model.network.state_dict().items() if not k.startswith("classifier")}
+    before = _mean_accuracy(ground_truth, model.sort(recording))
+    history = model.fine_tune(recording, ground_truth, epochs=10)
+    assert len(history) == 10 and history[-1]["classification"] < history[0]["classification"]
+    assert all(np.array_equal(frozen[k], v) for k, v in model.network.state_dict().items() if k in frozen)
+    assert list(model.unit_ids) == list(ground_truth.unit_ids)
+    after = _mean_accuracy(ground_truth, model.sort(recording))
+    assert after >= before + 0.05  # measured 0.27 -> 0.34 (5 of 10 units found, 3 before)
