@@ -228,3 +228,18 @@ def test_models_registry_matches_the_config_classes():
     assert config_class is BetaVAEConfig
     assert isinstance(build_model("beta_vae", num_samples=31, num_channels=4), model_class)
     assert np.all([isinstance(f, str) for f in BetaVAEConfig.derived_fields])
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), ((1, 2), None, 0), ((3, 5), 1, (1, 2))])
+def test_fast_max_pool_equals_torch(kernel, stride, padding):
+    """The inference path of our MaxPool2d (maxima of shifted views) gives exactly torch's values."""
+    import torch
+
+    from spikeinterface_elvisort.models.layers import MaxPool2d
+
+    x = torch.randn(7, 5, 8, 25, generator=torch.Generator().manual_seed(0))
+    reference = torch.nn.MaxPool2d(kernel, stride=stride, padding=padding)
+    fast = MaxPool2d(kernel, stride=stride, padding=padding)
+    with torch.no_grad():
+        assert torch.equal(fast(x), reference(x))
+    assert torch.equal(fast(x), reference(x))  # training path: torch's own op

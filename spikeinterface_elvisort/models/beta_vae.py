@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .config import BetaVAEConfig
-from .layers import Inception2d, dec_target, gaussian_kl, student_t_assignment
+from .layers import Inception2d, MaxPool2d, dec_target, gaussian_kl, student_t_assignment
 
 
 class BetaVAE(nn.Module):
@@ -42,7 +42,7 @@ class BetaVAE(nn.Module):
             conv.append(block)
             width = block.out_channels
             if index == 0:
-                conv.append(nn.MaxPool2d((1, 2)))
+                conv.append(MaxPool2d((1, 2)))
         pooled = (min(c.num_channels, 4), 4)
         conv += [nn.Dropout(c.dropout), nn.AdaptiveAvgPool2d(pooled), nn.Flatten()]
         self.conv = nn.Sequential(*conv)
