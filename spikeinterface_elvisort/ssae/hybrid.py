@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..results import to_sorting
 from ..snippets import extract_snippets, noise_peaks
 
 JITTER = 3  # samples (0.1 ms at 30 kHz) a hybrid event may move when it is realigned on its noisy extremum
@@ -156,8 +157,8 @@ def make_hybrid_set(
     seed : int
         Seed of the template generator.
     """
-    from spikeinterface.core import NumpySorting
     from spikeinterface.core.generate import InjectTemplatesRecording
+    from spikeinterface.core.node_pipeline import base_peak_dtype
 
     num_samples = nbefore + nafter
     raw, peak_index, templates = generate_probe_templates(
@@ -165,13 +166,14 @@ def make_hybrid_set(
     )
     template_channels = np.argmax(np.abs(templates.templates_array).max(axis=1), axis=1)
 
-    # quiet times in the first segment's first MAX_SPAN_S seconds, at least one snippet (plus jitter) apart
+    # quiet times in the first segment's first MAX_SPAN_S seconds, at least one snippet (plus jitter) apart (the
+    # recording is not sliced: select_segments would re-parent the caller's segment objects)
+    base = _float_recording(recording)
     span = int(min(recording.get_num_samples(0), MAX_SPAN_S * recording.sampling_frequency))
-    base = _float_recording(recording).select_segments([0]).frame_slice(0, span)
-    first = peaks[(peaks["segment_index"] == 0) & (peaks["sample_index"] < span)].copy()
-    first["segment_index"] = 0
     count = num_templates * spikes_per_template
-    candidates = noise_peaks(first, base, 2 * count, 2 * num_samples, rng)
+    fraction = span / sum(recording.get_num_samples(s) for s in range(recording.get_num_segments()))
+    candidates = noise_peaks(peaks, base, int(2 * count / fraction), 2 * num_samples, rng)
+    candidates = candidates[(candidates["segment_index"] == 0) & (candidates["sample_index"] < span)]
     times = np.unique(candidates["sample_index"])
     spaced = [times[0]] if times.size else []
     for time in times[1:]:
@@ -196,18 +198,17 @@ def make_hybrid_set(
     pool = magnitude[(magnitude >= low) & (magnitude <= high)]
     amplitudes = rng.choice(pool if pool.size else magnitude, size=labels.size).astype(np.float32)
 
-    sorting = NumpySorting.from_samples_and_labels([times], [labels], recording.sampling_frequency,
-                                                   unit_ids=np.arange(num_templates))
-    # the injection's spike vector is ordered by (sample, unit): times are unique, so it is our order
+    events = np.zeros(labels.size, dtype=base_peak_dtype)
+    events["sample_index"] = times
+    events["channel_index"] = template_channels[labels]
+    # a sorting with every segment of the recording (the injections are all in the first); its spike vector is
+    # ordered by (segment, sample), the order of `times`, so the amplitudes line up
+    sorting = to_sorting(events, labels, np.arange(num_templates), recording.sampling_frequency,
+                         recording.get_num_segments())
     injected = InjectTemplatesRecording(sorting, raw, nbefore=peak_index, amplitude_factor=amplitudes,
                                         parent_recording=base)
     hybrid_recording = preprocess(injected)
 
-    from spikeinterface.core.node_pipeline import base_peak_dtype
-
-    events = np.zeros(labels.size, dtype=base_peak_dtype)
-    events["sample_index"] = times
-    events["channel_index"] = template_channels[labels]
     # cut wider, then align each event on its own extremum on the peak channel, as the detector aligns real events
     wide = extract_snippets(hybrid_recording, events, neighbours, nbefore + JITTER, nafter + JITTER)
     channels = neighbours[template_channels[labels]]

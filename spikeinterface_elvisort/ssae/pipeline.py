@@ -52,6 +52,7 @@ def run_ssae(recording, params: dict, folder: Path, verbose: bool = False):
     import torch
 
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device(params["device"])
     rng = seed_everything(params["seed"])
     previous_threads = torch.get_num_threads()
