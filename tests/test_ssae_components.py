@@ -241,6 +241,7 @@ def test_regions_keep_distant_events_apart():
     assert regions_of_channels[0] == regions_of_channels[1] != regions_of_channels[2] == regions_of_channels[3]
     np.testing.assert_array_equal(probe_regions(locations, None), np.arange(4))
     channels = np.repeat([0, 2], 200)
-    clustering = BicEnsembleClustering(min_cluster_size=20, random_state=0).fit([features], regions_of_channels[channels])
+    clustering = BicEnsembleClustering(min_cluster_size=20, random_state=0)
+    clustering.fit([features], regions_of_channels[channels])
     first, second = clustering.labels_[:200], clustering.labels_[200:]
     assert not set(first) & set(second)

@@ -1,21 +1,20 @@
-"""The ``run_sorter("ssae", ...)`` contract, as for elvisort: SpikeInterface's folder and info conventions with the
-real defaults; model, cleaner, history and log in sorter_output/; segments; determinism; verbosity; early errors.
+"""The ``run_sorter("ssae", ...)`` contract, as for elvisort: model, cleaner, history and log in sorter_output/;
+checkpoints; segments; determinism; verbosity; early errors.
 
-Each sorter run is a module-scoped fixture shared by several tests. The contract run uses the real defaults; the
-others use ``ssae_fast_params`` (they test plumbing, not accuracy: test_ssae_accuracy.py does that).
+These runs use ``ssae_fast_params`` (they test plumbing, not accuracy). The contract with the real defaults
+(``delete_output_folder``, the json files, the log) is checked on the run of test_ssae_accuracy.py, which sorts with
+the defaults anyway: one sorter run, both checks.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
-import json
 
 import numpy as np
 import pytest
 
 import spikeinterface.sorters as ss
-from spikeinterface.core import BaseSorting
 from spikeinterface.sorters.utils import SpikeSortingError
 
 from spikeinterface_elvisort.ssae.params import SSAE_DEFAULT_PARAMS
@@ -47,40 +46,6 @@ def spikes_are_valid(sorting, recording):
             if train.size:
                 assert train.min() >= 0 and train.max() < length
                 assert np.all(np.diff(train) >= 0)
-
-
-# -- the contract, with the real defaults ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def default_run(contract_recording, tmp_path_factory, sorter_device):
-    recording, _ = contract_recording
-    folder = tmp_path_factory.mktemp("ssae_contract") / "ssae"
-    params = ssae_defaults(sorter_device)
-    params["torch_threads"] = 1
-    sorting = ss.run_sorter("ssae", recording, folder=folder, delete_output_folder=True, verbose=False, **params)
-    return sorting, folder, recording, params
-
-
-def test_contract_with_the_defaults(default_run):
-    sorting, folder, recording, params = default_run
-    assert isinstance(sorting, BaseSorting)
-    assert {"recording", "params", "log"} <= set(sorting.sorting_info)
-    assert sorting.sorting_info["params"]["sorter_name"] == "ssae"
-    assert sorting.get_sampling_frequency() == recording.get_sampling_frequency()
-    assert sorting.get_num_segments() == 1
-    assert sorting.get_num_units() >= 1
-    assert sorting.count_num_spikes_per_unit(outputs="array").min() >= params["min_spikes_per_unit"]
-    spikes_are_valid(sorting, recording)
-    assert not (folder / "sorter_output").exists()
-    saved = json.loads((folder / "spikeinterface_params.json").read_text())
-    assert saved["sorter_name"] == "ssae" and saved["sorter_params"] == params
-    log = json.loads((folder / "spikeinterface_log.json").read_text())
-    assert log["error"] is False and log["sorter_name"] == "ssae" and log["run_time"] > 0
-    # SpikeInterface copies sorter_output/ssae.log into the log before the folder goes
-    trace = "\n".join(log["runtime_trace"])
-    for stage in STAGES:
-        assert stage in trace, stage
 
 
 # -- the output folder, with fast params -------------------------------------------------------------------------
@@ -164,7 +129,8 @@ def test_verbose_true_logs_the_stages(tiny_recordings, tmp_path, capfd, sorter_d
 
 def test_two_segments_in_two_segments_out(two_segment_recording, tmp_path, sorter_device):
     recording, _ = two_segment_recording
-    sorting = ss.run_sorter("ssae", recording, folder=tmp_path / "ssae", verbose=False, **ssae_fast_params(sorter_device))
+    params = ssae_fast_params(sorter_device)
+    sorting = ss.run_sorter("ssae", recording, folder=tmp_path / "ssae", verbose=False, **params)
     assert sorting.get_num_segments() == 2
     spikes_are_valid(sorting, recording)
     per_segment = [

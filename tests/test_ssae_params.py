@@ -104,7 +104,11 @@ def test_elvisort_only_parameters_are_unknown_to_ssae():
 
 @pytest.mark.parametrize(
     "name, value",
-    [("clustering_num_units", 7), ("clustering_region_um", 60.0), ("model_kwargs", {"latent_dim": 3, "depths": [2, 4]})],
+    [
+        ("clustering_num_units", 7),
+        ("clustering_region_um", 60.0),
+        ("model_kwargs", {"latent_dim": 3, "depths": [2, 4]}),
+    ],
 )
 def test_good_values_pass(name, value):
     params = ssae_defaults()

@@ -54,11 +54,11 @@ class ConvAutoencoder(nn.Module):
             nn.ReLU(),
             nn.Conv1d(c.conv_channels, c.num_channels, 5, padding=2),
         )
-        self.head = (
-            nn.Sequential(nn.Linear(c.latent_dim, c.classifier_hidden), nn.ReLU(), nn.Linear(c.classifier_hidden, c.num_classes))
-            if c.num_classes
-            else None
-        )
+        self.head = None  # the MLP classification head on the latent (seed 001, v1)
+        if c.num_classes:
+            self.head = nn.Sequential(
+                nn.Linear(c.latent_dim, c.classifier_hidden), nn.ReLU(), nn.Linear(c.classifier_hidden, c.num_classes)
+            )
         self.conv_channels = c.conv_channels
         self.num_samples = c.num_samples
 
@@ -104,7 +104,10 @@ class SemiSupervisedAE(nn.Module):
 
     def set_atom_centroids(self, centroids: list[np.ndarray] | None) -> None:
         """Centroids (clusters, latent_dim), one array per member, that the "atom" loss term uses; None removes it."""
-        self.atom_centroids = None if centroids is None else [torch.as_tensor(c, dtype=torch.float32) for c in centroids]
+        if centroids is None:
+            self.atom_centroids = None
+        else:
+            self.atom_centroids = [torch.as_tensor(c, dtype=torch.float32) for c in centroids]
 
     def _scaled(self, snippets: Tensor) -> Tensor:
         # Conv1d wants (batch, channels, time)

@@ -85,8 +85,8 @@ def _run(recording, params, folder, verbose, device, rng):
     learned = None
     labels, num_units = np.full(peaks.size, -1, dtype=np.int64), 0
     if peaks.size >= 2 * params["clustering_min_cluster_size"]:
-        learned = _learn_and_label(recording, preprocessed, peaks, neighbours, channel_locations, nbefore, nafter, params, device,
-                                   rng, job_kwargs, stages, verbose)
+        learned = _learn_and_label(recording, preprocessed, peaks, neighbours, channel_locations, nbefore, nafter,
+                                   params, device, rng, job_kwargs, stages, verbose)
         labels, num_units = learned["labels"], learned["num_units"]
     else:
         logger.info("too few events to learn units from (%d): the sorting is empty", peaks.size)
@@ -127,8 +127,10 @@ def _run(recording, params, folder, verbose, device, rng):
     return sorting
 
 
-def _learn_and_label(recording, preprocessed, peaks, neighbours, channel_locations, nbefore, nafter, params, device, rng,
-                     job_kwargs, stages, verbose):
+def _learn_and_label(recording, preprocessed, peaks, neighbours, channel_locations, nbefore, nafter, params, device,
+                     rng, job_kwargs, stages, verbose):
+    """Hybrid set, cleaner, ensemble training, (Atom), clustering, labelling of every event; returns a dict with the
+    model, the cleaner (or None), the history, the labels of all events (-1 = none) and the number of units."""
     seed = int(params["seed"])
     batch = params["train_batch_size"]
 
@@ -228,7 +230,8 @@ def _learn_and_label(recording, preprocessed, peaks, neighbours, channel_locatio
     stages.done("clustering", "%d clusters (%s; %d from re-clustering; regions won per member %s), %d after merging "
                 "near-identical ones", num_clusters, mode, clustering.num_splits_, wins, num_merged)
     if num_merged == 0:
-        return {"model": model, "cleaner": cleaner, "history": history, "labels": np.full(peaks.size, -1), "num_units": 0}
+        empty = np.full(peaks.size, -1, dtype=np.int64)
+        return {"model": model, "cleaner": cleaner, "history": history, "labels": empty, "num_units": 0}
 
     # one labelling pass over every event, chunk by chunk: cleaner, latents, the fitted clusters
     final = np.empty(peaks.size, dtype=np.int64)
