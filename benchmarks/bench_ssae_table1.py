@@ -59,8 +59,12 @@ def main(argv=None):
                               clustering_num_units=num_units if mode == "gt-GMM" else None)
                 folder = args.out / "work" / f"units{num_units}_{mode}_atom{atom_epochs}"
                 start = time.perf_counter()
-                sorting = ss.run_sorter("ssae", recording, folder=folder, remove_existing_folder=True, verbose=False,
-                                        **params)
+                try:
+                    sorting = ss.run_sorter("ssae", recording, folder=folder, remove_existing_folder=True,
+                                            verbose=False, **params)
+                except Exception as error:  # one failed configuration must not lose the others
+                    print(f"# ssae failed on {num_units} units, {mode}, atom {atom_epochs}: {error!r}"[:2000])
+                    continue
                 wall = time.perf_counter() - start
                 performance = compare_sorter_to_ground_truth(gt_sorting, sorting, exhaustive_gt=True).get_performance()
                 performance = performance.loc[selected]
