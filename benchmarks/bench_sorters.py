@@ -1,4 +1,4 @@
-"""Ground-truth benchmark: elvisort beside SpikeInterface's internal sorters (and Kilosort4 when installed).
+"""Ground-truth benchmark: elvisort and ssae beside SpikeInterface's internal sorters (and Kilosort4 when installed).
 
 Every sorter runs through ``run_sorter`` on the same recordings, one after the other, in this process; the wall time
 is that of the whole ``run_sorter`` call. Accuracy, precision and recall come from
@@ -7,7 +7,7 @@ ground-truth units with SNR >= --min-snr (SNR: SpikeInterface's ``snr`` quality 
 
 Examples
 --------
-python benchmarks/bench_sorters.py --sets static --seeds 0 1 --sorters elvisort tridesclous2
+python benchmarks/bench_sorters.py --sets static --seeds 0 1 --sorters elvisort ssae tridesclous2
 python benchmarks/bench_sorters.py --sets static lowsnr mearec --out benchmarks/results
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_SORTERS = ["elvisort", "tridesclous2", "spykingcircus2", "lupin", "kilosort4"]
+DEFAULT_SORTERS = ["elvisort", "ssae", "tridesclous2", "spykingcircus2", "lupin", "kilosort4"]
 MEAREC_FOLDER = Path("/tmp/mearec_recordings/dev")
 
 
@@ -101,6 +101,7 @@ def main(argv=None):
     parser.add_argument("--min-snr", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--elvisort-params", type=json.loads, default={}, help="JSON dict of elvisort parameters")
+    parser.add_argument("--ssae-params", type=json.loads, default={}, help="JSON dict of ssae parameters")
     args = parser.parse_args(argv)
 
     import pandas as pd
@@ -122,7 +123,7 @@ def main(argv=None):
         snr = unit_snr(recording, gt_sorting)
         selected = snr.index[snr.values >= args.min_snr]
         for sorter in sorters:
-            params = args.elvisort_params if sorter == "elvisort" else {}
+            params = {"elvisort": args.elvisort_params, "ssae": args.ssae_params}.get(sorter, {})
             folder = args.out / "work" / f"{dataset}_{sorter}"
             try:
                 sorting, wall = run_one(sorter, recording, folder, params)

@@ -40,6 +40,8 @@ exclude_patterns = [
     ".DS_Store",
     # included by benchmarks.rst, not a page of its own
     "benchmark_results.rst",
+    # included by ssae.rst
+    "ssae_results.rst",
     # included by parameters.rst
     "generated/*.rst",
     # sphinx-gallery writes these next to the pages; they are not pages

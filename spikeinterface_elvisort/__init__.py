@@ -12,7 +12,9 @@ _arm()
 
 _LAZY = {
     "ElvisortSorter": ".sorters",
+    "SsaeSorter": ".sorters",
     "run_elvisort": ".pipeline",
+    "run_ssae": ".ssae.pipeline",
     "register_sorters": "._registration",
     "DEFAULT_PARAMS": ".params",
     "PARAMS": ".params",
@@ -24,6 +26,15 @@ _LAZY = {
     "OnlineSorter": ".streaming",
     "BetaVAE": ".models",
     "BetaVAEConfig": ".models",
+    "SemiSupervisedAE": ".models",
+    "SemiSupervisedAEConfig": ".models",
+    "Cleaner": ".models",
+    "CleanerConfig": ".models",
+    "SSAE_DEFAULT_PARAMS": ".ssae.params",
+    "SSAE_PARAMS": ".ssae.params",
+    "check_ssae_params": ".ssae.params",
+    "BicEnsembleClustering": ".ssae.clustering",
+    "make_hybrid_set": ".ssae.hybrid",
 }
 
 

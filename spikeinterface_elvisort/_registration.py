@@ -20,12 +20,12 @@ def register_sorters() -> None:
     from spikeinterface.sorters import sorterlist
 
     ours = sys.modules.get(__package__ + ".sorters")
-    if ours is not None and not hasattr(ours, "ElvisortSorter"):
+    if ours is not None and not hasattr(ours, "SsaeSorter"):
         # our sorters module is importing spikeinterface.sorters right now; it registers itself when it is done
         return
-    from .sorters import ElvisortSorter
+    from .sorters import ElvisortSorter, SsaeSorter
 
-    for sorter_class in (ElvisortSorter,):
+    for sorter_class in (ElvisortSorter, SsaeSorter):
         if sorter_class.sorter_name not in sorterlist.sorter_dict:
             sorterlist.sorter_full_list.append(sorter_class)
             sorterlist.sorter_dict[sorter_class.sorter_name] = sorter_class

@@ -34,3 +34,9 @@ def predict_proba(model, snippets: np.ndarray, positions: np.ndarray, device, ba
 
     logits = _batched(model, "classify", snippets, device, batch_size, positions=positions)
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+def spike_probability(cleaner, snippets: np.ndarray, device, batch_size: int = 1024) -> np.ndarray:
+    """The cleaner's probability that each window holds a spike, (num, num_samples, num_channels) -> (num,)."""
+    probability = _batched(cleaner, "spike_probability", snippets, device, batch_size)
+    return probability.reshape(len(snippets))

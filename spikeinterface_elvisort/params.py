@@ -262,22 +262,54 @@ def check_params(params: dict) -> dict:
     ValueError
         Naming the parameter, the value given and the valid values.
     """
-    unknown = sorted(set(params) - set(PARAMS))
-    if unknown:
-        raise ValueError(f"Unknown parameter(s) {unknown}; valid parameters are {sorted(PARAMS)}")
-    missing = sorted(set(PARAMS) - set(params))
-    if missing:
-        raise ValueError(f"Missing parameter(s) {missing}; start from get_default_sorter_params('elvisort')")
+    check_declared(params, PARAMS, "elvisort")
+    for name in ("pretrained_model", "training_sorting", "training_recording"):
+        value = params[name]
+        if value is not None and not isinstance(value, (str, PathLike)):
+            raise ValueError(f"{name}={value!r} must be None or a path (str or pathlib.Path)")
+        if value is not None and not Path(value).exists():
+            raise ValueError(f"{name}={str(value)!r} does not exist")
+    if params["pretrained_model"] is not None and params["training_sorting"] is not None:
+        raise ValueError("give either pretrained_model (inference only) or training_sorting (train on labels), not both")
+    if params["training_recording"] is not None and params["training_sorting"] is None:
+        raise ValueError("training_recording is the recording of training_sorting's labels: give training_sorting too")
+    model_kwargs = params["model_kwargs"]
+    if not isinstance(model_kwargs, dict):
+        raise ValueError(f"model_kwargs={model_kwargs!r} must be a dict such as {{'beta': 4.0}}")
+    from .models.config import BetaVAEConfig
 
-    for name, choices in _CHOICES.items():
+    tunable = {f.name for f in fields(BetaVAEConfig)} - BetaVAEConfig.derived_fields
+    bad = sorted(set(model_kwargs) - tunable)
+    if bad:
+        raise ValueError(f"model_kwargs has unknown key(s) {bad}; valid keys are {sorted(tunable)}")
+    BetaVAEConfig(num_samples=32, num_channels=4, **model_kwargs).validate()
+    return params
+
+
+def check_declared(params: dict, declared: dict, sorter_name: str, choices=None, bools=(), ranges=None) -> dict:
+    """The checks every sorter of the package shares: exactly the ``declared`` names, and the valid values of those
+    of them that are declared here (plus the sorter's own ``choices``, ``bools`` and ``ranges``, same layout as
+    ``_CHOICES``, ``_BOOLS`` and ``_NUMBERS``). ``model_kwargs`` is left to the sorter's own check.
+    """
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ValueError(f"Unknown parameter(s) {unknown}; valid parameters are {sorted(declared)}")
+    missing = sorted(set(declared) - set(params))
+    if missing:
+        raise ValueError(f"Missing parameter(s) {missing}; start from get_default_sorter_params({sorter_name!r})")
+    all_choices = {n: c for n, c in _CHOICES.items() if n in declared} | dict(choices or {})
+    all_bools = tuple(n for n in _BOOLS if n in declared) + tuple(bools)
+    all_numbers = {n: r for n, r in _NUMBERS.items() if n in declared} | dict(ranges or {})
+
+    for name, valid in all_choices.items():
         value = params[name]
         # True == 1 in Python: compare types too so that 1 is not accepted for a boolean choice
-        if not any(value == choice and type(value) is type(choice) for choice in choices):
-            raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
-    for name in _BOOLS:
+        if not any(value == choice and type(value) is type(choice) for choice in valid):
+            raise ValueError(f"{name}={value!r} is not valid; choose one of {list(valid)}")
+    for name in all_bools:
         if not isinstance(params[name], bool):
             raise ValueError(f"{name}={params[name]!r} must be True or False")
-    for name, (low, high, integer) in _NUMBERS.items():
+    for name, (low, high, integer) in all_numbers.items():
         value = params[name]
         if name == "seed" and value is None:
             continue
@@ -287,7 +319,7 @@ def check_params(params: dict) -> dict:
             raise ValueError(f"{name}={value!r} must be {kind} {_describe_range(low, high)}")
         if value < low or (high is not None and value > high):
             raise ValueError(f"{name}={value!r} is out of range; it must be {_describe_range(low, high)}")
-    if params["freq_min"] >= params["freq_max"]:
+    if "freq_min" in declared and params["freq_min"] >= params["freq_max"]:
         raise ValueError(f"freq_min={params['freq_min']} must be below freq_max={params['freq_max']}")
 
     device = params["device"]
@@ -299,27 +331,6 @@ def check_params(params: dict) -> dict:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
         raise ValueError(f"torch_threads={threads!r} must be None or an integer >= 1")
 
-    for name in ("pretrained_model", "training_sorting", "training_recording"):
-        value = params[name]
-        if value is not None and not isinstance(value, (str, PathLike)):
-            raise ValueError(f"{name}={value!r} must be None or a path (str or pathlib.Path)")
-        if value is not None and not Path(value).exists():
-            raise ValueError(f"{name}={str(value)!r} does not exist")
-    if params["pretrained_model"] is not None and params["training_sorting"] is not None:
-        raise ValueError("give either pretrained_model (inference only) or training_sorting (train on labels), not both")
-    if params["training_recording"] is not None and params["training_sorting"] is None:
-        raise ValueError("training_recording is the recording of training_sorting's labels: give training_sorting too")
-
     if not isinstance(params["job_kwargs"], dict):
         raise ValueError(f"job_kwargs={params['job_kwargs']!r} must be a dict such as {{'n_jobs': 2}}")
-    model_kwargs = params["model_kwargs"]
-    if not isinstance(model_kwargs, dict):
-        raise ValueError(f"model_kwargs={model_kwargs!r} must be a dict such as {{'beta': 4.0}}")
-    from .models.config import BetaVAEConfig
-
-    tunable = {f.name for f in fields(BetaVAEConfig)} - BetaVAEConfig.derived_fields
-    bad = sorted(set(model_kwargs) - tunable)
-    if bad:
-        raise ValueError(f"model_kwargs has unknown key(s) {bad}; valid keys are {sorted(tunable)}")
-    BetaVAEConfig(num_samples=32, num_channels=4, **model_kwargs).validate()
     return params

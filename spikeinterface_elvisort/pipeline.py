@@ -74,7 +74,6 @@ def run_elvisort(recording, params: dict, folder: Path, verbose: bool = False):
 
 
 def _run(recording, params, folder, verbose, device, rng):
-    from spikeinterface.core import get_noise_levels
     from spikeinterface.core.job_tools import fix_job_kwargs
 
     stages = _Stages()
@@ -86,7 +85,6 @@ def _run(recording, params, folder, verbose, device, rng):
         # supervised: learn from the labelled recording (this one unless training_recording is given), then sort
         # `target` with the trained model
         labelled, recording = _read_labels(params, target)
-    seed = int(params["seed"])
     job_kwargs = fix_job_kwargs(params["job_kwargs"])
     job_kwargs["progress_bar"] = verbose
     sampling_frequency = recording.sampling_frequency
@@ -99,39 +97,8 @@ def _run(recording, params, folder, verbose, device, rng):
         recording.get_num_channels(), num_segments, recording.get_total_duration(), sampling_frequency, device,
     )
 
-    # preprocessing
-    preprocessed = preprocess(
-        recording,
-        apply_preprocessing=params["apply_preprocessing"],
-        freq_min=params["freq_min"],
-        freq_max=params["freq_max"],
-        common_reference=params["common_reference"],
-        whitening=params["whitening"],
-        seed=seed,
-    )
-    whitening = _whitening_matrix(preprocessed)
-    preprocessed, cache_info = cache_recording(
-        preprocessed, params["cache_preprocessing"], folder / "cache_preprocessing", job_kwargs
-    )
-    noise_levels = get_noise_levels(
-        preprocessed, return_in_uV=False, random_slices_kwargs={"seed": seed}, **(job_kwargs | {"progress_bar": False})
-    )
-    stages.done("preprocessing", "cache: %s", cache_info["mode"])
-
-    # detection
-    peaks = detect_spikes(
-        preprocessed,
-        noise_levels,
-        method=params["detection_method"],
-        peak_sign=params["peak_sign"],
-        detect_threshold=params["detect_threshold"],
-        exclude_sweep_ms=params["detect_exclude_sweep_ms"],
-        radius_um=params["detect_radius_um"],
-        snippet_samples=nbefore + nafter,
-        job_kwargs=job_kwargs,
-    )
-    stages.done("detection", "%d events (%.1f per channel per s)", peaks.size,
-                peaks.size / max(recording.get_num_channels() * recording.get_total_duration(), 1e-9))
+    preprocessed, cache_info, noise_levels, peaks = _front_end(recording, params, folder, job_kwargs, stages)
+    whitening = cache_info.get("whitening")
 
     neighbours = channel_neighbours(channel_locations, params["snippet_channels"])
     num_units = 0
@@ -197,6 +164,52 @@ def _run(recording, params, folder, verbose, device, rng):
         clean_cache_preprocessing(cache_info)
     logger.info("total %.1f s", time.perf_counter() - stages.start)
     return sorting
+
+
+def _front_end(recording, params, folder, job_kwargs, stages):
+    """Preprocessing (cached), noise levels and detection: the stages every sorter of the package shares.
+    Returns (preprocessed recording, cache info, noise levels, peaks)."""
+    from spikeinterface.core import get_noise_levels
+
+    seed = int(params["seed"])
+    nbefore = int(round(params["ms_before"] * recording.sampling_frequency / 1000.0))
+    nafter = int(round(params["ms_after"] * recording.sampling_frequency / 1000.0))
+
+    # preprocessing
+    preprocessed = preprocess(
+        recording,
+        apply_preprocessing=params["apply_preprocessing"],
+        freq_min=params["freq_min"],
+        freq_max=params["freq_max"],
+        common_reference=params["common_reference"],
+        whitening=params["whitening"],
+        seed=seed,
+    )
+    whitening = _whitening_matrix(preprocessed)  # saved with the model; the cache loses the chain
+    preprocessed, cache_info = cache_recording(
+        preprocessed, params["cache_preprocessing"], folder / "cache_preprocessing", job_kwargs
+    )
+    cache_info["whitening"] = whitening
+    noise_levels = get_noise_levels(
+        preprocessed, return_in_uV=False, random_slices_kwargs={"seed": seed}, **(job_kwargs | {"progress_bar": False})
+    )
+    stages.done("preprocessing", "cache: %s", cache_info["mode"])
+
+    # detection
+    peaks = detect_spikes(
+        preprocessed,
+        noise_levels,
+        method=params["detection_method"],
+        peak_sign=params["peak_sign"],
+        detect_threshold=params["detect_threshold"],
+        exclude_sweep_ms=params["detect_exclude_sweep_ms"],
+        radius_um=params["detect_radius_um"],
+        snippet_samples=nbefore + nafter,
+        job_kwargs=job_kwargs,
+    )
+    stages.done("detection", "%d events (%.1f per channel per s)", peaks.size,
+                peaks.size / max(recording.get_num_channels() * recording.get_total_duration(), 1e-9))
+    return preprocessed, cache_info, noise_levels, peaks
 
 
 def _train_vae(preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,

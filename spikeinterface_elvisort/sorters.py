@@ -9,6 +9,7 @@ from pathlib import Path
 from spikeinterface.sorters.internal.si_based import ComponentsBasedSorter
 
 from .params import DEFAULT_PARAMS, PARAMS_DESCRIPTION, check_params
+from .ssae.params import SSAE_DEFAULT_PARAMS, SSAE_PARAMS_DESCRIPTION, check_ssae_params
 
 
 class ElvisortSorter(ComponentsBasedSorter):
@@ -50,6 +51,30 @@ class ElvisortSorter(ComponentsBasedSorter):
         recording = cls.load_recording_from_folder(sorter_output_folder.parent, with_warnings=False)
         with _log_to(sorter_output_folder / f"{cls.sorter_name}.log", verbose):
             sorting = run_elvisort(recording, params, folder=sorter_output_folder, verbose=verbose)
+        sorting.save(folder=sorter_output_folder / "sorting")
+
+
+class SsaeSorter(ElvisortSorter):
+    """ssae: an ensemble of three convolutional autoencoders trained on the recording's events alternating with a
+    hybrid labelled set made for this probe, a noise-rejecting cleaner CNN, Gaussian mixtures with BIC-chosen
+    counts. Front end and clean-up are elvisort's."""
+
+    sorter_name = "ssae"
+    _default_params = SSAE_DEFAULT_PARAMS
+    _params_description = SSAE_PARAMS_DESCRIPTION
+
+    @classmethod
+    def _check_params(cls, recording, output_folder, params):
+        return check_ssae_params(params)
+
+    @classmethod
+    def _run_from_folder(cls, sorter_output_folder, params, verbose):
+        from .ssae.pipeline import run_ssae
+
+        sorter_output_folder = Path(sorter_output_folder)
+        recording = cls.load_recording_from_folder(sorter_output_folder.parent, with_warnings=False)
+        with _log_to(sorter_output_folder / f"{cls.sorter_name}.log", verbose):
+            sorting = run_ssae(recording, params, folder=sorter_output_folder, verbose=verbose)
         sorting.save(folder=sorter_output_folder / "sorting")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -25,6 +26,10 @@ class TrainConfig:
     mixed_precision: bool = False  # autocast on CUDA only
     seed: int = 0
     stage: str = "train"  # a name for the history rows
+    # batches of unlabelled events (label -1) alternate with batches of labelled ones, the smaller set cycled (seed
+    # 001's v1: "we train by alternating batches from both datasets"); needs ``labels``
+    alternate_labelled: bool = False
+    before_epoch: Callable[[int], None] | None = None  # called with the epoch index (Atom loss refits centroids)
 
 
 def train_model(
@@ -59,10 +64,16 @@ def train_model(
         weights = dict(config.weights)
         if config.kl_warmup_epochs:
             weights["kl"] = weights.get("kl", 1.0) * min(1.0, (epoch + 1) / config.kl_warmup_epochs)
-        order = torch.randperm(num, generator=generator).to(device)
-        sums, count = {}, 0
-        for start in range(0, num, config.batch_size):
-            batch = order[start : start + config.batch_size]
+        if config.before_epoch is not None:
+            config.before_epoch(epoch)
+        if config.alternate_labelled:
+            batches = _alternating_batches(labels, config.batch_size, generator)
+        else:
+            order = torch.randperm(num, generator=generator)
+            batches = [order[start : start + config.batch_size] for start in range(0, num, config.batch_size)]
+        sums, counts, count = {}, {}, 0
+        for batch in batches:
+            batch = batch.to(device)
             if batch.numel() < 2:
                 continue  # batch norm needs two samples
             with autocast:
@@ -78,16 +89,38 @@ def train_model(
             optimizer.step()
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
+                counts[name] = counts.get(name, 0) + 1  # a term may be missing from some batches (unlabelled ones)
             sums["total"] = sums.get("total", 0.0) + float(total.detach())
             count += 1
+        counts["total"] = count
         row = {"stage": config.stage, "epoch": epoch}
-        row.update({name: value / max(count, 1) for name, value in sums.items()})
+        row.update({name: value / max(counts[name], 1) for name, value in sums.items()})
         row["kl_weight"] = weights.get("kl", 1.0)
         history.append(row)
         epochs.set_postfix(loss=f"{row.get('total', float('nan')):.3g}")
         logger.debug("%s epoch %d: %s", config.stage, epoch, row)
     model.eval()
     return history
+
+
+def _alternating_batches(labels, batch_size: int, generator) -> list:
+    """Index batches: unlabelled, labelled, unlabelled, ... each set shuffled; the smaller set is cycled (reshuffled)
+    until the larger one is used up, so an epoch sees every event of both sets at least once."""
+    import torch
+
+    labels = np.asarray(labels)
+    sets = [np.flatnonzero(labels < 0), np.flatnonzero(labels >= 0)]
+    if not all(s.size for s in sets):
+        raise ValueError("alternate_labelled needs both labelled (>= 0) and unlabelled (-1) events")
+    num_steps = max(-(-s.size // batch_size) for s in sets)
+    streams = []
+    for indices in sets:
+        stream = []
+        while len(stream) < num_steps:
+            order = torch.as_tensor(indices)[torch.randperm(indices.size, generator=generator)]
+            stream += [order[start : start + batch_size] for start in range(0, indices.size, batch_size)]
+        streams.append(stream[:num_steps])
+    return [batch for pair in zip(*streams) for batch in pair]
 
 
 def _train_classifier_head(model, snippets, labels, positions, config: TrainConfig, device, verbose: bool) -> list[dict]:

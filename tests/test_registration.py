@@ -47,29 +47,34 @@ def test_importing_the_package_is_cheap():
     assert result["version"].count(".") >= 2
 
 
-def test_sorter_is_registered_without_importing_the_package():
+@pytest.mark.parametrize(
+    "sorter_name, class_name, params_module, prefix",
+    [("elvisort", "ElvisortSorter", "params", ""), ("ssae", "SsaeSorter", "ssae.params", "SSAE_")],
+)
+def test_sorter_is_registered_without_importing_the_package(sorter_name, class_name, params_module, prefix):
     out = run_python(
-        """
+        f"""
         import sys, json
         import spikeinterface.sorters as ss
         from spikeinterface.sorters.sorterlist import sorter_dict
-        print(json.dumps({
-            "available": "elvisort" in ss.available_sorters(),
-            "installed": "elvisort" in ss.installed_sorters(),
-            "class": sorter_dict["elvisort"].__name__,
-            "defaults": ss.get_default_sorter_params("elvisort"),
-            "descriptions": ss.get_sorter_params_description("elvisort"),
+        print(json.dumps({{
+            "available": {sorter_name!r} in ss.available_sorters(),
+            "installed": {sorter_name!r} in ss.installed_sorters(),
+            "class": sorter_dict[{sorter_name!r}].__name__,
+            "defaults": ss.get_default_sorter_params({sorter_name!r}),
+            "descriptions": ss.get_sorter_params_description({sorter_name!r}),
             "torch": "torch" in sys.modules,
-        }))
+        }}))
         """
     )
-    from spikeinterface_elvisort.params import DEFAULT_PARAMS, PARAMS_DESCRIPTION
+    import importlib
 
+    module = importlib.import_module(f"spikeinterface_elvisort.{params_module}")
     result = last_json(out)
     assert result["available"] and result["installed"]
-    assert result["class"] == "ElvisortSorter"
-    assert result["defaults"] == DEFAULT_PARAMS
-    assert result["descriptions"] == PARAMS_DESCRIPTION
+    assert result["class"] == class_name
+    assert result["defaults"] == getattr(module, prefix + "DEFAULT_PARAMS")
+    assert result["descriptions"] == getattr(module, prefix + "PARAMS_DESCRIPTION")
     assert result["torch"] is False  # registering and reading the defaults does not load torch
 
 
@@ -92,13 +97,17 @@ def test_registration_is_idempotent(imports):
         arm()
         from spikeinterface.sorters import sorterlist
         print(json.dumps({{
-            "full_list": sum(s.sorter_name == "elvisort" for s in sorterlist.sorter_full_list),
-            "available": sorterlist.available_sorters().count("elvisort"),
-            "same_class": sorterlist.sorter_dict["elvisort"] is spikeinterface_elvisort.ElvisortSorter,
+            name: {{
+                "full_list": sum(s.sorter_name == name for s in sorterlist.sorter_full_list),
+                "available": sorterlist.available_sorters().count(name),
+                "same_class": sorterlist.sorter_dict[name] is getattr(spikeinterface_elvisort, class_name),
+            }}
+            for name, class_name in (("elvisort", "ElvisortSorter"), ("ssae", "SsaeSorter"))
         }}))
         """
     )
-    assert last_json(out) == {"full_list": 1, "available": 1, "same_class": True}
+    expected = {"full_list": 1, "available": 1, "same_class": True}
+    assert last_json(out) == {"elvisort": expected, "ssae": expected}
 
 
 @pytest.mark.parametrize(
@@ -112,12 +121,15 @@ def test_registration_is_idempotent(imports):
         "import spikeinterface_elvisort.sorters",
         "from spikeinterface_elvisort import ElvisortSorter",
         "from spikeinterface_elvisort.sorters import ElvisortSorter",
+        "from spikeinterface_elvisort import SsaeSorter",
+        "import spikeinterface_elvisort.ssae.pipeline",
     ],
 )
 def test_registered_whatever_is_imported_first(first_import):
     result = subprocess.run(
         [sys.executable, "-c",
-         f"{first_import}\nimport spikeinterface.sorters as ss\nprint('elvisort' in ss.available_sorters())"],
+         f"{first_import}\nimport spikeinterface.sorters as ss\n"
+         "print('elvisort' in ss.available_sorters() and 'ssae' in ss.available_sorters())"],
         capture_output=True, text=True, timeout=600,
     )
     assert "could not register" not in result.stderr
@@ -132,8 +144,9 @@ def test_registration_in_this_process_is_idempotent():
     import spikeinterface_elvisort
 
     spikeinterface_elvisort.register_sorters()
-    assert sum(s.sorter_name == "elvisort" for s in sorterlist.sorter_full_list) == 1
-    assert ss.available_sorters().count("elvisort") == 1
+    for name in ("elvisort", "ssae"):
+        assert sum(s.sorter_name == name for s in sorterlist.sorter_full_list) == 1
+        assert ss.available_sorters().count(name) == 1
 
 
 def test_package_exports():
@@ -147,6 +160,10 @@ def test_package_exports():
     assert pkg.ElvisortSorter.requires_locations is True
     assert pkg.ElvisortSorter.get_sorter_version() == pkg.__version__
     assert pkg.ElvisortSorter.is_installed()
+    assert pkg.SsaeSorter.sorter_name == "ssae"
+    assert pkg.SsaeSorter.handle_multi_segment is True
+    assert pkg.SsaeSorter.get_sorter_version() == pkg.__version__
+    assert pkg.SsaeSorter.is_installed()
     with pytest.raises(AttributeError, match="not_there"):
         pkg.not_there
 

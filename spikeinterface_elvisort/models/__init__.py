@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from .config import BetaVAEConfig
+from .config import BetaVAEConfig, CleanerConfig, SemiSupervisedAEConfig
 
 
 def _models():
     from .beta_vae import BetaVAE
+    from .cleaner import Cleaner
+    from .semi_supervised_ae import SemiSupervisedAE
 
-    return {"beta_vae": (BetaVAE, BetaVAEConfig)}
+    return {
+        "beta_vae": (BetaVAE, BetaVAEConfig),
+        "ssae": (SemiSupervisedAE, SemiSupervisedAEConfig),
+        "cleaner": (Cleaner, CleanerConfig),
+    }
 
 
 def build_model(name: str, **config_kwargs):
@@ -26,9 +32,20 @@ def __getattr__(name):
         from .beta_vae import BetaVAE
 
         return BetaVAE
+    if name == "SemiSupervisedAE":
+        from .semi_supervised_ae import SemiSupervisedAE
+
+        return SemiSupervisedAE
+    if name == "Cleaner":
+        from .cleaner import Cleaner
+
+        return Cleaner
     if name == "MODELS":
         return _models()
     raise AttributeError(name)
 
 
-__all__ = ["BetaVAE", "BetaVAEConfig", "build_model", "MODELS"]
+__all__ = [
+    "BetaVAE", "BetaVAEConfig", "SemiSupervisedAE", "SemiSupervisedAEConfig", "Cleaner", "CleanerConfig",
+    "build_model", "MODELS",
+]

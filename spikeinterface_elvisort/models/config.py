@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -57,4 +57,62 @@ class BetaVAEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ValueError(f"model_kwargs['{name}']={value!r} must be a number between {low} and {high}")
+        return self
+
+
+def _default_depths() -> list:
+    return [2, 3, 4]
+
+
+@dataclass
+class SemiSupervisedAEConfig:
+    """Hyper-parameters of :class:`~spikeinterface_elvisort.models.SemiSupervisedAE`, the ``ssae`` ensemble (seed
+    001, v1): convolutional autoencoders whose encoders have ``depths`` dense layers each, a small latent, a decoder
+    each and an MLP classification head on each latent."""
+
+    num_samples: int  # snippet length (time); set from the data
+    num_channels: int  # channels per snippet; set from the data
+    num_classes: int = 0  # classes of the labelled (hybrid) set; set from the data, 0 = no head
+    input_scale: float = 1.0  # snippets are divided by this (their std, set from the data) before the network
+    latent_dim: int = 6  # the seed's encoders go down to 3; 3 to 8 keeps the latent small enough for a GMM
+    depths: list = field(default_factory=_default_depths)  # dense layers per member's encoder (the seed's 2, 3, 4)
+    conv_channels: int = 16  # width of the convolutional front end
+    hidden: int = 64  # width of the first dense layer; each further layer halves it
+    classifier_hidden: int = 32  # hidden width of the MLP head
+
+    derived_fields = frozenset({"num_samples", "num_channels", "num_classes", "input_scale"})
+
+    def validate(self) -> "SemiSupervisedAEConfig":
+        for name in ("conv_channels", "hidden", "classifier_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model_kwargs['{name}']={value!r} must be an integer >= 1")
+        if isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int) or not 2 <= self.latent_dim <= 32:
+            raise ValueError(f"model_kwargs['latent_dim']={self.latent_dim!r} must be an integer between 2 and 32")
+        depths = self.depths
+        if (
+            not isinstance(depths, (list, tuple))
+            or not depths
+            or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= 8 for d in depths)
+        ):
+            raise ValueError(f"model_kwargs['depths']={depths!r} must be a non-empty list of integers between 1 and 8")
+        return self
+
+
+@dataclass
+class CleanerConfig:
+    """Hyper-parameters of :class:`~spikeinterface_elvisort.models.Cleaner`, NeuralSorter's event-or-noise CNN."""
+
+    num_samples: int  # snippet length (time); set from the data
+    num_channels: int  # channels per snippet; set from the data
+    conv_channels: int = 16
+    hidden: int = 32
+
+    derived_fields = frozenset({"num_samples", "num_channels"})
+
+    def validate(self) -> "CleanerConfig":
+        for name in ("num_samples", "num_channels", "conv_channels", "hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"cleaner config {name}={value!r} must be an integer >= 1")
         return self
