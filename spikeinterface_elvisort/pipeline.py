@@ -621,18 +621,20 @@ def _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs):
         template_diff_thresh=np.arange(0.05, 0.4, 0.05),
         job_kwargs=job_kwargs,
     )
-    # map every event to its merged unit: align the merged spike vector with the events
+    # map every unit to its merged unit: the merged spikes (final_cleaning_circus may censor some of them) are found
+    # among the events by (segment, sample); each original unit goes to the merged unit most of its spikes went to
     merged_vector = analyzer.sorting.to_spike_vector()
-    order_before = np.lexsort((labels, events["sample_index"], events["segment_index"]))
-    order_after = np.lexsort((merged_vector["unit_index"], merged_vector["sample_index"], merged_vector["segment_index"]))
-    if merged_vector.size != events.size:
-        raise RuntimeError("auto-merge changed the number of spikes")
-    aligned = np.empty(events.size, dtype=np.int64)
-    aligned[order_before] = merged_vector["unit_index"][order_after]
-    # a merge maps whole units: take each original unit's merged unit by majority (immune to the order of two
-    # spikes sharing a sample), then renumber the merged units 0..n-1
-    old_to_new = np.array([np.bincount(aligned[labels == u]).argmax() if np.any(labels == u) else -1
-                           for u in range(int(labels.max()) + 1)])
+    if merged_vector.size == 0:
+        return np.full(labels.size, -1, dtype=np.int64), 0
+    span = int(events["sample_index"].max()) + 1 if events.size else 1
+    event_keys = events["segment_index"].astype(np.int64) * span + events["sample_index"]
+    merged_keys = merged_vector["segment_index"].astype(np.int64) * span + merged_vector["sample_index"]
+    order = np.argsort(event_keys, kind="stable")
+    position = np.clip(np.searchsorted(event_keys[order], merged_keys), 0, max(events.size - 1, 0))
+    found = event_keys[order][position] == merged_keys
+    votes = np.zeros((int(labels.max()) + 1, int(merged_vector["unit_index"].max(initial=-1)) + 1), dtype=np.int64)
+    np.add.at(votes, (labels[order][position][found], merged_vector["unit_index"][found]), 1)
+    old_to_new = np.where(votes.sum(axis=1) > 0, votes.argmax(axis=1), -1)
     _, new_index = np.unique(old_to_new[old_to_new >= 0], return_inverse=True)
     mapping = np.full(old_to_new.size, -1)
     mapping[old_to_new >= 0] = new_index

@@ -395,3 +395,33 @@ def test_cluster_latents_is_deterministic():
     first = cluster_latents(latents, groups, seed=0)
     second = cluster_latents(latents, groups, seed=0)
     np.testing.assert_array_equal(first, second)
+
+
+def test_auto_merge_maps_units_when_spikes_are_censored(monkeypatch):
+    """SpikeInterface's final cleaning may censor spikes while merging: every unit still maps to its merged unit."""
+    from types import SimpleNamespace
+
+    import spikeinterface.sorters.internal.spyking_circus2 as sc2
+    from spikeinterface.core import NumpySorting
+    from spikeinterface.core.base import minimum_spike_dtype
+    from spikeinterface.core.node_pipeline import base_peak_dtype
+
+    from spikeinterface_elvisort.pipeline import _auto_merge
+
+    events = np.zeros(9, dtype=base_peak_dtype)
+    events["sample_index"] = [10, 20, 30, 40, 50, 60, 70, 80, 90]
+    labels = np.array([0, 1, 0, 1, 2, 2, 0, 1, 2])
+
+    def fake_cleaning(recording, sorting, templates, **kwargs):
+        # units 0 and 1 merge (new unit 0), unit 2 becomes 1; the spikes at 40 and 90 are censored
+        keep = ~np.isin(events["sample_index"], [40, 90])
+        spikes = np.zeros(int(keep.sum()), dtype=minimum_spike_dtype)
+        spikes["sample_index"] = events["sample_index"][keep]
+        spikes["unit_index"] = np.where(labels[keep] == 2, 1, 0)
+        return SimpleNamespace(sorting=NumpySorting(spikes, 30000.0, np.arange(2)))
+
+    monkeypatch.setattr(sc2, "final_cleaning_circus", fake_cleaning)
+    recording = SimpleNamespace(sampling_frequency=30000.0)
+    merged, num_units = _auto_merge(recording, events, labels, SimpleNamespace(unit_ids=np.arange(3)), None, {})
+    assert num_units == 2
+    assert merged.tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 1]
