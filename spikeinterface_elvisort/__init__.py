@@ -21,6 +21,9 @@ _LAZY = {
     "load_checkpoint": ".results",
     "BetaVAE": ".models",
     "BetaVAEConfig": ".models",
+    "SpikeCompressor": ".compression",
+    "compress_sorting_analyzer": ".compression",
+    "load_compressed": ".compression",
 }
 
 
