@@ -59,8 +59,8 @@ def spikes():
 @pytest.fixture(scope="module")
 def fitted(spikes, single_thread_torch):
     train = spikes[0][:400]
-    return SpikeCompressor(n_features=2, codebook_size=32, epochs=25, batch_size=32, learning_rate=2e-3,
-                           device="cpu", random_state=0, **SMALL).fit(train)
+    return SpikeCompressor(n_features=2, codebook_size=32, epochs=8, warmup_epochs=2, decoder_epochs=3,
+                           batch_size=32, learning_rate=2e-3, device="cpu", random_state=0, **SMALL).fit(train)
 
 
 # -- metrics ---------------------------------------------------------------------------------------------------------
@@ -229,12 +229,15 @@ def test_compressor_reconstructs_held_out_spikes(spikes, fitted):
     assert codes.shape == (200, 1, 2) and codes.dtype == np.int64
     restored = fitted.decode(codes)
     assert restored.shape == test.shape and restored.dtype == np.float32
-    # noise is 0.05 against unit-amplitude spikes: a working compressor restores the spike well above 12 dB
-    assert sndr(test, restored).mean() > 12.0
-    assert sndr(test_clean, restored).mean() > 12.0
+    # the noise (0.05 per sample against unit-amplitude spikes) caps the SNDR against the noisy spikes near 13 dB:
+    # a working compressor comes close to that cap and is closer still to the noise-free spike (it denoises)
+    assert sndr(test, restored).mean() > 10.5
+    assert sndr(test_clean, restored).mean() > 15.0
+    assert sndr(test_clean, restored).mean() > sndr(test_clean, test).mean()
     bits = fitted.bits_per_group(codes)
     assert 0 < bits <= 2 * np.log2(32)
     assert fitted.history_[-1]["reconstruction"] < fitted.history_[0]["reconstruction"]
+    assert [row.get("stage") for row in fitted.history_[-3:]] == ["decoder"] * 3
 
 
 def test_compressor_groups_channels(spikes, fitted):
@@ -264,7 +267,8 @@ def test_save_load_gives_identical_codes(spikes, fitted, tmp_path):
 
 def test_same_random_state_same_model(spikes, single_thread_torch):
     train = spikes[0][:120]
-    kwargs = dict(n_features=1, codebook_size=8, epochs=2, batch_size=32, device="cpu", **SMALL)
+    kwargs = dict(n_features=1, codebook_size=8, epochs=2, warmup_epochs=1, decoder_epochs=1, batch_size=32,
+                  device="cpu", **SMALL)
     first = SpikeCompressor(random_state=3, **kwargs).fit(train)
     second = SpikeCompressor(random_state=3, **kwargs).fit(train)
     np.testing.assert_array_equal(first.encode(train), second.encode(train))
@@ -300,12 +304,18 @@ def test_bad_input_gives_clear_errors(spikes, fitted):
         SpikeCompressor().encode(test)
     with pytest.raises(ValueError, match="epochs"):
         SpikeCompressor(epochs=0).fit(test)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        SpikeCompressor(epochs=2, warmup_epochs=2).fit(test)
+    with pytest.raises(ValueError, match="decoder_epochs"):
+        SpikeCompressor(decoder_epochs=-1).fit(test)
+    with pytest.raises(ValueError, match="reconstruction_loss"):
+        SpikeCompressor(reconstruction_loss="l1", epochs=3).fit(test)
     with pytest.raises(ValueError, match="width"):
-        SpikeCompressor(width=48, epochs=1).fit(test)
+        SpikeCompressor(width=48, epochs=3).fit(test)
     with pytest.raises(ValueError, match="CUDA"):
         if torch.cuda.is_available():
             pytest.skip("CUDA is available")
-        SpikeCompressor(device="cuda", epochs=1).fit(test)
+        SpikeCompressor(device="cuda", epochs=3).fit(test)
 
 
 # -- sorting and SpikeInterface --------------------------------------------------------------------------------------
@@ -336,7 +346,8 @@ def test_sorting_analyzer_round_trip(tmp_path, single_thread_torch):
     assert channels.shape == (len(waveforms), 4)
     np.testing.assert_array_equal(spike_vector["unit_index"], sorting.to_spike_vector()["unit_index"])
     analyzer = create_sorting_analyzer(sorting, recording, format="memory", sparse=False)
-    compressor = SpikeCompressor(n_features=2, codebook_size=16, epochs=2, device="cpu", **SMALL).fit(waveforms)
+    compressor = SpikeCompressor(n_features=2, codebook_size=16, epochs=2, warmup_epochs=1, decoder_epochs=1,
+                                 device="cpu", **SMALL).fit(waveforms)
     summary = compress_sorting_analyzer(analyzer, tmp_path / "spikes.npz", compressor=compressor)
     assert summary["num_spikes"] == len(waveforms) and summary["payload_ratio"] > 1
     restored = load_compressed(tmp_path / "spikes.npz")

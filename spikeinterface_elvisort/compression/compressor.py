@@ -53,19 +53,27 @@ class SpikeCompressor:
     n_features : int, default: 2
         Feature maps after the encoder, i.e. codeword indices per group (the seed's N_feat). Fewer means a higher
         compression ratio and a lower SNDR.
-    codebook_size : int, default: 256
+    codebook_size : int, default: 64
         Codewords K of the vector quantiser.
-    epochs : int, default: 60
-        Training epochs (Adam, cosine learning-rate decay).
-    batch_size : int, default: 64
+    epochs : int, default: 16
+        Training epochs (Adam, cosine learning-rate decay), the warm-up epochs included.
+    warmup_epochs : int, default: 2
+        First epochs without the quantiser (a plain autoencoder); the codebook then starts as k-means centroids of
+        the encoder outputs. 0: the codebook starts from random encoder outputs and VQ trains from the first step.
+    decoder_epochs : int, default: 10
+        Epochs that then train the decoder alone on the final codes (encoder and codebook frozen).
+    batch_size : int, default: 32
     learning_rate : float, default: 1e-3
         Adam's learning rate (the seed's).
     commitment_weight : float, default: 0.25
         Weight of the commitment term (VQ-VAE's beta); the codebook term weighs 1.
     width : int, default: 256
         Features after the encoder's 1x1 expansion (the seed's 256).
-    decoder_width : int, default: 128
-        Features of the decoder's residual blocks (the seed uses 256; 128 trains about 3x faster on a CPU).
+    decoder_width : int, default: 64
+        Features of the decoder's residual blocks (the seed uses 256; 64 keeps CPU training to minutes).
+    reconstruction_loss : "relative" | "mse", default: "mse"
+        "relative": each spike's squared error over its energy, so that small spikes count as much as large ones
+        (as in the mean SNDR); "mse": the seed's mean squared error.
     device : "auto" | "cpu" | "cuda" | "cuda:N", default: "auto"
     random_state : int | None, default: 0
         Seeds the weights, the batch order and the codebook restarts.
@@ -94,13 +102,16 @@ class SpikeCompressor:
         self,
         channels_per_group: int = 4,
         n_features: int = 2,
-        codebook_size: int = 256,
-        epochs: int = 60,
-        batch_size: int = 64,
+        codebook_size: int = 64,
+        epochs: int = 16,
+        warmup_epochs: int = 2,
+        decoder_epochs: int = 10,
+        batch_size: int = 32,
         learning_rate: float = 1e-3,
         commitment_weight: float = 0.25,
         width: int = 256,
-        decoder_width: int = 128,
+        decoder_width: int = 64,
+        reconstruction_loss: str = "mse",
         device: str = "auto",
         random_state: int | None = 0,
         verbose: bool = False,
@@ -109,11 +120,14 @@ class SpikeCompressor:
         self.n_features = n_features
         self.codebook_size = codebook_size
         self.epochs = epochs
+        self.warmup_epochs = warmup_epochs
+        self.decoder_epochs = decoder_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.commitment_weight = commitment_weight
         self.width = width
         self.decoder_width = decoder_width
+        self.reconstruction_loss = reconstruction_loss
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -125,6 +139,11 @@ class SpikeCompressor:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.warmup_epochs, (int, np.integer)) or not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be an integer from 0 to epochs - 1 = {self.epochs - 1}, got "
+                             f"{self.warmup_epochs!r}: lower warmup_epochs or raise epochs")
+        if not isinstance(self.decoder_epochs, (int, np.integer)) or self.decoder_epochs < 0:
+            raise ValueError(f"decoder_epochs must be a non-negative integer, got {self.decoder_epochs!r}")
         for name in ("learning_rate", "commitment_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
@@ -183,6 +202,7 @@ class SpikeCompressor:
             codebook_size=self.codebook_size,
             width=self.width,
             decoder_width=self.decoder_width,
+            reconstruction_loss=self.reconstruction_loss,
         )
         config.validate()
         device = resolve_device(self.device)
@@ -202,9 +222,16 @@ class SpikeCompressor:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs, eta_min=0.05 * self.learning_rate)
         weights = {"reconstruction": 1.0, "codebook": 1.0, "commitment": self.commitment_weight}
         restart_until = int(0.8 * self.epochs)  # let the codebook settle before the end
+        sample_size = min(len(data), 8192)
         history = []
         progress = tqdm(range(self.epochs), desc="SpikeCompressor fit", disable=not self.verbose, leave=False)
         for epoch in progress:
+            quantise = epoch >= self.warmup_epochs
+            if epoch == self.warmup_epochs and epoch > 0:
+                model.eval()  # running batch-norm statistics: the latents the trained encoder will produce
+                with torch.no_grad():
+                    sample = data[torch.randperm(len(data), generator=generator)[:sample_size].to(device)]
+                    model.quantiser.initialise_kmeans(model.latents(sample), seed=seed)
             model.train()
             order = torch.randperm(len(data), generator=generator).to(device)
             sums, count = {}, 0
@@ -212,7 +239,7 @@ class SpikeCompressor:
                 batch = order[start : start + self.batch_size]
                 if batch.numel() < 2:
                     continue  # batch norm needs two samples
-                _, losses = model(data[batch])
+                _, losses = model(data[batch], quantise=quantise)
                 total = sum(weights[name] * value for name, value in losses.items())
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -222,7 +249,7 @@ class SpikeCompressor:
                 count += 1
             scheduler.step()
             restarted = 0
-            if epoch < restart_until:
+            if quantise and epoch < restart_until:
                 with torch.no_grad():
                     sample = data[torch.randperm(len(data), generator=generator)[:4096].to(device)]
                     restarted = model.quantiser.restart_dead(model.latents(sample).reshape(-1, config.code_dim), generator)
@@ -230,6 +257,7 @@ class SpikeCompressor:
             history.append(row)
             progress.set_postfix(reconstruction=f"{row.get('reconstruction', float('nan')):.3g}", restarted=restarted)
             logger.debug("SpikeCompressor epoch %d: %s", epoch, row)
+        history += self._finetune_decoder(model, data, generator)
         model.eval()
         self.model_ = model.cpu()
         self.config_ = config
@@ -239,6 +267,49 @@ class SpikeCompressor:
         codes = self.encode(waveforms)
         self.coder_ = StaticEntropyCoder([self.codebook_size] * self.n_features).fit(codes.reshape(-1, self.n_features))
         return self
+
+    def _finetune_decoder(self, model, data, generator) -> list[dict]:
+        """Decoder-only epochs on the final codes (encoder and codebook frozen, codes computed once): the decoder
+        moves towards the mean spike of each code combination, the step k-means takes for its centroids."""
+        import torch
+        from torch.nn import functional as F
+        from tqdm.auto import tqdm
+
+        if self.decoder_epochs == 0:
+            return []
+        model.eval()
+        with torch.no_grad():
+            inputs = torch.cat([model.quantiser.lookup(model.encode(data[start : start + 4096]))
+                                for start in range(0, len(data), 4096)])  # (num, n_features, code_dim)
+        optimizer = torch.optim.Adam(model.decoder.parameters(), lr=self.learning_rate)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.decoder_epochs,
+                                                               eta_min=0.05 * self.learning_rate)
+        history = []
+        model.decoder.train()
+        progress = tqdm(range(self.decoder_epochs), desc="SpikeCompressor decoder", disable=not self.verbose, leave=False)
+        for epoch in progress:
+            order = torch.randperm(len(data), generator=generator).to(data.device)
+            total, count = 0.0, 0
+            for start in range(0, len(data), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                if batch.numel() < 2:
+                    continue
+                reconstruction = model._synthesis(inputs[batch])
+                target = data[batch]
+                if self.reconstruction_loss == "mse":
+                    loss = F.mse_loss(reconstruction, target)
+                else:
+                    loss = ((reconstruction - target).pow(2).sum(dim=(1, 2))
+                            / target.pow(2).sum(dim=(1, 2)).clamp_min(1e-6)).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+                count += 1
+            scheduler.step()
+            history.append({"epoch": self.epochs + epoch, "stage": "decoder", "reconstruction": total / max(count, 1)})
+            progress.set_postfix(reconstruction=f"{history[-1]['reconstruction']:.3g}")
+        return history
 
     # -- encode / decode -----------------------------------------------------------------------------------------
 
@@ -348,8 +419,8 @@ class SpikeCompressor:
 
     def get_params(self) -> dict:
         """Constructor arguments (scikit-learn convention)."""
-        names = ("channels_per_group", "n_features", "codebook_size", "epochs", "batch_size", "learning_rate",
-                 "commitment_weight", "width", "decoder_width", "device", "random_state", "verbose")
+        names = ("channels_per_group", "n_features", "codebook_size", "epochs", "warmup_epochs", "decoder_epochs", "batch_size", "learning_rate",
+                 "commitment_weight", "width", "decoder_width", "reconstruction_loss", "device", "random_state", "verbose")
         return {name: getattr(self, name) for name in names}
 
     def state(self) -> dict:

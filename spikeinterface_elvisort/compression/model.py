@@ -25,10 +25,11 @@ class CompressorConfig:
     num_samples: int  # samples per spike (time)
     channels_per_group: int = 4  # M_spk: adjacent channels sharing one input
     n_features: int = 2  # N_feat: feature maps after the encoder = codeword indices per input
-    codebook_size: int = 256  # K
+    codebook_size: int = 64  # K
     width: int = 256  # features after the 1x1 expansion (seed: 256)
     groups: int = 32  # groups of the ResNeXt convolutions (seed: 32)
-    decoder_width: int = 128  # features in the decoder's residual blocks (seed: 256)
+    decoder_width: int = 64  # features in the decoder's residual blocks (seed: 256)
+    reconstruction_loss: str = "mse"  # "relative": |x - x_hat|^2 / |x|^2 per spike; "mse": the seed's MSE
 
     @property
     def padded_samples(self) -> int:
@@ -53,6 +54,8 @@ class CompressorConfig:
                 f"width ({self.width}) must be a multiple of 2 * groups ({2 * self.groups}): the ResNeXt bottleneck "
                 "halves the width and splits it into groups"
             )
+        if self.reconstruction_loss not in ("relative", "mse"):
+            raise ValueError(f"reconstruction_loss must be 'relative' or 'mse', got {self.reconstruction_loss!r}")
         if not isinstance(self.decoder_width, int) or self.decoder_width < 1:
             raise ValueError(f"decoder_width must be a positive integer, got {self.decoder_width!r}")
 
@@ -153,15 +156,24 @@ class CompressiveAutoencoder(nn.Module):
         out = self.decoder(quantised)
         return out[:, :, : self.config.num_samples].transpose(1, 2)
 
-    def forward(self, spikes: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, spikes: Tensor, quantise: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """Reconstruction and the unweighted loss terms ``{"reconstruction", "codebook", "commitment"}``.
 
-        The reconstruction term is the mean over spikes of ``|x - x_hat|^2 / |x|^2`` (each spike counts alike, as
-        in the mean SNDR the compressor is judged by) rather than the seed's plain MSE, which lets the largest
-        spikes dominate.
+        ``quantise=False`` skips the quantiser (a plain autoencoder: the warm-up epochs of
+        :meth:`SpikeCompressor.fit`) and reports the reconstruction term only.
+
+        With ``reconstruction_loss="relative"`` the reconstruction term is the mean over spikes of
+        ``|x - x_hat|^2 / |x|^2`` (each spike counts alike, as in the mean SNDR the compressor is judged by); with
+        "mse" it is the seed's mean squared error, where the largest spikes dominate.
         """
-        quantised, _, losses = self.quantiser(self.latents(spikes))
-        reconstruction = self._synthesis(quantised)
+        latents = self.latents(spikes)
+        if quantise:
+            latents, _, losses = self.quantiser(latents)
+        else:
+            losses = {}
+        reconstruction = self._synthesis(latents)
+        if self.config.reconstruction_loss == "mse":
+            return reconstruction, {"reconstruction": F.mse_loss(reconstruction, spikes), **losses}
         error = (reconstruction - spikes).pow(2).sum(dim=(1, 2))
         energy = spikes.pow(2).sum(dim=(1, 2)).clamp_min(1e-6)
         return reconstruction, {"reconstruction": (error / energy).mean(), **losses}

@@ -78,6 +78,21 @@ class VectorQuantiser(nn.Module):
         self.usage.zero_()
 
     @torch.no_grad()
+    def initialise_kmeans(self, latents: Tensor, seed: int = 0, max_iter: int = 50) -> None:
+        """Set the codebook to k-means centroids of ``latents`` (num, dim) (scikit-learn's ``KMeans``; as the
+        k-means initialisation of vector-quantize-pytorch). Falls back to :meth:`initialise` when there are fewer
+        distinct latents than codewords."""
+        from sklearn.cluster import KMeans
+
+        flat = latents.reshape(-1, self.dim).double().cpu().numpy()
+        if len(flat) < 2 * self.codebook_size:
+            self.initialise(latents, torch.Generator().manual_seed(seed))
+            return
+        kmeans = KMeans(self.codebook_size, n_init=1, max_iter=max_iter, random_state=seed).fit(flat)
+        self.codebook.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=self.codebook.dtype))
+        self.usage.zero_()
+
+    @torch.no_grad()
     def restart_dead(self, latents: Tensor, generator: torch.Generator | None = None) -> int:
         """Move the codewords unused since the last call onto random rows of ``latents`` (num, dim); reset the
         usage counts; return how many codewords were moved."""
