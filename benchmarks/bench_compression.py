@@ -125,6 +125,35 @@ def vq_rows(train, test, clean, settings, epochs, seed, verbose):
     return rows, models
 
 
+def residual_kmeans_rows(train, test, clean, settings, seed):
+    """Residual vector quantisation of the raw waveforms (k-means on the spikes, then on what is left, ...), coded
+    like the autoencoder's indices: a reference for what a learned VQ without a network reaches."""
+    from sklearn.cluster import KMeans
+
+    from spikeinterface_elvisort.compression import StaticEntropyCoder, code_entropy
+
+    rows = []
+    for setting in settings:
+        sizes = [int(v) for v in setting.split(",")]
+        left_train = train.reshape(len(train), -1).astype(np.float64)
+        left_test = test.reshape(len(test), -1).astype(np.float64)
+        restored = np.zeros_like(left_test)
+        codes_train, codes_test = [], []
+        for size in sizes:
+            kmeans = KMeans(size, n_init=1, random_state=seed).fit(left_train)
+            labels_train, labels_test = kmeans.predict(left_train), kmeans.predict(left_test)
+            left_train -= kmeans.cluster_centers_[labels_train]
+            left_test -= kmeans.cluster_centers_[labels_test]
+            restored += kmeans.cluster_centers_[labels_test]
+            codes_train.append(labels_train)
+            codes_test.append(labels_test)
+        codes_train, codes_test = np.stack(codes_train, axis=1), np.stack(codes_test, axis=1)
+        coder = StaticEntropyCoder(sizes).fit(codes_train)
+        rows.append(measure("residual k-means (raw)", f"K={setting}", test, clean, restored.reshape(test.shape),
+                            code_entropy(codes_test), len(coder.encode(codes_test))))
+    return rows
+
+
 def best_ratio(rows, families, level, key="sndr_db"):
     """Highest entropy ratio among ``rows`` of ``families`` whose mean SNDR (``key``) reaches ``level``;
     (ratio, row)."""
@@ -136,36 +165,42 @@ def best_ratio(rows, families, level, key="sndr_db"):
 
 
 def plot(rows, title, file_path):
+    """Rate-quality curves: (a) SNDR against the noisy spike, (b) against the noise-free reference."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    styles = {"autoencoder": ("k", "o"), "pca": ("tab:blue", "s"), "dct": ("tab:orange", "^"), "dwt": ("tab:green", "v")}
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
-        if row["family"] == "reference":
-            axis.axhline(row["sndr_db"], color="tab:red", linestyle=":", linewidth=1,
-                         label="noise-free unit mean (SNDR of a perfect denoiser)")
-    for family in sorted({r["family"] for r in rows} - {"reference", "input"}):
-        base = family.split()[0]
-        colour, marker = styles[base]
-        points = [((r["ratio"] or r["seed_ratio"]), r["sndr_db"]) for r in rows if r["family"] == family]
-        points = envelope(points) if "strong" in family else sorted(points)
-        if not points:
-            continue
-        x, y = zip(*points)
-        dashed = "--" if "seed" in family else "-"
-        axis.plot(x, y, dashed, color=colour, marker=marker, markersize=4, label=family)
-    axis.set_xscale("log")
-    axis.set_xlabel("compression ratio (entropy of the codes; seed versions: the seed's formula)")
-    axis.set_ylabel("mean SNDR against the noisy spike (dB)")
-    for level in (8, 11, 14):
-        axis.axhline(level, color="0.8", linewidth=0.8, zorder=0)
-    axis.set_title(title, fontsize=9)
-    axis.legend(fontsize=8)
+    styles = {"autoencoder": ("k", "o"), "residual": ("tab:purple", "x"), "pca": ("tab:blue", "s"),
+              "dct": ("tab:orange", "^"), "dwt": ("tab:green", "v")}
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for axis, key, label in ((axes[0], "sndr_db", "(a) mean SNDR against the noisy spike (dB)"),
+                             (axes[1], "sndr_clean_db", "(b) mean SNDR against the noise-free unit mean (dB)")):
+        for row in rows:
+            if row["family"] == "reference" and key == "sndr_db":
+                axis.axhline(row[key], color="tab:red", linestyle=":", linewidth=1,
+                             label="noise-free unit mean (a perfect denoiser)")
+            if row["family"] == "input" and key == "sndr_clean_db":
+                axis.axhline(row[key], color="tab:red", linestyle=":", linewidth=1, label="uncompressed noisy spike")
+        for family in sorted({r["family"] for r in rows} - {"reference", "input"}):
+            colour, marker = styles[family.split()[0]]
+            points = [((r["ratio"] or r["seed_ratio"]), r[key]) for r in rows if r["family"] == family]
+            points = envelope(points)
+            if not points:
+                continue
+            x, y = zip(*points)
+            axis.plot(x, y, "--" if "seed" in family else "-", color=colour, marker=marker, markersize=4,
+                      label=family)
+        axis.set_xscale("log")
+        axis.set_ylim(4, 20)
+        axis.set_xlabel("compression ratio (entropy of the codes; seed versions: the seed's formula)")
+        axis.set_ylabel(label)
+        for level in (8, 11, 14):
+            axis.axhline(level, color="0.85", linewidth=0.8, zorder=0)
+        axis.legend(fontsize=7)
+    figure.suptitle(title + "; each curve: its upper envelope", fontsize=9)
     figure.tight_layout()
-    figure.savefig(file_path, dpi=120)
+    figure.savefig(file_path, dpi=110)
     plt.close(figure)
 
 
@@ -191,8 +226,10 @@ def main(argv=None):
     parser.add_argument("--recordings", nargs="+", default=DEFAULT_RECORDINGS,
                         help="names in --folder (without .h5), or 'all'")
     parser.add_argument("--folder", type=Path, default=MEAREC_FOLDER)
-    parser.add_argument("--vq", nargs="+", default=["2:64", "1:64", "1:256", "4:64"],
+    parser.add_argument("--vq", nargs="*", default=["2:64", "1:64", "1:256", "4:64"],
                         help="autoencoder settings n_features:codebook_size; the first is the default compressor")
+    parser.add_argument("--kmeans", nargs="*", default=[],
+                        help="also residual k-means of the raw waveforms, e.g. 64 64,64 128,128,128")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: SpikeCompressor's)")
     parser.add_argument("--num-channels", type=int, default=4)
     parser.add_argument("--ms-before", type=float, default=0.5)
@@ -230,7 +267,7 @@ def main(argv=None):
         rows = [noise_cap, uncompressed] + baseline_rows(waveforms[train], waveforms[test], clean[test])
         vq, models = vq_rows(waveforms[train], waveforms[test], clean[test], args.vq, args.epochs, args.seed,
                              args.verbose)
-        rows += vq
+        rows += vq + residual_kmeans_rows(waveforms[train], waveforms[test], clean[test], args.kmeans, args.seed)
         for row in rows:
             row["recording"] = name
         all_rows += rows
@@ -254,7 +291,7 @@ def main(argv=None):
                 "gain_clean": row["ratio"] / clean_ratio if clean_ratio else "inf",
                 "best_strong_same_clean": f"{clean_row['family']} {clean_row['setting']}" if clean_row else None,
             })
-        if not args.no_sorting:
+        if not args.no_sorting and args.vq:
             default = models[args.vq[0]]
             restored = default.reconstruct(waveforms[test])
             change = sorting_change(waveforms[test], restored, units[test], seed=args.seed)
@@ -275,9 +312,9 @@ def main(argv=None):
     columns = ["recording", "autoencoder", "sndr_db", "sndr_clean_db", "ratio", "coded_ratio", "best_strong_pca_ratio",
                "gain_vs_strong_pca", "best_strong_any_ratio", "gain_vs_best_strong", "best_strong_any",
                "best_seed_ratio", "best_strong_ratio_same_clean_sndr", "gain_clean", "fit_s"]
-    frontier = table[table["family"].str.contains("strong") | (table["family"] == "autoencoder")]
+    frontier = table[table["family"].str.contains("strong|autoencoder|residual")]
     markdown = (header + "\n## Autoencoder against the best strong baseline reaching the same SNDR\n\n"
-                + summary[columns].round(2).to_markdown(index=False)
+                + (summary[columns].round(2).to_markdown(index=False) if summaries else "(no autoencoder run)")
                 + "\n\n``gain_clean``: the same comparison on the SNDR against the noise-free reference "
                 + "(best strong baseline: " + "; ".join(f"{s['autoencoder']}: {s['best_strong_same_clean']}"
                                                         for s in summaries) + ")"

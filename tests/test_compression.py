@@ -339,7 +339,7 @@ def test_sorting_analyzer_round_trip(tmp_path, single_thread_torch):
     from spikeinterface.core import create_sorting_analyzer, generate_ground_truth_recording
 
     recording, sorting = generate_ground_truth_recording(
-        num_channels=8, num_units=3, durations=[10.0], sampling_frequency=32000.0, seed=0
+        num_channels=8, num_units=3, durations=[5.0], sampling_frequency=32000.0, seed=0
     )
     waveforms, spike_vector, channels = extract_spike_waveforms(recording, sorting, num_channels=4)
     assert waveforms.shape == (sorting.to_spike_vector().size, 48, 4)  # 0.5 + 1.0 ms at 32 kHz
