@@ -52,14 +52,17 @@ print(f"{len(waveforms)} spikes of shape {waveforms.shape[1:]}; training on {len
 # Two codeword indices per spike from a codebook of 64. ``width`` and ``epochs`` are reduced from the defaults so
 # that the example is quick; the defaults are what the benchmark measures.
 
-compressor = SpikeCompressor(n_features=2, codebook_size=64, width=64, epochs=8, warmup_epochs=2, decoder_epochs=5,
-                             device="auto", random_state=0).fit(train)
+compressor = SpikeCompressor(
+    n_features=2, codebook_size=64, width=64, epochs=8, warmup_epochs=2, decoder_epochs=5, device="auto", random_state=0
+).fit(train)
 codes = compressor.encode(test)  # (num_spikes, num_groups, n_features) int64
 restored = compressor.decode(codes)
 bits = compressor.bits_per_group(codes)
-print(f"autoencoder: mean SNDR {sndr(test, restored).mean():.1f} dB, {bits:.1f} bits per spike, "
-      f"ratio {compression_ratio(48, 4, bits):.0f}x (entropy), "
-      f"{compression_ratio(48, 4, 8 * len(compressor.compress(test)) / len(test)):.0f}x (bytes written)")
+print(
+    f"autoencoder: mean SNDR {sndr(test, restored).mean():.1f} dB, {bits:.1f} bits per spike, "
+    f"ratio {compression_ratio(48, 4, bits):.0f}x (entropy), "
+    f"{compression_ratio(48, 4, 8 * len(compressor.compress(test)) / len(test)):.0f}x (bytes written)"
+)
 print("on-implant part:", compressor.encoder_size())
 
 # %%
@@ -71,8 +74,10 @@ for m, levels in ((4, 16), (8, 32)):
     pca = PCACompressor(m, n_levels=levels).fit(train)
     pca_codes = pca.encode(test)
     pca_bits = pca.bits_per_spike(pca_codes)
-    print(f"PCA m={m} levels={levels}: mean SNDR {sndr(test, pca.decode(pca_codes)).mean():.1f} dB, "
-          f"ratio {compression_ratio(48, 4, pca_bits):.0f}x")
+    print(
+        f"PCA m={m} levels={levels}: mean SNDR {sndr(test, pca.decode(pca_codes)).mean():.1f} dB, "
+        f"ratio {compression_ratio(48, 4, pca_bits):.0f}x"
+    )
 
 # %%
 # Every spike of a SortingAnalyzer in one file
@@ -83,11 +88,17 @@ for m, levels in ((4, 16), (8, 32)):
 analyzer = si.create_sorting_analyzer(sorting, recording, format="memory", sparse=False)
 file_path = Path(tempfile.mkdtemp()) / "spikes.npz"
 summary = compress_sorting_analyzer(analyzer, file_path, compressor=compressor)
-print(f"{summary['num_spikes']} spikes: {summary['raw_bytes']} raw bytes -> {summary['payload_bytes']} bytes of codes "
-      f"({summary['payload_ratio']:.0f}x); file with the compressor: {summary['file_bytes']} bytes")
+print(
+    f"{summary['num_spikes']} spikes: {summary['raw_bytes']} raw bytes -> {summary['payload_bytes']} bytes of codes "
+    f"({summary['payload_ratio']:.0f}x); file with the compressor: {summary['file_bytes']} bytes"
+)
 restored_all = load_compressed(file_path)
-print("restored waveforms:", restored_all["waveforms"].shape, "mean SNDR",
-      f"{sndr(waveforms, restored_all['waveforms']).mean():.1f} dB")
+print(
+    "restored waveforms:",
+    restored_all["waveforms"].shape,
+    "mean SNDR",
+    f"{sndr(waveforms, restored_all['waveforms']).mean():.1f} dB",
+)
 
 # %%
 # Original and restored spikes

@@ -41,7 +41,9 @@ def make_spikes(num_spikes=600, num_samples=24, num_channels=4, num_units=3, noi
     for unit in range(num_units):
         centre = num_samples / 3 + 2 * unit
         shape = -np.exp(-0.5 * ((t - centre) / 1.5) ** 2) + 0.4 * np.exp(-0.5 * ((t - centre - 5) / 3.0) ** 2)
-        gains = np.exp(-0.5 * ((np.arange(num_channels) - unit * (num_channels - 1) / max(num_units - 1, 1)) / 1.2) ** 2)
+        gains = np.exp(
+            -0.5 * ((np.arange(num_channels) - unit * (num_channels - 1) / max(num_units - 1, 1)) / 1.2) ** 2
+        )
         templates.append(shape[:, None] * gains[None, :])
     templates = np.stack(templates)
     labels = rng.integers(0, num_units, num_spikes)
@@ -59,8 +61,18 @@ def spikes():
 @pytest.fixture(scope="module")
 def fitted(spikes, single_thread_torch):
     train = spikes[0][:400]
-    return SpikeCompressor(n_features=2, codebook_size=32, epochs=8, warmup_epochs=2, decoder_epochs=3,
-                           batch_size=32, learning_rate=2e-3, device="cpu", random_state=0, **SMALL).fit(train)
+    return SpikeCompressor(
+        n_features=2,
+        codebook_size=32,
+        epochs=8,
+        warmup_epochs=2,
+        decoder_epochs=3,
+        batch_size=32,
+        learning_rate=2e-3,
+        device="cpu",
+        random_state=0,
+        **SMALL,
+    ).fit(train)
 
 
 # -- metrics ---------------------------------------------------------------------------------------------------------
@@ -162,8 +174,9 @@ def test_dwt_seed_version_keeps_the_largest_coefficients():
     compressor = DWTCompressor(6).fit(waveforms)
     coefficients = compressor.encode(waveforms).reshape(5, 2, -1)
     assert np.all((coefficients != 0).sum(axis=2) == 6)
-    full = np.concatenate(pywt.wavedec(waveforms[0, :, 0].astype(np.float64), "sym4", mode="periodization",
-                                       level=compressor.level_))
+    full = np.concatenate(
+        pywt.wavedec(waveforms[0, :, 0].astype(np.float64), "sym4", mode="periodization", level=compressor.level_)
+    )
     kept = np.sort(np.abs(full))[-6:]
     np.testing.assert_allclose(np.sort(np.abs(coefficients[0, 0][coefficients[0, 0] != 0])), kept, rtol=1e-5)
 
@@ -267,13 +280,35 @@ def test_save_load_gives_identical_codes(spikes, fitted, tmp_path):
 
 def test_same_random_state_same_model(spikes, single_thread_torch):
     train = spikes[0][:120]
-    kwargs = dict(n_features=1, codebook_size=8, epochs=2, warmup_epochs=1, decoder_epochs=1, batch_size=32,
-                  device="cpu", **SMALL)
+    kwargs = dict(
+        n_features=1, codebook_size=8, epochs=2, warmup_epochs=1, decoder_epochs=1, batch_size=32, device="cpu", **SMALL
+    )
     first = SpikeCompressor(random_state=3, **kwargs).fit(train)
     second = SpikeCompressor(random_state=3, **kwargs).fit(train)
     np.testing.assert_array_equal(first.encode(train), second.encode(train))
     for a, b in zip(first.model_.state_dict().values(), second.model_.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_kmeans_refresh_resets_the_codebook(spikes, single_thread_torch):
+    train = spikes[0][:200]
+    kwargs = dict(
+        n_features=1,
+        codebook_size=8,
+        epochs=4,
+        warmup_epochs=1,
+        decoder_epochs=10,
+        batch_size=32,
+        device="cpu",
+        random_state=0,
+        **SMALL,
+    )
+    plain = SpikeCompressor(**kwargs).fit(train)
+    refreshed = SpikeCompressor(kmeans_refresh_every=1, **kwargs).fit(train)
+    assert not torch.equal(plain.model_.quantiser.codebook, refreshed.model_.quantiser.codebook)
+    assert sndr(train, refreshed.reconstruct(train)).mean() > 8.0  # the decoder epochs adapt to the new codebook
+    with pytest.raises(ValueError, match="kmeans_refresh_every"):
+        SpikeCompressor(kmeans_refresh_every=-1).fit(train)
 
 
 def test_inputs_are_not_modified(spikes, fitted):
@@ -332,7 +367,9 @@ def test_sorting_change_on_separable_spikes(spikes):
     result = sorting_change(waveforms[:300], clean[:300], labels[:300])
     assert set(result) == {"pca_kmeans", "gmm_bic"}
     assert result["pca_kmeans"]["before"] > 0.95 and result["pca_kmeans"]["after"] > 0.95
-    assert result["pca_kmeans"]["change"] == pytest.approx(result["pca_kmeans"]["after"] - result["pca_kmeans"]["before"])
+    assert result["pca_kmeans"]["change"] == pytest.approx(
+        result["pca_kmeans"]["after"] - result["pca_kmeans"]["before"]
+    )
 
 
 def test_sorting_analyzer_round_trip(tmp_path, single_thread_torch):
@@ -346,8 +383,9 @@ def test_sorting_analyzer_round_trip(tmp_path, single_thread_torch):
     assert channels.shape == (len(waveforms), 4)
     np.testing.assert_array_equal(spike_vector["unit_index"], sorting.to_spike_vector()["unit_index"])
     analyzer = create_sorting_analyzer(sorting, recording, format="memory", sparse=False)
-    compressor = SpikeCompressor(n_features=2, codebook_size=16, epochs=2, warmup_epochs=1, decoder_epochs=1,
-                                 device="cpu", **SMALL).fit(waveforms)
+    compressor = SpikeCompressor(
+        n_features=2, codebook_size=16, epochs=2, warmup_epochs=1, decoder_epochs=1, device="cpu", **SMALL
+    ).fit(waveforms)
     summary = compress_sorting_analyzer(analyzer, tmp_path / "spikes.npz", compressor=compressor)
     assert summary["num_spikes"] == len(waveforms) and summary["payload_ratio"] > 1
     restored = load_compressed(tmp_path / "spikes.npz")

@@ -56,7 +56,9 @@ class TransformCompressor:
         if self.n_levels is not None:
             low, high = np.percentile(coefficients, [0.5, 99.5], axis=0)
             span = np.maximum(high - low, 1e-12)
-            self.step_ = np.full(coefficients.shape[1], span[0] / self.n_levels) if self.shared_step else span / self.n_levels
+            self.step_ = (
+                np.full(coefficients.shape[1], span[0] / self.n_levels) if self.shared_step else span / self.n_levels
+            )
             if self.shared_step and self.name != "pca":  # DCT/DWT: the first coefficient of every channel alike
                 self.step_[:] = span.reshape(self.num_channels_, -1)[:, 0].max() / self.n_levels
             self.max_symbol_ = np.ceil(np.abs(coefficients).max(axis=0) / self.step_).astype(np.int64)
@@ -73,8 +75,10 @@ class TransformCompressor:
         self._check_fitted()
         waveforms = check_waveforms(waveforms)
         if waveforms.shape[1:] != (self.num_samples_, self.num_channels_):
-            raise ValueError(f"waveforms must be (num_spikes, {self.num_samples_}, {self.num_channels_}) as in fit, "
-                             f"got {waveforms.shape}")
+            raise ValueError(
+                f"waveforms must be (num_spikes, {self.num_samples_}, {self.num_channels_}) as in fit, "
+                f"got {waveforms.shape}"
+            )
         coefficients = self._forward(waveforms)
         return coefficients if self.n_levels is None else self._quantise(coefficients)
 
@@ -120,8 +124,10 @@ class PCACompressor(TransformCompressor):
     def _fit_transform(self, waveforms):
         flat = waveforms.reshape(len(waveforms), -1).astype(np.float64)
         if self.n_coefficients > min(flat.shape):
-            raise ValueError(f"n_coefficients={self.n_coefficients} exceeds min(num_spikes, num_samples * num_channels)"
-                             f" = {min(flat.shape)}")
+            raise ValueError(
+                f"n_coefficients={self.n_coefficients} exceeds min(num_spikes, num_samples * num_channels)"
+                f" = {min(flat.shape)}"
+            )
         self.mean_ = flat.mean(axis=0)
         _, _, vt = np.linalg.svd(flat - self.mean_, full_matrices=False)
         self.components_ = vt[: self.n_coefficients]  # (m, D * M), orthonormal rows
@@ -180,8 +186,14 @@ class DWTCompressor(TransformCompressor):
 
     name = "dwt"
 
-    def __init__(self, n_coefficients: int, n_levels: int | None = None, shared_step: bool = True,
-                 wavelet: str = "sym4", level: int | None = None):
+    def __init__(
+        self,
+        n_coefficients: int,
+        n_levels: int | None = None,
+        shared_step: bool = True,
+        wavelet: str = "sym4",
+        level: int | None = None,
+    ):
         super().__init__(n_coefficients, n_levels, shared_step)
         self.wavelet = wavelet
         self.level = level
@@ -190,7 +202,9 @@ class DWTCompressor(TransformCompressor):
         import pywt
 
         num_samples = waveforms.shape[1]
-        self.level_ = pywt.dwt_max_level(num_samples, pywt.Wavelet(self.wavelet).dec_len) if self.level is None else self.level
+        self.level_ = (
+            pywt.dwt_max_level(num_samples, pywt.Wavelet(self.wavelet).dec_len) if self.level is None else self.level
+        )
         example = pywt.wavedec(np.zeros(num_samples), self.wavelet, mode="periodization", level=self.level_)
         self.band_lengths_ = [len(band) for band in example]  # approximation, then details coarse to fine
         self.length_ = sum(self.band_lengths_)
@@ -201,8 +215,9 @@ class DWTCompressor(TransformCompressor):
         import pywt
 
         # (num, D, M) -> (num, M, L): coefficients of each channel, approximation first, coarse to fine details
-        coefficients = pywt.wavedec(waveforms.astype(np.float64), self.wavelet, mode="periodization",
-                                    level=self.level_, axis=1)
+        coefficients = pywt.wavedec(
+            waveforms.astype(np.float64), self.wavelet, mode="periodization", level=self.level_, axis=1
+        )
         return np.concatenate(coefficients, axis=1).transpose(0, 2, 1)
 
     def _forward(self, waveforms):

@@ -35,7 +35,9 @@ class StaticEntropyCoder:
         if not self.alphabet_sizes or min(self.alphabet_sizes) < 1:
             raise ValueError(f"alphabet_sizes must be a non-empty list of positive integers, got {alphabet_sizes!r}")
         if pseudo_count <= 0:
-            raise ValueError(f"pseudo_count must be > 0 (every symbol needs a non-zero probability), got {pseudo_count}")
+            raise ValueError(
+                f"pseudo_count must be > 0 (every symbol needs a non-zero probability), got {pseudo_count}"
+            )
         self.pseudo_count = float(pseudo_count)
         self.probabilities_ = None
 

@@ -34,7 +34,9 @@ class VectorQuantiser(nn.Module):
         super().__init__()
         self.codebook_size = codebook_size
         self.dim = dim
-        self.codebook = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size))
+        self.codebook = nn.Parameter(
+            torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+        )
         self.register_buffer("usage", torch.zeros(codebook_size))  # codeword counts since the last restart
 
     def nearest(self, latents: Tensor) -> Tensor:

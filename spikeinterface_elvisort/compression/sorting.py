@@ -24,8 +24,14 @@ def matched_accuracy(true_labels: np.ndarray, labels: np.ndarray) -> float:
     return float(table[rows, cols].sum() / true_labels.size)
 
 
-def cluster_spikes(waveforms: np.ndarray, method: str = "pca_kmeans", n_clusters: int | None = None,
-                   n_components: int = 3, n_init: int = 50, seed: int = 0) -> np.ndarray:
+def cluster_spikes(
+    waveforms: np.ndarray,
+    method: str = "pca_kmeans",
+    n_clusters: int | None = None,
+    n_components: int = 3,
+    n_init: int = 50,
+    seed: int = 0,
+) -> np.ndarray:
     """Cluster spikes (num_spikes, num_samples, num_channels).
 
     Parameters
@@ -60,8 +66,13 @@ def cluster_spikes(waveforms: np.ndarray, method: str = "pca_kmeans", n_clusters
     raise ValueError(f"method={method!r} is not valid; choose 'pca_kmeans' or 'gmm_bic'")
 
 
-def sorting_change(original: np.ndarray, reconstructed: np.ndarray, true_labels: np.ndarray,
-                   methods=("pca_kmeans", "gmm_bic"), seed: int = 0) -> dict:
+def sorting_change(
+    original: np.ndarray,
+    reconstructed: np.ndarray,
+    true_labels: np.ndarray,
+    methods=("pca_kmeans", "gmm_bic"),
+    seed: int = 0,
+) -> dict:
     """Sorting accuracy before and after compression, per clustering method.
 
     Parameters
