@@ -6,6 +6,7 @@ those into bytes, the decoder restores the waveform. Modules, one concept each:
 * ``model``: the ResNeXt encoder and transposed-convolution decoder (``CompressiveAutoencoder``)
 * ``quantiser``: the vector quantiser (``VectorQuantiser``)
 * ``compressor``: ``SpikeCompressor``, the scikit-learn style front (fit, encode, decode, save, load)
+* ``training``: the joint epochs (warm-up, k-means codebook start, restarts) and the decoder-only epochs
 * ``entropy_coding``: ``StaticEntropyCoder``, a range coder with tables learned on training data
 * ``metrics``: SNDR, entropy-based compression ratio, parameter and multiply-accumulate counts
 * ``baselines``: PCA, DCT and DWT compressors, seed and strong (quantised, entropy-coded) versions

@@ -10,6 +10,7 @@ import numpy as np
 
 from .entropy_coding import StaticEntropyCoder
 from .model import CompressiveAutoencoder, CompressorConfig
+from .training import finetune_decoder, train_autoencoder
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class SpikeCompressor:
         (as in the mean SNDR); "mse": the seed's mean squared error.
     device : "auto" | "cpu" | "cuda" | "cuda:N", default: "auto"
     random_state : int | None, default: 0
-        Seeds the weights, the batch order and the codebook restarts.
+        Seeds the weights, the batch order and the codebook restarts (None: 0, so that fits repeat).
     verbose : bool, default: False
         Show a progress bar over the epochs.
 
@@ -200,7 +201,6 @@ class SpikeCompressor:
         self
         """
         import torch
-        from tqdm.auto import tqdm
 
         from ..device import resolve_device
 
@@ -227,67 +227,29 @@ class SpikeCompressor:
         scale = float(groups.std()) or 1.0
         data = torch.as_tensor(groups / scale, dtype=torch.float32, device=device)  # a new array: input untouched
         model = CompressiveAutoencoder(config).to(device)
-        model.train()
-        with torch.no_grad():
-            sample = data[
-                torch.randperm(len(data), generator=generator)[: max(4 * self.codebook_size, 1024)].to(device)
-            ]
-            model.quantiser.initialise(model.latents(sample).reshape(-1, config.code_dim), generator)
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.learning_rate)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=self.epochs, eta_min=0.05 * self.learning_rate
+        history = train_autoencoder(
+            model,
+            data,
+            epochs=self.epochs,
+            warmup_epochs=self.warmup_epochs,
+            kmeans_refresh_every=self.kmeans_refresh_every,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            commitment_weight=self.commitment_weight,
+            seed=seed,
+            generator=generator,
+            verbose=self.verbose,
         )
-        weights = {"reconstruction": 1.0, "codebook": 1.0, "commitment": self.commitment_weight}
-        restart_until = int(0.8 * self.epochs)  # let the codebook settle before the end
-        sample_size = min(len(data), 8192)
-        history = []
-        progress = tqdm(range(self.epochs), desc="SpikeCompressor fit", disable=not self.verbose, leave=False)
-        for epoch in progress:
-            quantise = epoch >= self.warmup_epochs
-            if epoch == self.warmup_epochs and epoch > 0:
-                model.eval()  # running batch-norm statistics: the latents the trained encoder will produce
-                with torch.no_grad():
-                    sample = data[torch.randperm(len(data), generator=generator)[:sample_size].to(device)]
-                    model.quantiser.initialise_kmeans(model.latents(sample), seed=seed)
-            model.train()
-            order = torch.randperm(len(data), generator=generator).to(device)
-            sums, count = {}, 0
-            for start in range(0, len(data), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                if batch.numel() < 2:
-                    continue  # batch norm needs two samples
-                _, losses = model(data[batch], quantise=quantise)
-                total = sum(weights[name] * value for name, value in losses.items())
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
-                count += 1
-            scheduler.step()
-            restarted = 0
-            refresh = self.kmeans_refresh_every
-            if quantise and refresh and epoch < restart_until and (epoch - self.warmup_epochs + 1) % refresh == 0:
-                model.eval()
-                with torch.no_grad():
-                    sample = data[torch.randperm(len(data), generator=generator)[:sample_size].to(device)]
-                    model.quantiser.initialise_kmeans(model.latents(sample), seed=seed + epoch)
-                model.train()
-            elif quantise and epoch < restart_until:
-                with torch.no_grad():
-                    sample = data[torch.randperm(len(data), generator=generator)[:4096].to(device)]
-                    restarted = model.quantiser.restart_dead(
-                        model.latents(sample).reshape(-1, config.code_dim), generator
-                    )
-            row = {
-                "epoch": epoch,
-                **{name: value / max(count, 1) for name, value in sums.items()},
-                "restarted": restarted,
-            }
-            history.append(row)
-            progress.set_postfix(reconstruction=f"{row.get('reconstruction', float('nan')):.3g}", restarted=restarted)
-            logger.debug("SpikeCompressor epoch %d: %s", epoch, row)
-        history += self._finetune_decoder(model, data, generator)
+        history += finetune_decoder(
+            model,
+            data,
+            epochs=self.decoder_epochs,
+            first_epoch=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            generator=generator,
+            verbose=self.verbose,
+        )
         model.eval()
         self.model_ = model.cpu()
         self.config_ = config
@@ -297,57 +259,6 @@ class SpikeCompressor:
         codes = self.encode(waveforms)
         self.coder_ = StaticEntropyCoder([self.codebook_size] * self.n_features).fit(codes.reshape(-1, self.n_features))
         return self
-
-    def _finetune_decoder(self, model, data, generator) -> list[dict]:
-        """Decoder-only epochs on the final codes (encoder and codebook frozen, codes computed once): the decoder
-        moves towards the mean spike of each code combination, the step k-means takes for its centroids."""
-        import torch
-        from torch.nn import functional as F
-        from tqdm.auto import tqdm
-
-        if self.decoder_epochs == 0:
-            return []
-        model.eval()
-        with torch.no_grad():
-            inputs = torch.cat(
-                [
-                    model.quantiser.lookup(model.encode(data[start : start + 4096]))
-                    for start in range(0, len(data), 4096)
-                ]
-            )  # (num, n_features, code_dim)
-        optimizer = torch.optim.Adam(model.decoder.parameters(), lr=self.learning_rate)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=self.decoder_epochs, eta_min=0.05 * self.learning_rate
-        )
-        history = []
-        model.decoder.train()
-        progress = tqdm(
-            range(self.decoder_epochs), desc="SpikeCompressor decoder", disable=not self.verbose, leave=False
-        )
-        for epoch in progress:
-            order = torch.randperm(len(data), generator=generator).to(data.device)
-            total, count = 0.0, 0
-            for start in range(0, len(data), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                if batch.numel() < 2:
-                    continue
-                reconstruction = model._synthesis(inputs[batch])
-                target = data[batch]
-                if self.reconstruction_loss == "mse":
-                    loss = F.mse_loss(reconstruction, target)
-                else:
-                    loss = (
-                        (reconstruction - target).pow(2).sum(dim=(1, 2)) / target.pow(2).sum(dim=(1, 2)).clamp_min(1e-6)
-                    ).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                count += 1
-            scheduler.step()
-            history.append({"epoch": self.epochs + epoch, "stage": "decoder", "reconstruction": total / max(count, 1)})
-            progress.set_postfix(reconstruction=f"{history[-1]['reconstruction']:.3g}")
-        return history
 
     # -- encode / decode -----------------------------------------------------------------------------------------
 

@@ -172,8 +172,12 @@ class CompressiveAutoencoder(nn.Module):
         else:
             losses = {}
         reconstruction = self._synthesis(latents)
+        return reconstruction, {"reconstruction": self.reconstruction_error(reconstruction, spikes), **losses}
+
+    def reconstruction_error(self, reconstruction: Tensor, spikes: Tensor) -> Tensor:
+        """The reconstruction term of the loss (``config.reconstruction_loss``), a scalar."""
         if self.config.reconstruction_loss == "mse":
-            return reconstruction, {"reconstruction": F.mse_loss(reconstruction, spikes), **losses}
+            return F.mse_loss(reconstruction, spikes)
         error = (reconstruction - spikes).pow(2).sum(dim=(1, 2))
         energy = spikes.pow(2).sum(dim=(1, 2)).clamp_min(1e-6)
-        return reconstruction, {"reconstruction": (error / energy).mean(), **losses}
+        return (error / energy).mean()
