@@ -35,6 +35,9 @@ _LAZY = {
     "check_ssae_params": ".ssae.params",
     "BicEnsembleClustering": ".ssae.clustering",
     "make_hybrid_set": ".ssae.hybrid",
+    "SpikeCompressor": ".compression",
+    "compress_sorting_analyzer": ".compression",
+    "load_compressed": ".compression",
 }
 
 

@@ -1,0 +1,143 @@
+"""Training of the compressive autoencoder: the joint epochs (warm-up, k-means codebook start, dead-codeword
+restarts) and the decoder-only epochs on the final codes.
+
+The package's ``training.train_model`` is not reused: the quantiser needs steps between epochs (its k-means start,
+restarts and refreshes) and a second, decoder-only stage.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def train_autoencoder(
+    model,
+    data,
+    *,
+    epochs: int,
+    warmup_epochs: int,
+    kmeans_refresh_every: int,
+    batch_size: int,
+    learning_rate: float,
+    commitment_weight: float,
+    seed: int,
+    generator,
+    verbose: bool = False,
+) -> list[dict]:
+    """Train ``model`` (a :class:`CompressiveAutoencoder`) in place on ``data`` (num, num_samples, channels), a
+    tensor on the training device; return one dict per epoch (mean of each loss term, restarted codewords).
+
+    The first ``warmup_epochs`` skip the quantiser; the codebook then starts as k-means centroids of the encoder
+    outputs. Until 80 % of the epochs, codewords unused during an epoch restart on random encoder outputs, or, every
+    ``kmeans_refresh_every`` epochs when that is > 0, the whole codebook is reset to k-means centroids. Adam with
+    cosine decay to 5 % of ``learning_rate``; the loss is reconstruction + codebook + commitment_weight * commitment.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    code_dim = model.config.code_dim
+    device = data.device
+    model.train()
+    with torch.no_grad():
+        sample = data[torch.randperm(len(data), generator=generator)[: max(4 * model.config.codebook_size, 1024)]]
+        model.quantiser.initialise(model.latents(sample.to(device)).reshape(-1, code_dim), generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=0.05 * learning_rate)
+    weights = {"reconstruction": 1.0, "codebook": 1.0, "commitment": commitment_weight}
+    restart_until = int(0.8 * epochs)  # let the codebook settle before the end
+    sample_size = min(len(data), 8192)
+    history = []
+    progress = tqdm(range(epochs), desc="SpikeCompressor fit", disable=not verbose, leave=False)
+    for epoch in progress:
+        quantise = epoch >= warmup_epochs
+        if epoch == warmup_epochs and epoch > 0:
+            model.eval()  # running batch-norm statistics: the latents the trained encoder will produce
+            with torch.no_grad():
+                sample = data[torch.randperm(len(data), generator=generator)[:sample_size].to(device)]
+                model.quantiser.initialise_kmeans(model.latents(sample), seed=seed)
+        model.train()
+        order = torch.randperm(len(data), generator=generator).to(device)
+        sums, count = {}, 0
+        for start in range(0, len(data), batch_size):
+            batch = order[start : start + batch_size]
+            if batch.numel() < 2:
+                continue  # batch norm needs two samples
+            _, losses = model(data[batch], quantise=quantise)
+            total = sum(weights[name] * value for name, value in losses.items())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            count += 1
+        scheduler.step()
+        restarted = 0
+        refresh = kmeans_refresh_every
+        if quantise and refresh and epoch < restart_until and (epoch - warmup_epochs + 1) % refresh == 0:
+            model.eval()
+            with torch.no_grad():
+                sample = data[torch.randperm(len(data), generator=generator)[:sample_size].to(device)]
+                model.quantiser.initialise_kmeans(model.latents(sample), seed=seed + epoch)
+            model.train()
+        elif quantise and epoch < restart_until:
+            with torch.no_grad():
+                sample = data[torch.randperm(len(data), generator=generator)[:4096].to(device)]
+                restarted = model.quantiser.restart_dead(model.latents(sample).reshape(-1, code_dim), generator)
+        row = {"epoch": epoch, **{name: value / max(count, 1) for name, value in sums.items()}, "restarted": restarted}
+        history.append(row)
+        progress.set_postfix(reconstruction=f"{row.get('reconstruction', float('nan')):.3g}", restarted=restarted)
+        logger.debug("SpikeCompressor epoch %d: %s", epoch, row)
+    model.eval()
+    return history
+
+
+def finetune_decoder(
+    model,
+    data,
+    *,
+    epochs: int,
+    first_epoch: int,
+    batch_size: int,
+    learning_rate: float,
+    generator,
+    verbose: bool = False,
+) -> list[dict]:
+    """Decoder-only epochs on the final codes (encoder and codebook frozen, codes computed once): the decoder moves
+    towards the mean spike of each code combination, the step k-means takes for its centroids. Returns one dict per
+    epoch (``stage="decoder"``, epochs numbered from ``first_epoch``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if epochs == 0:
+        return []
+    model.eval()
+    with torch.no_grad():
+        # (num, n_features, code_dim): the quantised latents the decoder will receive
+        inputs = torch.cat(
+            [model.quantiser.lookup(model.encode(data[start : start + 4096])) for start in range(0, len(data), 4096)]
+        )
+    optimizer = torch.optim.Adam(model.decoder.parameters(), lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=0.05 * learning_rate)
+    history = []
+    model.decoder.train()
+    progress = tqdm(range(epochs), desc="SpikeCompressor decoder", disable=not verbose, leave=False)
+    for epoch in progress:
+        order = torch.randperm(len(data), generator=generator).to(data.device)
+        total, count = 0.0, 0
+        for start in range(0, len(data), batch_size):
+            batch = order[start : start + batch_size]
+            if batch.numel() < 2:
+                continue
+            loss = model.reconstruction_error(model._synthesis(inputs[batch]), data[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            count += 1
+        scheduler.step()
+        history.append({"epoch": first_epoch + epoch, "stage": "decoder", "reconstruction": total / max(count, 1)})
+        progress.set_postfix(reconstruction=f"{history[-1]['reconstruction']:.3g}")
+    model.eval()
+    return history
