@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -397,7 +398,10 @@ def _sort_pretrained(recording, params, folder, verbose, device, stages, save=Tr
     model = load_model(params["pretrained_model"], device=str(device))
     logger.info("elvisort inference with %r on %d channels, %.1f s", model, recording.get_num_channels(),
                 recording.get_total_duration())
-    n_jobs = fix_job_kwargs(params["job_kwargs"])["n_jobs"]
+    # threads for reading and filtering: the job_kwargs' n_jobs when given, else every core (the result does not
+    # depend on it)
+    user_jobs = params["job_kwargs"].get("n_jobs")
+    n_jobs = fix_job_kwargs({"n_jobs": user_jobs})["n_jobs"] if user_jobs is not None else (os.cpu_count() or 1)
     sorting = model.sort(recording, n_jobs=n_jobs, verbose=verbose)
     stages.done("instant sort", "%d units, %d spikes", sorting.unit_ids.size, sorting.to_spike_vector().size)
     if save:
