@@ -88,9 +88,11 @@ def part_transfer(args, work):
         units = snr.index[snr.values >= args.min_snr]
         scores = mean_accuracy(gt_b, sorting, units)
         classified = classification_scores(load_model(work / f"{name}_train"), recording_b, gt_b)
+        unit_accuracy = np.nanmean([classified["per_unit_accuracy"][u] for u in units])
         row = dict(pair=name, units=len(units), accuracy=scores["accuracy"], precision=scores["precision"],
                    recall=scores["recall"], micro_f1=classified["micro_f1"],
-                   classification_accuracy=classified["accuracy"], train_s=train_s, sort_s=sort_s,
+                   classification_accuracy=classified["accuracy"], classification_unit_accuracy=unit_accuracy,
+                   train_s=train_s, sort_s=sort_s,
                    xRT=args.duration / sort_s)
         print(json.dumps(row), flush=True)
         rows.append(row)

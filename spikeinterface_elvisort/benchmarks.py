@@ -53,7 +53,8 @@ def classification_scores(model, recording, ground_truth, match_ms: float = 0.4)
     -------
     dict
         ``micro_f1``, ``micro_precision``, ``micro_recall``, ``accuracy`` (TP / (TP + FP + FN), micro), the number of
-        ``events`` and of ``spike_events``, and ``per_unit_f1`` (unit id -> F1).
+        ``events`` and of ``spike_events``, ``per_unit_f1`` and ``per_unit_accuracy`` (unit id -> score; NaN for a
+        unit never detected nor predicted).
     """
     from .instant import _scale_to_uV, label_events
     from .streaming import sort_segment
@@ -75,11 +76,13 @@ def classification_scores(model, recording, ground_truth, match_ms: float = 0.4)
     tp = int(np.sum((predicted == truth) & (truth >= 0)))
     fp = int(np.sum((predicted != -1) & (predicted != truth)))
     fn = int(np.sum((truth >= 0) & (predicted != truth)))
-    per_unit = {}
+    per_unit, per_unit_accuracy = {}, {}
     for index, unit_id in enumerate(gt_ids):
         unit_tp = np.sum((predicted == index) & (truth == index))
         denominator = np.sum(predicted == index) + np.sum(truth == index)
         per_unit[unit_id] = float(2 * unit_tp / denominator) if denominator else float("nan")
+        # TP / (TP + FP + FN) of the unit = TP / (predicted + true - TP)
+        per_unit_accuracy[unit_id] = float(unit_tp / (denominator - unit_tp)) if denominator else float("nan")
     return {
         "micro_f1": 2 * tp / max(2 * tp + fp + fn, 1),
         "micro_precision": tp / max(tp + fp, 1),
@@ -88,4 +91,5 @@ def classification_scores(model, recording, ground_truth, match_ms: float = 0.4)
         "events": int(truth.size),
         "spike_events": int(np.sum(truth >= 0)),
         "per_unit_f1": per_unit,
+        "per_unit_accuracy": per_unit_accuracy,
     }
