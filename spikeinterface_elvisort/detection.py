@@ -128,3 +128,81 @@ def _detect_algorithm1(recording, noise_levels, peak_sign, detect_threshold, sni
     if not all_peaks:
         return np.zeros(0, dtype=base_peak_dtype)
     return np.concatenate(all_peaks)
+
+
+def _locally_exclusive_kernel():
+    """SpikeInterface's locally exclusive peak finder (``detect_peaks_numba_locally_exclusive_on_chunk``, MIT
+    licence), compiled once per installation: ``cache=True`` keeps numba's machine code on disk, so an
+    inference-only run does not spend seconds compiling the detector in every new process."""
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+
+        @numba.jit(nopython=True, nogil=True, fastmath=True, cache=True)
+        def kernel(traces, do_neg, do_pos, abs_thresholds, exclude_sweep_size, neighbours_mask):
+            num_chans = traces.shape[1]
+            num_samples = traces.shape[0]
+            peak_mask = np.zeros(traces.shape, dtype=np.bool_)
+            for s in range(1, num_samples - 1):
+                for chan_ind in range(num_chans):
+                    if do_neg:
+                        if (
+                            (traces[s, chan_ind] <= -abs_thresholds[chan_ind])
+                            and (traces[s, chan_ind] < traces[s - 1, chan_ind])
+                            and (traces[s, chan_ind] <= traces[s + 1, chan_ind])
+                        ):
+                            peak_mask[s, chan_ind] = True
+                    if do_pos:
+                        if (
+                            (traces[s, chan_ind] >= abs_thresholds[chan_ind])
+                            and (traces[s, chan_ind] > traces[s - 1, chan_ind])
+                            and (traces[s, chan_ind] >= traces[s + 1, chan_ind])
+                        ):
+                            peak_mask[s, chan_ind] = True
+            samples_inds, chan_inds = np.nonzero(peak_mask)
+            npeaks = samples_inds.size
+            keep_peak = np.ones(npeaks, dtype=np.bool_)
+            next_start = 0
+            for i in range(npeaks):
+                if (samples_inds[i] < exclude_sweep_size + 1) or (
+                    samples_inds[i] >= (num_samples - exclude_sweep_size - 1)
+                ):
+                    keep_peak[i] = False
+                    continue
+                for j in range(next_start, npeaks):
+                    if i == j:
+                        continue
+                    if samples_inds[i] + exclude_sweep_size < samples_inds[j]:
+                        break
+                    if samples_inds[i] - exclude_sweep_size > samples_inds[j]:
+                        next_start = j
+                        continue
+                    if neighbours_mask[chan_inds[i], chan_inds[j]]:
+                        if abs(samples_inds[i] - samples_inds[j]) <= exclude_sweep_size:
+                            value_i = abs(traces[samples_inds[i], chan_inds[i]]) / abs_thresholds[chan_inds[i]]
+                            value_j = abs(traces[samples_inds[j], chan_inds[j]]) / abs_thresholds[chan_inds[j]]
+                            if value_j > value_i:
+                                keep_peak[i] = False
+                                break
+                            if (value_j == value_i) & (samples_inds[i] > samples_inds[j]):
+                                keep_peak[i] = False
+                                break
+            return samples_inds[keep_peak], chan_inds[keep_peak]
+
+        _KERNEL = kernel
+    return _KERNEL
+
+
+_KERNEL = None
+
+
+def locally_exclusive_peaks(traces: np.ndarray, peak_sign: str, abs_thresholds: np.ndarray, exclude_sweep_size: int,
+                            neighbours_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks of one block, exactly as SpikeInterface's "locally_exclusive" detector finds them: a sample past its
+    channel's threshold that is a local extremum in time and the largest (relative to threshold) within
+    ``exclude_sweep_size`` samples on the channels of ``neighbours_mask``. Peaks closer than the sweep to the block's
+    edges are left to the neighbouring block. Returns (sample indices, channel indices)."""
+    kernel = _locally_exclusive_kernel()
+    return kernel(np.ascontiguousarray(traces, dtype=np.float32), peak_sign in ("neg", "both"),
+                  peak_sign in ("pos", "both"), np.asarray(abs_thresholds, dtype=np.float32), int(exclude_sweep_size),
+                  np.asarray(neighbours_mask, dtype=np.bool_))

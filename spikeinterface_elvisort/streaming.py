@@ -117,11 +117,9 @@ class BlockEngine:
             self.next_free += start - lo
             channels = np.argmax(_signed(traces[centres], self.peak_sign), axis=1) if centres.size else centres
             return centres, channels
-        from spikeinterface.sortingcomponents.peak_detection.locally_exclusive import (
-            detect_peaks_numba_locally_exclusive_on_chunk,
-        )
+        from .detection import locally_exclusive_peaks
 
-        samples, channels = detect_peaks_numba_locally_exclusive_on_chunk(
+        samples, channels = locally_exclusive_peaks(
             traces, self.peak_sign, self.thresholds, self.sweep, self.neighbours_mask
         )
         inside = (samples >= lo) & (samples < hi)

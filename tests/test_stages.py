@@ -425,3 +425,24 @@ def test_auto_merge_maps_units_when_spikes_are_censored(monkeypatch):
     merged, num_units = _auto_merge(recording, events, labels, SimpleNamespace(unit_ids=np.arange(3)), None, {})
     assert num_units == 2
     assert merged.tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 1]
+
+
+@pytest.mark.parametrize("peak_sign", ["neg", "pos", "both"])
+def test_cached_locally_exclusive_kernel_equals_spikeinterface(peak_sign):
+    """Our disk-cached copy of SpikeInterface's locally exclusive peak finder gives SpikeInterface's peaks."""
+    from spikeinterface.sortingcomponents.peak_detection.locally_exclusive import (
+        detect_peaks_numba_locally_exclusive_on_chunk,
+    )
+
+    from spikeinterface_elvisort.detection import locally_exclusive_peaks
+
+    rng = np.random.default_rng(0)
+    traces = rng.normal(size=(3000, 6)).astype(np.float32)
+    traces[rng.integers(0, 3000, 60), rng.integers(0, 6, 60)] -= 8.0
+    traces[rng.integers(0, 3000, 60), rng.integers(0, 6, 60)] += 8.0
+    thresholds = np.full(6, 4.0, dtype=np.float32)
+    mask = np.abs(np.arange(6)[:, None] - np.arange(6)[None, :]) <= 2
+    ours = locally_exclusive_peaks(traces, peak_sign, thresholds, 15, mask)
+    theirs = detect_peaks_numba_locally_exclusive_on_chunk(traces, peak_sign, thresholds, 15, mask)
+    assert ours[0].size > 40
+    assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])
