@@ -242,7 +242,8 @@ class OnlineSorter:
 
     @property
     def latency_ms(self) -> float:
-        """Worst-case delay between a spike and the call that reports it (one block plus the margin after it)."""
+        """How much data past a spike a call must have received to report it: one internal block plus the margin.
+        Measured from the end of a call's data, the delay is at most this plus one input block."""
         return 1000.0 * (self.engine.block_samples + self.engine.margin) / self.engine.sampling_frequency
 
     @property
