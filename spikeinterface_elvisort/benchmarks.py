@@ -70,7 +70,7 @@ def classification_scores(model, recording, ground_truth, match_ms: float = 0.4)
         samples, labels, _, _ = sort_segment(engine, recording, segment_index, _scale_to_uV(recording),
                                              censor=False)
         events = {"sample_index": samples, "segment_index": np.full(samples.size, segment_index)}
-        truth.append(label_events(events, ground_truth, int(round(match_ms * recording.sampling_frequency / 1000))))
+        truth.append(label_events(events, ground_truth, match_ms))
         predicted.append(model_to_gt[labels])  # -1 (non-spike class) maps to -1
     truth, predicted = np.concatenate(truth), np.concatenate(predicted)
     tp = int(np.sum((predicted == truth) & (truth >= 0)))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .streaming import DEFAULT_BLOCK_MS, BlockEngine, sort_segment
+from .streaming import DEFAULT_BLOCK_MS, BlockEngine, read_block, sort_segment
 
 LABEL_MATCH_MS = 0.4  # a detected event takes the label of a labelled spike at most this far away
 
@@ -86,28 +86,10 @@ class ElvisortModel:
     # -- checks --------------------------------------------------------------------------------------------------
     def check_recording(self, recording) -> None:
         """Raise ValueError when ``recording`` does not come from the probe the model was trained on."""
-        what = "the recording"
-        num_channels = self.channel_locations.shape[0]
-        if recording.get_num_channels() != num_channels:
-            raise ValueError(
-                f"the model was trained on {num_channels} channels but {what} has {recording.get_num_channels()}: "
-                "use a model trained on this probe (or train one: run_sorter('elvisort', recording))"
-            )
-        if abs(recording.sampling_frequency - self.sampling_frequency) > 1e-6 * self.sampling_frequency:
-            raise ValueError(
-                f"the model was trained at {self.sampling_frequency:g} Hz but {what} is sampled at "
-                f"{recording.sampling_frequency:g} Hz: resample it (spikeinterface.preprocessing.resample) or train "
-                "a model at this rate"
-            )
-        if not recording.has_probe() and "location" not in recording.get_property_keys():
-            raise ValueError(f"{what} has no channel locations: attach its probe (recording.set_probe) first")
-        locations = recording.get_channel_locations()[:, :2]
-        if not np.allclose(locations, self.channel_locations[:, :2], atol=1.0):
-            raise ValueError(
-                f"{what}'s channel locations differ from the model's (largest difference "
-                f"{np.abs(locations - self.channel_locations[:, :2]).max():.1f} um): the model sorts recordings of "
-                "the probe it was trained on, with the channels in the same order"
-            )
+        check_same_probe(
+            recording, self.channel_locations, self.sampling_frequency, "the model was trained",
+            "use a model trained on this probe (or train one: run_sorter('elvisort', recording))",
+        )
 
     # -- inference -----------------------------------------------------------------------------------------------
     def _engine(self, block_ms: float = DEFAULT_BLOCK_MS, noise_levels=None, device=None) -> BlockEngine:
@@ -247,6 +229,31 @@ class ElvisortModel:
         return path
 
 
+def check_same_probe(recording, channel_locations, sampling_frequency: float, reference: str, fix: str) -> None:
+    """Raise ValueError, before any work, when ``recording`` is not from the probe described by ``channel_locations``
+    and ``sampling_frequency`` (same channel count, rate, and locations in the same order within 1 um).
+    ``reference`` names that probe's source in the message ("the model was trained"), ``fix`` says what to do."""
+    num_channels = len(channel_locations)
+    if recording.get_num_channels() != num_channels:
+        raise ValueError(f"{reference} on {num_channels} channels but the recording has "
+                         f"{recording.get_num_channels()}: {fix}")
+    if abs(recording.sampling_frequency - sampling_frequency) > 1e-6 * sampling_frequency:
+        raise ValueError(
+            f"{reference} at {sampling_frequency:g} Hz but the recording is sampled at "
+            f"{recording.sampling_frequency:g} Hz: resample it (spikeinterface.preprocessing.resample) or {fix}"
+        )
+    if not recording.has_probe() and "location" not in recording.get_property_keys():
+        raise ValueError("the recording has no channel locations: attach its probe (recording.set_probe) first")
+    locations = recording.get_channel_locations()[:, :2]
+    reference_locations = np.asarray(channel_locations, dtype=np.float64)[:, :2]
+    if not np.allclose(locations, reference_locations, atol=1.0):
+        raise ValueError(
+            f"the recording's channel locations differ from those {reference} on (largest difference "
+            f"{np.abs(locations - reference_locations).max():.1f} um): the channels must be the same, in the same "
+            f"order; {fix}"
+        )
+
+
 def _scale_to_uV(recording) -> bool:
     # the rule of preprocessing.preprocess: integer traces with gains are filtered in microvolts
     return recording.get_dtype().kind in "iu" and recording.has_scaleable_traces()
@@ -272,18 +279,10 @@ def measure_noise_levels(engine: BlockEngine, recording, scale: bool, num_blocks
         num_samples = recording.get_num_samples(segment_index)
         length = min(engine.block_samples, num_samples)
         start = int(rng.integers(0, max(num_samples - length, 0) + 1))
-        raw = _read_block(recording, segment_index, start, start + length, engine.margin, scale)
+        raw = read_block(recording, segment_index, start, start + length, engine.margin, scale)
         pieces.append(engine.preprocess(raw)[engine.inner_margin : engine.inner_margin + length])
     traces = np.concatenate(pieces)
     return (np.median(np.abs(traces - np.median(traces, axis=0)), axis=0) / 0.6744897501960817).astype(np.float32)
-
-
-def _read_block(recording, segment_index, start, end, margin, scale):
-    num_samples = recording.get_num_samples(segment_index)
-    lo, hi = start - margin, end + margin
-    raw = recording.get_traces(segment_index=segment_index, start_frame=max(lo, 0), end_frame=min(hi, num_samples),
-                               return_in_uV=scale)
-    return np.pad(np.asarray(raw, dtype=np.float32), ((max(-lo, 0), max(hi - num_samples, 0)), (0, 0)))
 
 
 def collect_events(engine: BlockEngine, recording, scale: bool, sorting, max_events: int, seed: int = 0):
@@ -298,7 +297,6 @@ def collect_events(engine: BlockEngine, recording, scale: bool, sorting, max_eve
         Mean full-probe waveform of every labelled event (all of them, not only the kept subset).
     """
     rng = np.random.default_rng(seed)
-    max_distance = int(round(LABEL_MATCH_MS * recording.sampling_frequency / 1000.0))
     num_units = sorting.unit_ids.size
     sums = np.zeros((num_units, engine.nbefore + engine.nafter, engine.num_channels), dtype=np.float64)
     counts = np.zeros(num_units, dtype=np.int64)
@@ -309,14 +307,14 @@ def collect_events(engine: BlockEngine, recording, scale: bool, sorting, max_eve
         num_samples = recording.get_num_samples(segment_index)
         for start in range(0, num_samples, engine.block_samples):
             end = min(start + engine.block_samples, num_samples)
-            traces = engine.preprocess(_read_block(recording, segment_index, start, end, engine.margin, scale))
+            traces = engine.preprocess(read_block(recording, segment_index, start, end, engine.margin, scale))
             samples, channels = engine.detect(traces, start, end - start)
             block = dict(
                 sample_index=samples - engine.inner_margin + start,
                 segment_index=np.full(samples.size, segment_index, dtype=np.int64),
                 channel_index=channels,
             )
-            block["label"] = label_events(block, sorting, max_distance)
+            block["label"] = label_events(block, sorting)
             for unit in np.unique(block["label"][block["label"] >= 0]):
                 rows = samples[block["label"] == unit][:, None] + offsets[None, :]
                 sums[unit] += traces[rows].sum(axis=0)
@@ -333,9 +331,10 @@ def collect_events(engine: BlockEngine, recording, scale: bool, sorting, max_eve
     return kept, templates
 
 
-def label_events(events, sorting, max_distance: int) -> np.ndarray:
-    """Unit index (into ``sorting.unit_ids``) of the labelled spike nearest each event, -1 beyond ``max_distance``
-    samples. ``events`` needs sample_index and segment_index."""
+def label_events(events, sorting, match_ms: float = LABEL_MATCH_MS) -> np.ndarray:
+    """Unit index (into ``sorting.unit_ids``) of the labelled spike nearest each event, -1 beyond ``match_ms``.
+    ``events`` needs sample_index and segment_index (samples at the sorting's rate)."""
+    max_distance = int(round(match_ms * sorting.sampling_frequency / 1000.0))
     labels = np.full(events["sample_index"].size, -1, dtype=np.int64)
     spikes = sorting.to_spike_vector()
     for segment_index in np.unique(events["segment_index"]):

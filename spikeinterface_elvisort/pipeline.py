@@ -127,10 +127,7 @@ def _run(recording, params, folder, verbose, device, rng):
         save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=settings)
         save_history(folder / "history.csv", history)
         del preprocessed
-        if cache_info["mode"] == "folder":
-            from spikeinterface.sortingcomponents.tools import clean_cache_preprocessing
-
-            clean_cache_preprocessing(cache_info)
+        _drop_cache(cache_info)
         return _sort_pretrained(target, params | {"pretrained_model": folder}, folder, verbose, device, stages,
                                 save=False)
     if peaks.size >= 2 * params["clustering_min_cluster_size"]:
@@ -159,12 +156,17 @@ def _run(recording, params, folder, verbose, device, rng):
     if params["save_arrays"]:
         save_arrays(folder, peaks=peaks, labels=final_labels, noise_levels=noise_levels, templates=templates)
     del preprocessed
+    _drop_cache(cache_info)
+    logger.info("total %.1f s", time.perf_counter() - stages.start)
+    return sorting
+
+
+def _drop_cache(cache_info):
+    """Remove the preprocessing cache folder, when there is one (the caller drops its recording first)."""
     if cache_info["mode"] == "folder":
         from spikeinterface.sortingcomponents.tools import clean_cache_preprocessing
 
         clean_cache_preprocessing(cache_info)
-    logger.info("total %.1f s", time.perf_counter() - stages.start)
-    return sorting
 
 
 def _front_end(recording, params, folder, job_kwargs, stages):
@@ -340,8 +342,6 @@ def _learn_from_labels(preprocessed, peaks, labelled, noise_levels, neighbours, 
                        params, device, rng, stages, verbose):
     """Supervised, as in the paper: the beta-VAE, then encoder and classifier branch trained on the labels (an event
     within 0.4 ms of a labelled spike takes its unit; other events and the noise windows are the non-spike class)."""
-    from .instant import LABEL_MATCH_MS, label_events
-
     if peaks.size < 2:
         raise ValueError(f"only {peaks.size} event(s) detected in the labelled recording: nothing to train on (check "
                          "detect_threshold and that the recording holds spikes)")
@@ -349,12 +349,7 @@ def _learn_from_labels(preprocessed, peaks, labelled, noise_levels, neighbours, 
         preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
         stages, verbose,
     )
-    max_distance = int(round(LABEL_MATCH_MS * preprocessed.sampling_frequency / 1000.0))
-    labels = label_events(training_set["events"], labelled, max_distance)
-    num_units = labelled.unit_ids.size
-    num_noise = training_set["snippets"].shape[0] - labels.size
-    model.set_num_classes(num_units + 1)
-    targets = np.concatenate([np.where(labels >= 0, labels, num_units), np.full(num_noise, num_units)])
+    labels, targets = _label_training_set(model, training_set, labelled)
     history += train_model(
         model, training_set["snippets"],
         replace(base, epochs=params["train_epochs"], trainable="encoder_classifier", stage="supervised"),
@@ -367,26 +362,33 @@ def _learn_from_labels(preprocessed, peaks, labelled, noise_levels, neighbours, 
     )
     training_set["labels"] = labels
     stages.done("supervised", "%d of %d training events labelled, %d units", int((labels >= 0).sum()), labels.size,
-                num_units)
+                labelled.unit_ids.size)
     return model, history, training_set
 
 
 def _classifier_for_units(model, training_set, sorting, params, device, verbose):
     """Retrain the classifier head alone so that its classes are ``sorting``'s units (+ the non-spike class): the
     training events take the unit of a final spike within 0.4 ms, the others and the noise windows are non-spikes."""
-    from .instant import LABEL_MATCH_MS, label_events
-
-    max_distance = int(round(LABEL_MATCH_MS * sorting.sampling_frequency / 1000.0))
-    labels = label_events(training_set["events"], sorting, max_distance)
-    num_units = sorting.unit_ids.size
-    num_noise = training_set["snippets"].shape[0] - labels.size
-    model.set_num_classes(num_units + 1)
-    targets = np.concatenate([np.where(labels >= 0, labels, num_units), np.full(num_noise, num_units)])
+    _, targets = _label_training_set(model, training_set, sorting)
     config = TrainConfig(epochs=params["train_classifier_epochs"], batch_size=params["train_batch_size"],
                          learning_rate=params["train_learning_rate"], trainable="classifier", seed=int(params["seed"]),
                          stage="final classifier")
     return train_model(model, training_set["snippets"], config, device, labels=targets,
                        positions=training_set["positions"], verbose=verbose)
+
+
+def _label_training_set(model, training_set, sorting):
+    """Label the training events with ``sorting`` (an event within 0.4 ms of one of its spikes takes that unit) and
+    size the classifier branch for its units + the non-spike class. Returns the events' labels (-1: none) and the
+    classifier targets of every training snippet (unlabelled events and noise windows are the non-spike class)."""
+    from .instant import label_events
+
+    labels = label_events(training_set["events"], sorting)
+    num_units = sorting.unit_ids.size
+    num_noise = training_set["snippets"].shape[0] - labels.size
+    model.set_num_classes(num_units + 1)
+    targets = np.concatenate([np.where(labels >= 0, labels, num_units), np.full(num_noise, num_units)])
+    return labels, targets
 
 
 def _sort_pretrained(recording, params, folder, verbose, device, stages, save=True):
@@ -414,6 +416,8 @@ def _read_labels(params, recording):
     """The labelled sorting (SpikeInterface folder or Phy folder) and the recording it labels, checked."""
     from spikeinterface.core import BaseRecording, BaseSorting, load
 
+    from .instant import _check_sorting, check_same_probe
+
     path = Path(params["training_sorting"])
     if (path / "params.py").is_file() and (path / "spike_times.npy").is_file():
         from spikeinterface.extractors import read_phy
@@ -433,24 +437,13 @@ def _read_labels(params, recording):
         if not isinstance(labelled_recording, BaseRecording):
             raise ValueError(f"training_recording={params['training_recording']!r} holds a "
                              f"{type(labelled_recording).__name__}, not a recording")
-        _check_same_probe(labelled_recording, recording)
-    from .instant import _check_sorting
+        check_same_probe(
+            recording, labelled_recording.get_channel_locations(), labelled_recording.sampling_frequency,
+            "training_recording was recorded", "labels must come from the probe of the recording being sorted",
+        )
 
     _check_sorting(sorting, labelled_recording)
     return sorting, labelled_recording
-
-
-def _check_same_probe(training_recording, recording):
-    if training_recording.get_num_channels() != recording.get_num_channels():
-        raise ValueError(f"training_recording has {training_recording.get_num_channels()} channels, the recording "
-                         f"{recording.get_num_channels()}: labels must come from the same probe")
-    if abs(training_recording.sampling_frequency - recording.sampling_frequency) > 1e-6 * recording.sampling_frequency:
-        raise ValueError(f"training_recording is sampled at {training_recording.sampling_frequency:g} Hz, the "
-                         f"recording at {recording.sampling_frequency:g} Hz: resample one of them first")
-    if not np.allclose(training_recording.get_channel_locations()[:, :2], recording.get_channel_locations()[:, :2],
-                       atol=1.0):
-        raise ValueError("training_recording's channel locations differ from the recording's: labels must come from "
-                         "the same probe, with the channels in the same order")
 
 
 def _whitening_matrix(recording):

@@ -179,6 +179,15 @@ class BlockEngine:
         return labels
 
 
+def read_block(recording, segment_index: int, start: int, end: int, margin: int, scale: bool) -> np.ndarray:
+    """Raw float32 traces of samples [start - margin, end + margin) of a segment; zeros outside the segment."""
+    num_samples = recording.get_num_samples(segment_index)
+    lo, hi = start - margin, end + margin
+    raw = recording.get_traces(segment_index=segment_index, start_frame=max(lo, 0), end_frame=min(hi, num_samples),
+                               return_in_uV=scale)
+    return np.pad(np.asarray(raw, dtype=np.float32), ((max(-lo, 0), max(hi - num_samples, 0)), (0, 0)))
+
+
 def _spike_dtype(unit_ids: np.ndarray) -> np.dtype:
     return np.dtype([("sample_index", "int64"), ("unit_id", np.asarray(unit_ids).dtype), ("channel_index", "int64"),
                      ("amplitude", "float32")])
@@ -298,7 +307,7 @@ class OnlineSorter:
             start = self._next_block
             end = min(start + engine.block_samples, self._received) if final else start + engine.block_samples
             needed = end + engine.margin
-            if not final and (end > self._received or needed > self._received):
+            if not final and needed > self._received:  # needed >= end: the block and its right margin
                 break
             lo = start - engine.margin - self._buffer_start
             raw = self._buffer[lo : needed - self._buffer_start]
@@ -331,15 +340,10 @@ def sort_segment(engine: BlockEngine, recording, segment_index: int, scale: bool
     engine.reset()
     num_samples = recording.get_num_samples(segment_index)
     starts = list(range(0, num_samples, engine.block_samples))
-    margin = engine.margin
 
     def read(start):
         end = min(start + engine.block_samples, num_samples)
-        lo, hi = start - margin, end + margin
-        raw = recording.get_traces(segment_index=segment_index, start_frame=max(lo, 0),
-                                   end_frame=min(hi, num_samples), return_in_uV=scale)
-        raw = np.pad(np.asarray(raw, dtype=np.float32), ((max(-lo, 0), max(hi - num_samples, 0)), (0, 0)))
-        return engine.front(raw, start, end - start)
+        return engine.front(read_block(recording, segment_index, start, end, engine.margin, scale), start, end - start)
 
     # algorithm 1 carries its scan state from block to block: its front end runs in order, in this thread
     threaded = num_workers > 1 and engine.detection != "algorithm1"

@@ -53,6 +53,17 @@ def _sorting_keys(sorting):
     return _spike_keys(vector["sample_index"], np.asarray(sorting.unit_ids)[vector["unit_index"]])
 
 
+def _stream(sorter, traces, next_size):
+    """Feed ``traces`` to ``sorter`` in blocks of ``next_size()`` samples, flush, return every spike reported."""
+    found, start = [], 0
+    while start < traces.shape[0]:
+        size = next_size()
+        found.append(sorter.process(traces[start : start + size]))
+        start += size
+    found.append(sorter.flush())
+    return np.concatenate(found)
+
+
 def _mean_accuracy(ground_truth, sorting):
     from spikeinterface.comparison import compare_sorter_to_ground_truth
 
@@ -179,13 +190,7 @@ def test_stream_equals_offline_for_any_block_size(model, trained, block_sizes):
         "odd": lambda: 4097,
     }[block_sizes]
     sorter = OnlineSorter(model)
-    found, start = [], 0
-    while start < traces.shape[0]:
-        size = sizes()
-        found.append(sorter.process(traces[start : start + size]))
-        start += size
-    found.append(sorter.flush())
-    spikes = np.concatenate(found)
+    spikes = _stream(sorter, traces, sizes)
     assert spikes.size > 20
     assert _spike_keys(spikes["sample_index"], spikes["unit_id"]) == _sorting_keys(offline)
     assert sorter.flush().size == 0
@@ -234,15 +239,8 @@ def test_stream_equals_offline_with_algorithm1(trained, tmp_path):
     piece = trained[1].frame_slice(0, int(3 * trained[1].sampling_frequency))
     offline = model.sort(piece)
     traces = piece.get_traces()
-    sorter = OnlineSorter(model)
     rng = np.random.default_rng(1)
-    found, start = [], 0
-    while start < traces.shape[0]:
-        size = int(rng.integers(1, 5000))
-        found.append(sorter.process(traces[start : start + size]))
-        start += size
-    found.append(sorter.flush())
-    spikes = np.concatenate(found)
+    spikes = _stream(OnlineSorter(model), traces, lambda: int(rng.integers(1, 5000)))
     assert spikes.size > 10
     assert _spike_keys(spikes["sample_index"], spikes["unit_id"]) == _sorting_keys(offline)
 
