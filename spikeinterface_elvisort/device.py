@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -49,3 +50,18 @@ def seed_everything(seed: int | None) -> np.random.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+@contextmanager
+def torch_threads(num_threads: int | None):
+    """Let torch use ``num_threads`` CPU threads inside the block (None: leave torch's setting); the caller's
+    process gets its own setting back afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -13,7 +13,7 @@ import numpy as np
 from .clustering import cluster_latents
 from .curation import compute_templates, merge_similar_units, remove_duplicate_spikes, template_snr
 from .detection import detect_spikes
-from .device import resolve_device, seed_everything
+from .device import resolve_device, seed_everything, torch_threads
 from .inference import encode, predict_proba
 from .models import build_model
 from .preprocessing import cache_recording, preprocess
@@ -60,18 +60,11 @@ def run_elvisort(recording, params: dict, folder: Path, verbose: bool = False):
     sorting : NumpySorting
         Same sampling frequency and segments as ``recording``.
     """
-    import torch
-
     folder = Path(folder)
     device = resolve_device(params["device"])
     rng = seed_everything(params["seed"])
-    previous_threads = torch.get_num_threads()
-    if params["torch_threads"] is not None:
-        torch.set_num_threads(params["torch_threads"])
-    try:
+    with torch_threads(params["torch_threads"]):  # the caller's process keeps its own setting
         return _run(recording, params, folder, verbose, device, rng)
-    finally:
-        torch.set_num_threads(previous_threads)  # the caller's process keeps its own setting
 
 
 def _run(recording, params, folder, verbose, device, rng):

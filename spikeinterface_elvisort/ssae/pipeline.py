@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import resolve_device, seed_everything
+from ..device import resolve_device, seed_everything, torch_threads
 from ..inference import encode
 from ..models import build_model
 from ..preprocessing import preprocess
@@ -49,19 +49,12 @@ def run_ssae(recording, params: dict, folder: Path, verbose: bool = False):
     sorting : NumpySorting
         Same sampling frequency and segments as ``recording``.
     """
-    import torch
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device(params["device"])
     rng = seed_everything(params["seed"])
-    previous_threads = torch.get_num_threads()
-    if params["torch_threads"] is not None:
-        torch.set_num_threads(params["torch_threads"])
-    try:
+    with torch_threads(params["torch_threads"]):  # the caller's process keeps its own setting
         return _run(recording, params, folder, verbose, device, rng)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(recording, params, folder, verbose, device, rng):
