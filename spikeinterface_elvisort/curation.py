@@ -40,22 +40,182 @@ def template_distance(first: np.ndarray, second: np.ndarray, max_lag: int) -> fl
     """Normalised distance between two templates (num_samples, num_channels), minimised over time lags of up to
     ``max_lag`` samples: ||a - b|| / max(||a||, ||b||) on the overlapping samples. 0 = identical; 1 or more =
     unrelated (or one of them negligible)."""
-    best = np.inf
-    num_samples = first.shape[0]
+    return _aligned_distance(first, second, max_lag)[0]
+
+
+def _overlap(lag: int, num_samples: int) -> tuple[slice, slice]:
+    """The samples of the first and of the second template that face each other when the second lags by ``lag``."""
+    return slice(max(lag, 0), num_samples + min(lag, 0)), slice(max(-lag, 0), num_samples + min(-lag, 0))
+
+
+def _aligned_distance(first, second, max_lag):
+    """(distance, lag) of ``template_distance``, with the lag that achieves it."""
+    best, best_lag = np.inf, 0
     for lag in range(-max_lag, max_lag + 1):
-        a = first[max(lag, 0) : num_samples + min(lag, 0)]
-        b = second[max(-lag, 0) : num_samples + min(-lag, 0)]
+        in_first, in_second = _overlap(lag, first.shape[0])
+        a, b = first[in_first], second[in_second]
         norm = max(np.linalg.norm(a), np.linalg.norm(b), 1e-12)
-        best = min(best, float(np.linalg.norm(a - b) / norm))
-    return best
+        distance = float(np.linalg.norm(a - b) / norm)
+        if distance < best:
+            best, best_lag = distance, lag
+    return best, best_lag
 
 
-def merge_similar_units(templates: np.ndarray, counts: np.ndarray, threshold: float, max_lag: int) -> np.ndarray:
+class SplitTest:
+    """Are two groups of events two units, although their templates are close? The ``distinct`` test of
+    ``merge_similar_units``.
+
+    A sample of each group's events is cut on the pair's strongest channels, in units of each channel's noise
+    level, and projected on the difference of the two (aligned) templates. One unit split in two gives one mode
+    along that axis; two units give two modes. The pair is called distinct when Hartigan's dip test (the
+    ``diptest`` package) rejects a unimodal pooled projection at ``max_p_value``, and, when ``min_separation`` is
+    above 0, the two groups' projections are that many pooled standard deviations apart.
+
+    Parameters
+    ----------
+    recording : BaseRecording
+        The (preprocessed) recording the events come from.
+    peaks : np.ndarray
+        Events with fields sample_index, segment_index (and channel_index).
+    labels : np.ndarray (num_events,)
+        The unit of each event, -1 for none; the units are those passed to ``merge_similar_units``.
+    nbefore, nafter : int
+        The templates' window.
+    noise_levels : np.ndarray (num_channels,)
+        Noise level of each channel of ``recording``.
+    max_events : int
+        Events drawn per group.
+    num_channels : int
+        Channels used: the pair's strongest.
+    min_separation, max_p_value : float
+        See above.
+    max_lag : int
+        Lags (samples) over which the two templates are aligned, as in ``template_distance``.
+    seed : int
+        Seed of the event draw.
+    """
+
+    def __init__(self, recording, peaks, labels, nbefore, nafter, noise_levels, *, max_events=300, num_channels=8,
+                 min_separation=0.0, max_p_value=0.01, max_lag=0, seed=0):
+        self.recording, self.peaks, self.labels = recording, peaks, labels
+        self.nbefore, self.nafter, self.max_lag = nbefore, nafter, max_lag
+        self.noise_levels = np.maximum(np.asarray(noise_levels, dtype=np.float64), 1e-12)
+        self.max_events, self.num_channels = max_events, num_channels
+        self.min_separation, self.max_p_value = min_separation, max_p_value
+        self.seed = seed
+
+    def projections(self, units_a, units_b, template_a, template_b):
+        """The projections of the two groups' sampled events on the template difference, in noise units."""
+        from .snippets import extract_snippets
+
+        _, lag = _aligned_distance(template_a, template_b, self.max_lag)
+        in_a, in_b = _overlap(lag, template_a.shape[0])
+        amplitude = np.maximum(np.abs(template_a).max(axis=0), np.abs(template_b).max(axis=0)) / self.noise_levels
+        channels = np.sort(np.argsort(amplitude, kind="stable")[::-1][: self.num_channels])
+        scale = self.noise_levels[channels]
+        axis = (template_a[in_a][:, channels] - template_b[in_b][:, channels]) / scale
+        axis = axis / max(np.linalg.norm(axis), 1e-12)
+        rng = np.random.default_rng(self.seed)
+        out = []
+        for units, window in ((units_a, in_a), (units_b, in_b)):
+            members = np.flatnonzero(np.isin(self.labels, units))
+            if members.size > self.max_events:
+                members = np.sort(rng.choice(members, self.max_events, replace=False))
+            events = self.peaks[members].copy()
+            events["channel_index"] = 0
+            waveforms = extract_snippets(self.recording, events, channels[None, :], self.nbefore, self.nafter)
+            out.append(np.einsum("nsc,sc->n", waveforms[:, window] / scale, axis))
+        return out
+
+    def __call__(self, units_a, units_b, template_a, template_b) -> bool:
+        import diptest
+
+        first, second = self.projections(units_a, units_b, template_a, template_b)
+        if first.size < 2 or second.size < 2:
+            return False
+        spread = np.sqrt(0.5 * (first.var() + second.var()))
+        separation = abs(first.mean() - second.mean()) / max(spread, 1e-12)
+        if separation < self.min_separation:
+            return False
+        _, p_value = diptest.diptest(np.concatenate([first, second]).astype(np.float64))
+        return bool(p_value < self.max_p_value)
+
+
+def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units: int, nbefore: int, nafter: int,
+                     noise_levels: np.ndarray, *, num_channels: int = 8, num_features: int = 3,
+                     max_p_value: float = 1e-3, min_separation: float = 6.0, min_size: int = 20, max_depth: int = 3,
+                     seed: int = 0):
+    """Split clusters whose waveforms hold two populations: the counterpart of ``SplitTest`` for one cluster.
+
+    Each cluster's events are cut on its ``num_channels`` strongest channels (in units of each channel's noise
+    level) and reduced to ``num_features`` principal components; k-means cuts them in two, and the cut is kept when
+    the projection on the line between the two centres is not unimodal (Hartigan's dip test, p < ``max_p_value``),
+    the two halves lie ``min_separation`` pooled standard deviations apart along it (k-means cuts one Gaussian
+    cluster into halves about 2.7 apart; two units sit much further apart) and both halves hold ``min_size``
+    events. Halves are tested again, ``max_depth`` levels deep.
+
+    Returns
+    -------
+    labels : np.ndarray (num_events,)
+        New labels, 0..num_new-1 (-1 stays -1); the parts of a cluster are numbered together.
+    num_new : int
+    """
+    import diptest
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    from .snippets import extract_snippets
+
+    noise_levels = np.maximum(np.asarray(noise_levels, dtype=np.float64), 1e-12)
+    templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter)
+
+    def parts(members, waveforms, depth):
+        if depth >= max_depth or members.size < 2 * min_size:
+            return [members]
+        features = waveforms.reshape(members.size, -1)
+        features = PCA(min(num_features, *features.shape), random_state=seed).fit_transform(features)
+        halves = KMeans(2, n_init=3, random_state=seed).fit(features)
+        axis = halves.cluster_centers_[1] - halves.cluster_centers_[0]
+        sizes = np.bincount(halves.labels_, minlength=2)
+        if sizes.min() < min_size or not np.linalg.norm(axis) > 0:
+            return [members]
+        projection = (features @ axis).astype(np.float64)
+        _, p_value = diptest.diptest(projection)
+        first, second = projection[halves.labels_ == 0], projection[halves.labels_ == 1]
+        separation = abs(first.mean() - second.mean()) / max(np.sqrt(0.5 * (first.var() + second.var())), 1e-12)
+        if p_value >= max_p_value or separation < min_separation:
+            return [members]
+        return [part for half in (0, 1)
+                for part in parts(members[halves.labels_ == half], waveforms[halves.labels_ == half], depth + 1)]
+
+    new_labels = np.full(labels.shape, -1, dtype=np.int64)
+    num_new = 0
+    for unit in range(num_units):
+        members = np.flatnonzero(labels == unit)
+        if members.size == 0:
+            continue
+        channels = np.sort(np.argsort(np.abs(templates[unit]).max(axis=0) / noise_levels, kind="stable")[::-1][
+            :num_channels])
+        events = peaks[members].copy()
+        events["channel_index"] = 0
+        waveforms = extract_snippets(recording, events, channels[None, :], nbefore, nafter) / noise_levels[channels]
+        for part in parts(members, waveforms, 0):
+            new_labels[part] = num_new
+            num_new += 1
+    return new_labels, num_new
+
+
+def merge_similar_units(templates: np.ndarray, counts: np.ndarray, threshold: float, max_lag: int,
+                        distinct=None) -> np.ndarray:
     """Agglomerative merge of units whose templates are closer than ``threshold`` (``template_distance``).
 
     The closest pair is merged first; the merged template is the spike-count-weighted mean. Returns
     ``new_index`` (num_units,): the merged unit of each input unit, numbered 0..num_merged-1 in order of first
     appearance.
+
+    ``distinct``, when given, is asked before each merge: ``distinct(units_a, units_b, template_a, template_b)``
+    gets the input units of the two groups and their merged templates and returns True when the two groups are
+    distinct units after all (for instance ``SplitTest``); the pair is then not merged.
     """
     num_units = templates.shape[0]
     group = np.arange(num_units)
@@ -79,6 +239,10 @@ def merge_similar_units(templates: np.ndarray, counts: np.ndarray, threshold: fl
         i, j = np.unravel_index(np.argmin(distance), distance.shape)
         if not distance[i, j] < threshold:
             break
+        if distinct is not None and distinct(np.flatnonzero(group == i), np.flatnonzero(group == j), templates[i],
+                                             templates[j]):
+            distance[i, j] = np.inf
+            continue
         total = counts[i] + counts[j]
         templates[i] = (counts[i] * templates[i] + counts[j] * templates[j]) / max(total, 1.0)
         counts[i] = total

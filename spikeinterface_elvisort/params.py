@@ -138,6 +138,13 @@ PARAMS = {
     "clustering_min_cluster_size": Param(
         20, "Clusters with fewer training events are treated as noise before self-training.", "clustering"
     ),
+    "clustering_split": Param(
+        True,
+        "After latent clustering, split clusters whose waveforms hold two populations (k-means in two on their "
+        "principal components, kept when Hartigan's dip test rejects one mode at p < 0.001 and the halves are at "
+        "least 6 standard deviations apart; curation.split_multimodal).",
+        "clustering",
+    ),
     "clustering_confidence": Param(
         0.8,
         "Fraction of each cluster's events the classifier is self-trained on: those DEC still assigns to the "
@@ -148,7 +155,14 @@ PARAMS = {
     "merge_threshold": Param(
         0.3,
         "Two units merge when the normalised distance between their templates (aligned over +-0.3 ms, on the "
-        "union of their channels) is below this value.",
+        "union of their channels) is below this value and the split test (merge_split_test) does not object.",
+        "cleanup",
+    ),
+    "merge_split_test": Param(
+        True,
+        "Before two units with close templates merge, project a sample of their spikes (on their strongest "
+        "channels, in noise units) on the difference of the templates: two separated modes mean two units, and "
+        "they stay apart (curation.SplitTest). False merges on template distance alone.",
         "cleanup",
     ),
     "duplicate_ms": Param(
@@ -217,7 +231,7 @@ _CHOICES = {
     "clustering_method": ("gmm_bic", "hdbscan"),
     "matching_method": ("circus-omp", "tdc-peeler", "none"),
 }
-_BOOLS = ("apply_preprocessing", "common_reference", "whitening", "auto_merge", "save_arrays")
+_BOOLS = ("apply_preprocessing", "common_reference", "whitening", "clustering_split", "merge_split_test", "auto_merge", "save_arrays")
 # name -> (minimum, maximum, integer?); bounds are inclusive
 _NUMBERS = {
     "freq_min": (0.0, None, False),

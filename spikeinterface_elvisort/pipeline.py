@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from .clustering import cluster_latents
-from .curation import compute_templates, merge_similar_units, remove_duplicate_spikes, template_snr
+from .curation import (
+    SplitTest, compute_templates, merge_similar_units, remove_duplicate_spikes, split_multimodal, template_snr,
+)
 from .detection import detect_spikes
 from .device import resolve_device, seed_everything, torch_threads
 from .inference import encode, predict_proba
@@ -280,14 +282,19 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
         seed=seed,
     )
     num_clusters = int(labels.max()) + 1
+    num_found = num_clusters
+    if num_clusters and params["clustering_split"]:
+        labels, num_clusters = split_multimodal(
+            preprocessed, train_events, labels, num_clusters, nbefore, nafter, noise_levels, seed=seed
+        )
     num_before_merge = num_clusters
     if num_clusters:
         labels, num_clusters = _merge_near_identical(
-            preprocessed, train_events, labels, num_clusters, nbefore, nafter, params["merge_threshold"],
-            job_kwargs,
+            preprocessed, train_events, labels, num_clusters, nbefore, nafter, noise_levels, params, job_kwargs
         )
-    stages.done("clustering", "%d clusters (%s), %d after merging near-identical ones, %d events as noise",
-                num_before_merge, params["clustering_method"], num_clusters, int((labels < 0).sum()))
+    stages.done("clustering", "%d clusters (%s), %d after splits, %d after merging near-identical ones, %d events "
+                "as noise", num_found, params["clustering_method"], num_before_merge, num_clusters,
+                int((labels < 0).sum()))
     if num_clusters == 0:
         return model, history, np.full(peaks.size, -1, dtype=np.int64), 0, training_set
 
@@ -476,13 +483,18 @@ def _soft_assignment(model, snippets, positions, device, batch_size):
     return q
 
 
-def _merge_near_identical(recording, peaks, labels, num_units, nbefore, nafter, threshold, job_kwargs):
-    """Full-probe templates of the labelled events, agglomerative merge of those closer than ``threshold`` (aligned
-    over +-0.3 ms); returns the relabelled events (-1 stays -1) and the new unit count."""
+def _merge_near_identical(recording, peaks, labels, num_units, nbefore, nafter, noise_levels, params, job_kwargs):
+    """Full-probe templates of the labelled events, agglomerative merge of those closer than
+    ``params["merge_threshold"]`` (aligned over +-0.3 ms) that the split test does not call distinct; returns the
+    relabelled events (-1 stays -1) and the new unit count."""
     templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
     counts = np.bincount(labels[labels >= 0], minlength=num_units)
     max_lag = int(round(0.3e-3 * recording.sampling_frequency))
-    merged = merge_similar_units(templates, counts, threshold, max_lag=max_lag)
+    distinct = None
+    if params["merge_split_test"]:
+        distinct = SplitTest(recording, peaks, labels, nbefore, nafter, noise_levels, max_lag=max_lag,
+                             seed=int(params["seed"]))
+    merged = merge_similar_units(templates, counts, params["merge_threshold"], max_lag=max_lag, distinct=distinct)
     return np.where(labels >= 0, merged[np.maximum(labels, 0)], -1), int(merged.max()) + 1
 
 
@@ -495,7 +507,7 @@ def _clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter
         return peaks, labels, 0, empty_templates
 
     labels, num_units = _merge_near_identical(
-        recording, peaks, labels, num_units, nbefore, nafter, params["merge_threshold"], job_kwargs
+        recording, peaks, labels, num_units, nbefore, nafter, noise_levels, params, job_kwargs
     )
     templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
 

@@ -9,7 +9,9 @@ from spikeinterface.core import NumpyRecording
 from spikeinterface.core.node_pipeline import base_peak_dtype
 
 from spikeinterface_elvisort.clustering import cluster_latents, gmm_bic
-from spikeinterface_elvisort.curation import merge_similar_units, remove_duplicate_spikes, template_distance
+from spikeinterface_elvisort.curation import (
+    SplitTest, compute_templates, merge_similar_units, remove_duplicate_spikes, split_multimodal, template_distance,
+)
 from spikeinterface_elvisort.detection import algorithm1, detect_spikes
 from spikeinterface_elvisort.results import to_sorting
 from spikeinterface_elvisort.snippets import channel_neighbours, extract_snippets, noise_peaks
@@ -315,6 +317,64 @@ def test_merge_similar_units():
     # three identical units become one
     assert merge_similar_units(np.stack([a, a, a]), np.array([1, 2, 3]), 0.25, 3).tolist() == [0, 0, 0]
 
+
+
+def _two_unit_recording(seed=0, amplitudes_b=(8, 10, 6, 3)):
+    """Unit A (amplitudes 10, 8, 5, 3 noise levels on channels 0-3) and unit B (by default 8, 10, 6, 3) fire 400
+    spikes each; A's amplitude varies uniformly by +-20%. By default the templates lie at distance ~0.2: close, but
+    about 6 noise levels apart."""
+    rng = np.random.default_rng(seed)
+    num_samples, nbefore, nafter = 600_000, 20, 40
+    traces = rng.normal(size=(num_samples, 6)).astype(np.float32)
+    shape = _pulse(nbefore + nafter, nbefore)
+    shapes = {"a": np.array([10, 8, 5, 3, 0, 0]), "b": np.array([*amplitudes_b, 0, 0])}
+    times = np.sort(rng.choice(np.arange(100, num_samples - 100, 150), 800, replace=False))
+    units = rng.permutation(np.repeat([0, 1], 400))
+    scale = np.where(units == 0, rng.uniform(0.8, 1.2, units.size), 1.0)
+    for time, unit, factor in zip(times, units, scale):
+        traces[time - nbefore : time + nafter] += factor * shape[:, None] * shapes["ab"[unit]][None, :]
+    recording = _probe_recording([traces])
+    peaks = _peaks(times, np.where(units == 0, 0, 1))
+    return recording, peaks, units, scale, nbefore, nafter
+
+
+def test_split_test_keeps_close_but_distinct_units_apart():
+    recording, peaks, units, scale, nbefore, nafter = _two_unit_recording()
+    noise_levels = np.ones(6)
+    templates = compute_templates(recording, peaks, units, 2, nbefore, nafter)
+    assert template_distance(templates[0], templates[1], max_lag=3) < 0.3  # the fixed threshold would merge them
+    test = SplitTest(recording, peaks, units, nbefore, nafter, noise_levels, max_lag=3)
+    assert test([0], [1], templates[0], templates[1])
+    assert merge_similar_units(templates, np.bincount(units), 0.3, 3, distinct=test).tolist() == [0, 1]
+    assert merge_similar_units(templates, np.bincount(units), 0.3, 3).tolist() == [0, 0]
+
+    # unit A cut in two at its median amplitude: one mode (a flat one) along the template difference -> merged
+    of_a = units == 0
+    halves = np.where(of_a, (scale > np.median(scale[of_a])).astype(int), -1)
+    templates = compute_templates(recording, peaks, halves, 2, nbefore, nafter)
+    test = SplitTest(recording, peaks, halves, nbefore, nafter, noise_levels, max_lag=3)
+    assert not test([0], [1], templates[0], templates[1])
+    # and cut at random: the same template twice -> merged
+    random_halves = np.where(of_a, np.arange(units.size) % 2, -1)
+    templates = compute_templates(recording, peaks, random_halves, 2, nbefore, nafter)
+    test = SplitTest(recording, peaks, random_halves, nbefore, nafter, noise_levels, max_lag=3)
+    assert not test([0], [1], templates[0], templates[1])
+    assert merge_similar_units(templates, np.array([200, 200]), 0.3, 3, distinct=test).tolist() == [0, 0]
+
+
+def test_split_multimodal_separates_a_mixed_cluster_only():
+    recording, peaks, units, scale, nbefore, nafter = _two_unit_recording(amplitudes_b=(4, 10, 9, 3))
+    # one cluster holding both units, one holding unit A alone (its amplitude spread is one broad mode)
+    mixed = np.where(np.arange(units.size) % 2 == 0, 0, np.where(units == 0, 1, -1))
+    labels, num = split_multimodal(recording, peaks, mixed, 2, nbefore, nafter, np.ones(6))
+    assert num == 3
+    assert np.array_equal(labels < 0, mixed < 0)
+    for part in range(num):
+        truth = units[labels == part]
+        assert np.bincount(truth, minlength=2).max() >= 0.98 * truth.size  # every part is one unit
+    assert len(set(labels[mixed == 1])) == 1  # unit A alone stays whole
+    again, num_again = split_multimodal(recording, peaks, mixed, 2, nbefore, nafter, np.ones(6))
+    assert num_again == num and np.array_equal(again, labels)  # deterministic
 
 # -- clustering --------------------------------------------------------------------------------------------------
 

@@ -78,8 +78,8 @@ def _run(recording, params, folder, verbose, device, rng):
     learned = None
     labels, num_units = np.full(peaks.size, -1, dtype=np.int64), 0
     if peaks.size >= 2 * params["clustering_min_cluster_size"]:
-        learned = _learn_and_label(recording, preprocessed, peaks, neighbours, channel_locations, nbefore, nafter,
-                                   params, device, rng, job_kwargs, stages, verbose)
+        learned = _learn_and_label(recording, preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore,
+                                   nafter, params, device, rng, job_kwargs, stages, verbose)
         labels, num_units = learned["labels"], learned["num_units"]
     else:
         logger.info("too few events to learn units from (%d): the sorting is empty", peaks.size)
@@ -120,8 +120,8 @@ def _run(recording, params, folder, verbose, device, rng):
     return sorting
 
 
-def _learn_and_label(recording, preprocessed, peaks, neighbours, channel_locations, nbefore, nafter, params, device,
-                     rng, job_kwargs, stages, verbose):
+def _learn_and_label(recording, preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter,
+                     params, device, rng, job_kwargs, stages, verbose):
     """Hybrid set, cleaner, ensemble training, (Atom), clustering, labelling of every event; returns a dict with the
     model, the cleaner (or None), the history, the labels of all events (-1 = none) and the number of units."""
     seed = int(params["seed"])
@@ -214,7 +214,7 @@ def _learn_and_label(recording, preprocessed, peaks, neighbours, channel_locatio
     mapping = np.arange(num_clusters)
     if num_clusters:
         merged, num_merged = _merge_near_identical(
-            preprocessed, peaks[events], labels, num_clusters, nbefore, nafter, params["merge_threshold"], job_kwargs
+            preprocessed, peaks[events], labels, num_clusters, nbefore, nafter, noise_levels, params, job_kwargs
         )
         for cluster in range(num_clusters):
             mapping[cluster] = merged[np.flatnonzero(labels == cluster)[0]]
