@@ -25,8 +25,8 @@ SPIKEFOREST_FILES = ("raw.mda", "geom.csv", "params.json", "firings_true.mda")
 class StudySet:
     """The datasets of one study set, and the cases that only make sense on it.
 
-    ``extra_cases`` maps ``(case name, dataset name)`` to ``(sorter name, sorter params)``; ``notes`` holds what the
-    tables should say about the set (for instance the training time of the transfer models), by dataset.
+    ``extra_cases`` maps ``(case name, dataset name)`` to ``(sorter name, sorter params)``; ``notes`` maps a case key
+    ``(case name, dataset name)`` to extra columns of its row (the training time ``train_s`` of a transfer model).
     """
 
     name: str
@@ -95,9 +95,32 @@ def lowsnr_set(folder: Path, seeds=(0, 1), channels=(32, 128), duration: float =
     return generated_set("lowsnr", folder, seeds, channels, duration, noise_level=10.0, alpha=(60.0, 250.0))
 
 
+def neuropixels1_128():
+    """The first 128 channels of a Neuropixels 1.0 probe, SpikeInterface's "Neuropixels1-128".
+
+    probeinterface downloads that probe (imec NP1000) from its online library; offline, the same layout is built
+    here: four staggered columns at x = 43, 11, 59, 27 um, two contacts per 20 um row, 12 um square contacts.
+    """
+    import numpy as np
+    from probeinterface import Probe, get_probe
+
+    try:
+        return get_probe("imec", "NP1000").get_slice(np.arange(128))
+    except OSError as error:  # no network (urllib's URLError is an OSError)
+        logger.info("probeinterface's NP1000 is not reachable (%s): building its layout", error)
+    index = np.arange(128)
+    positions = np.stack([np.array([43.0, 11.0, 59.0, 27.0])[index % 4], 20.0 * (index // 2)], axis=1)
+    probe = Probe(ndim=2, si_units="um")
+    probe.set_contacts(positions=positions, shapes="square", shape_params={"width": 12})
+    probe.set_device_channel_indices(index)
+    probe.create_auto_shape(probe_type="tip")
+    return probe
+
+
 def drift_set(folder: Path, seeds=(0,), duration: float = 120.0, drift_modes=("zigzag", "bump"),
               num_units: int = 100) -> StudySet:
-    """``generate_drifting_recording`` on a Neuropixels1-128 probe, one recording per seed and drift mode.
+    """``generate_drifting_recording`` on a Neuropixels1-128 probe (:func:`neuropixels1_128`), one recording per seed
+    and drift mode.
 
     The drift is rigid, 40 um peak to peak (SpikeInterface's default range), starting after 10% of the recording:
     "zigzag" is a triangle of period ``duration / 2``; "bump" (SpikeInterface's name; its docstring says "bumps")
@@ -118,7 +141,7 @@ def drift_set(folder: Path, seeds=(0,), duration: float = 120.0, drift_modes=("z
             dataset = f"drift_{drift_mode}_seed{seed}"
             _, recording, sorting = generate_drifting_recording(
                 num_units=num_units, duration=duration, sampling_frequency=SAMPLING_FREQUENCY,
-                probe_name="Neuropixels1-128", seed=seed,
+                probe=neuropixels1_128(), seed=seed,
                 generate_displacement_vector_kwargs=dict(
                     displacement_sampling_frequency=5.0, drift_start_um=[0, 20], drift_stop_um=[0, -20],
                     drift_step_um=1, motion_list=[motion],
@@ -171,10 +194,10 @@ def read_spikeforest_folder(folder: Path):
 def write_spikeforest_folder(recording, sorting, folder: Path, dtype="float32"):
     """Write a recording and its ground truth in SpikeForest's MDA layout with SpikeInterface's MDA writers (for
     tests, or to hand a recording to tools that read SpikeForest's layout)."""
-    import spikeinterface.extractors as se
+    from spikeinterface.extractors.mdaextractors import MdaRecordingExtractor, MdaSortingExtractor
 
-    se.MdaRecordingExtractor.write_recording(recording, folder, dtype=dtype, n_jobs=1, progress_bar=False)
-    se.MdaSortingExtractor.write_sorting(sorting, Path(folder) / "firings_true.mda")
+    MdaRecordingExtractor.write_recording(recording, folder, dtype=dtype, n_jobs=1, progress_bar=False)
+    MdaSortingExtractor.write_sorting(sorting, Path(folder) / "firings_true.mda")
 
 
 def spikeforest_set(folders, exhaustive_gt: bool = False) -> StudySet:
@@ -230,7 +253,7 @@ def transfer_set(folder: Path, pairs=((0, 1),), num_channels: int = 32, duration
             ss.run_sorter("elvisort", recording_a, folder=train_folder, remove_existing_folder=True, verbose=False,
                           training_sorting=str(folder / f"{dataset}_a" / "gt_sorting"), **train_params)
             notes_file.write_text(json.dumps({"train_s": time.perf_counter() - start}))
-        study_set.notes[dataset] = json.loads(notes_file.read_text())
+        study_set.notes[(case_name, dataset)] = json.loads(notes_file.read_text())
         params = {key: value for key, value in train_params.items() if key != "training_sorting"}
         study_set.extra_cases[(case_name, dataset)] = ("elvisort", params | {"pretrained_model": str(train_folder)})
     return study_set

@@ -56,7 +56,7 @@ def study_tables(study, set_name: str, snrs: dict, notes: dict | None = None, fa
     snrs : dict
         Dataset name -> ``{"sf": pandas.Series, "si": pandas.Series}``, the SNR of each ground-truth unit.
     notes : dict | None
-        Dataset name -> extra values of the runs on it (``train_s`` of the transfer set).
+        Case key -> extra values of its row (``train_s`` of the transfer case).
     failures : dict | None
         Case key -> error message, for cases that did not run.
 
@@ -74,7 +74,7 @@ def study_tables(study, set_name: str, snrs: dict, notes: dict | None = None, fa
         duration = recording.get_total_duration()
         row = dict(set=set_name, dataset=dataset, case=name, sorter=case["params"]["sorter_name"],
                    duration_s=duration, num_channels=recording.get_num_channels(),
-                   num_gt=len(gt_sorting.unit_ids)) | notes.get(dataset, {})
+                   num_gt=len(gt_sorting.unit_ids)) | notes.get(key, {})
         if not is_done(study, key) or "gt_comparison" not in study.get_result(key):
             row["status"] = "failed: " + failures[key] if key in failures else "not run"
             run_rows.append(row)
