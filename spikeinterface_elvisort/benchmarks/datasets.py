@@ -58,7 +58,7 @@ def _save(recording, sorting, folder: Path):
 
 
 def generated_set(name: str, folder: Path, seeds=(0, 1), channels=(32, 128), duration: float = 120.0,
-                  noise_level: float = 5.0, alpha=None) -> StudySet:
+                  noise_level: float = 5.0, alpha=None, depth_um=None) -> StudySet:
     """``generate_ground_truth_recording`` at several seeds and probe sizes (the "static" and "lowsnr" sets).
 
     Parameters
@@ -67,6 +67,8 @@ def generated_set(name: str, folder: Path, seeds=(0, 1), channels=(32, 128), dur
         Noise standard deviation (the generator's ``noise_levels``).
     alpha : tuple of float | None
         Range of the templates' amplitudes (``unit_params["alpha"]``); None keeps the generator's (100, 500).
+    depth_um : tuple of float | None
+        Range of the units' distance to the probe plane (``minimum_z``, ``maximum_z``); None keeps (5, 50).
     """
     from spikeinterface.core import generate_ground_truth_recording
 
@@ -74,7 +76,12 @@ def generated_set(name: str, folder: Path, seeds=(0, 1), channels=(32, 128), dur
     for num_channels in channels:
         for seed in seeds:
             dataset = f"{name}_ch{num_channels}_seed{seed}"
-            extra = {} if alpha is None else dict(generate_templates_kwargs=dict(unit_params=dict(alpha=tuple(alpha))))
+            extra = {}
+            if alpha is not None:
+                extra["generate_templates_kwargs"] = dict(unit_params=dict(alpha=tuple(alpha)))
+            if depth_um is not None:
+                extra["generate_unit_locations_kwargs"] = dict(margin_um=10.0, minimum_z=depth_um[0],
+                                                               maximum_z=depth_um[1], minimum_distance=20)
             recording, sorting = generate_ground_truth_recording(
                 durations=[duration], sampling_frequency=SAMPLING_FREQUENCY, num_channels=num_channels,
                 num_units=num_units_for(num_channels), seed=seed,
@@ -90,9 +97,11 @@ def static_set(folder: Path, seeds=(0, 1), channels=(32, 128), duration: float =
 
 
 def lowsnr_set(folder: Path, seeds=(0, 1), channels=(32, 128), duration: float = 120.0) -> StudySet:
-    """Generated recordings, noise level 10 and templates of amplitude 60-250 instead of 100-500: most units have an
-    SNR between 3 and 6 (SpikeInterface's snr on the recording; 1.3-1.5x higher on the 300-6000 Hz band)."""
-    return generated_set("lowsnr", folder, seeds, channels, duration, noise_level=10.0, alpha=(60.0, 250.0))
+    """Generated recordings, noise level 10, templates of amplitude 70-140 instead of 100-500, units 10-30 um from the
+    probe instead of 5-50 um: on 32 channels, 8 and 11 units of 15 have an SNR between 3 and 6 (seeds 0 and 1;
+    SpikeInterface's snr on the recording, range 1.4-8.9; higher on the 300-6000 Hz band)."""
+    return generated_set("lowsnr", folder, seeds, channels, duration, noise_level=10.0, alpha=(70.0, 140.0),
+                         depth_um=(10.0, 30.0))
 
 
 def neuropixels1_128():
