@@ -1,4 +1,4 @@
-"""Benchmark helpers: ground-truth recordings for the experiments of the papers, and their scores."""
+"""The paper's transfer experiment: two recordings of the same units, and the paper's classification scores."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def classification_scores(model, recording, ground_truth, match_ms: float = 0.4)
         ``events`` and of ``spike_events``, ``per_unit_f1`` and ``per_unit_accuracy`` (unit id -> score; NaN for a
         unit never detected nor predicted).
     """
-    from .instant import _scale_to_uV, label_events
-    from .streaming import sort_segment
+    from ..instant import _scale_to_uV, label_events
+    from ..streaming import sort_segment
 
     model.check_recording(recording)
     engine = model._engine()
