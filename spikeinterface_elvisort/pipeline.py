@@ -398,6 +398,12 @@ def _sort_pretrained(recording, params, folder, verbose, device, stages, save=Tr
     user_jobs = params["job_kwargs"].get("n_jobs")
     n_jobs = fix_job_kwargs({"n_jobs": user_jobs})["n_jobs"] if user_jobs is not None else (os.cpu_count() or 1)
     sorting = model.sort(recording, n_jobs=n_jobs, verbose=verbose)
+    # units of the model that did not fire in this recording are left out, as every sorter's output has no empty
+    # units (export_to_phy and quality metrics break on them); the others keep the model's unit ids
+    counts = sorting.count_num_spikes_per_unit(outputs="array")
+    if np.any(counts == 0):
+        logger.info("units without spikes left out: %s", sorting.unit_ids[counts == 0].tolist())
+        sorting = sorting.remove_empty_units()
     stages.done("instant sort", "%d units, %d spikes", sorting.unit_ids.size, sorting.to_spike_vector().size)
     if save:
         model.save(Path(folder) / "model.pt")

@@ -163,6 +163,25 @@ def test_run_sorter_with_pretrained_model(trained, model, tmp_path):
     assert not (output / "history.csv").exists()  # nothing was trained
 
 
+def test_run_sorter_with_pretrained_model_leaves_silent_units_out(trained, model, tmp_path):
+    """A unit of the model that does not fire in the new recording is not an empty unit of the output (empty units
+    break export_to_phy and quality metrics); the others keep the model's ids."""
+    import spikeinterface.sorters as ss
+
+    _, recording, _, _ = trained
+    length = int(0.1 * recording.sampling_frequency)
+    for start in range(0, recording.get_num_samples() - length, length):  # a 100 ms piece where some units are silent
+        piece = recording.frame_slice(start, start + length)
+        counts = model.sort(piece).count_num_spikes_per_unit(outputs="array")
+        if np.any(counts == 0) and np.any(counts > 0):
+            break
+    assert np.any(counts == 0) and np.any(counts > 0)
+    sorting = ss.run_sorter("elvisort", piece, folder=tmp_path / "piece", pretrained_model=str(trained[0]),
+                            device="cpu", torch_threads=1)
+    assert list(sorting.unit_ids) == list(model.unit_ids[counts > 0])
+    assert np.all(sorting.count_num_spikes_per_unit(outputs="array") > 0)
+
+
 def test_pretrained_model_from_another_probe_is_refused(trained, tmp_path):
     import spikeinterface.sorters as ss
 
