@@ -70,8 +70,8 @@ cluster_ids = range(sorting.get_num_units())
 # Read the curated result back
 # ----------------------------
 # ``read_phy`` returns a SpikeInterface sorting; the clusters keep their elvisort unit ids (export_to_phy records
-# them in ``cluster_si_unit_ids.tsv``), and the Phy labels (property "quality") and metrics become unit properties. Clusters created in
-# Phy by a split or a merge get new ids.
+# them in ``cluster_si_unit_ids.tsv``), and the Phy labels (property "quality") and metrics become unit properties.
+# Clusters created in Phy by a split or a merge get new ids.
 
 curated = si.read_phy(phy_folder, exclude_cluster_groups=["noise"])
 print(curated)

@@ -180,7 +180,8 @@ PARAMS = {
         None,
         "Path to labels to train on instead of clustering: a saved SpikeInterface sorting folder, or a Phy folder "
         "(for instance curated in Phy; clusters labelled 'noise' are left out). Detected events near a labelled "
-        "spike train the classifier branch with that unit; the output has these unit ids.",
+        "spike train the classifier branch with that unit; the output has these unit ids (units without a spike in "
+        "the sorted recording are left out).",
         "instant",
     ),
     "training_recording": Param(
