@@ -16,7 +16,7 @@ from .detection import detect_spikes
 from .device import resolve_device, seed_everything, torch_threads
 from .inference import encode, predict_proba
 from .models import build_model
-from .preprocessing import cache_recording, preprocess
+from .preprocessing import cache_recording, estimate_motion, preprocess
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks
 from .training import TrainConfig, train_model
@@ -171,15 +171,25 @@ def _front_end(recording, params, folder, job_kwargs, stages):
     nbefore = int(round(params["ms_before"] * recording.sampling_frequency / 1000.0))
     nafter = int(round(params["ms_after"] * recording.sampling_frequency / 1000.0))
 
-    # preprocessing
-    preprocessed = preprocess(
-        recording,
+    # preprocessing, with the drift estimated on the filtered, referenced traces (before whitening) when asked
+    filtering = dict(
         apply_preprocessing=params["apply_preprocessing"],
         freq_min=params["freq_min"],
         freq_max=params["freq_max"],
         common_reference=params["common_reference"],
-        whitening=params["whitening"],
-        seed=seed,
+    )
+    motion, interpolate_kwargs = None, None
+    if params["motion_correction"] is not None:
+        motion, interpolate_kwargs = estimate_motion(
+            preprocess(recording, **filtering), params["motion_correction"], folder / "motion",
+            job_kwargs, params["motion_correction_kwargs"],
+        )
+        displacement = np.concatenate([np.ravel(d) for d in motion.displacement])
+        stages.done("motion", "%s: displacement %.1f to %.1f um, saved in motion/", params["motion_correction"],
+                    displacement.min(), displacement.max())
+    preprocessed = preprocess(
+        recording, **filtering, whitening=params["whitening"], motion=motion,
+        interpolate_motion_kwargs=interpolate_kwargs, seed=seed,
     )
     whitening = _whitening_matrix(preprocessed)  # saved with the model; the cache loses the chain
     preprocessed, cache_info = cache_recording(
