@@ -97,6 +97,16 @@ PARAMS = {
         "snippets",
     ),
     # model
+    "features": Param(
+        "vae",
+        '"vae" | "pca" | "raw": what the events are clustered and labelled on. "vae" (the sorter): the beta-VAE '
+        'latent, DEC refinement and the self-trained classifier branch. "pca" and "raw" are ablations of the '
+        "network: no training; the same training events, clustering and clean-up, on a scikit-learn PCA of the "
+        'snippets (as many components as the latent, 40 by default) or on the raw snippets ("raw", in noise '
+        "units), every event labelled by the nearest cluster centroid of its peak channel (for raw: template "
+        "k-means' assignment). No model.pt is saved with them.",
+        "model",
+    ),
     "model_kwargs": Param(
         {},
         "Overrides of the beta-VAE config (spikeinterface_elvisort.models.BetaVAEConfig), e.g. {'beta': 4.0}. "
@@ -234,6 +244,7 @@ _CHOICES = {
     "peak_sign": ("neg", "pos", "both"),
     "mixed_precision": ("auto", True, False),
     "clustering_method": ("gmm_bic", "hdbscan"),
+    "features": ("vae", "pca", "raw"),
     "matching_method": ("circus-omp", "tdc-peeler", "none"),
 }
 _BOOLS = ("apply_preprocessing", "common_reference", "whitening", "auto_merge", "save_arrays")
@@ -291,6 +302,9 @@ def check_params(params: dict) -> dict:
     if params["pretrained_model"] is not None and params["training_sorting"] is not None:
         raise ValueError("give either pretrained_model (inference only) or training_sorting (train on labels), not both")
     for name in ("pretrained_model", "training_sorting"):
+        if params[name] is not None and params["features"] != "vae":
+            raise ValueError(f"features={params['features']!r} is an ablation without a network: {name} needs "
+                             "features='vae'")
         if params[name] is not None and params["motion_correction"] is not None:
             # both sort with the block engine of instant sorting, which reads raw blocks and corrects no motion
             raise ValueError(f"motion_correction is not available with {name}: the saved model's inference does not "

@@ -265,6 +265,9 @@ def _train_vae(preprocessed, peaks, noise_levels, neighbours, channel_locations,
 def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params,
                      device, rng, job_kwargs, stages, verbose):
     """Train the beta-VAE on a subsample, cluster, refine with DEC, self-train the classifier, label every event."""
+    if params["features"] != "vae":
+        return _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbefore, nafter, params, rng,
+                                         job_kwargs, stages)
     seed = int(params["seed"])
     positions = channel_locations[peaks["channel_index"]]
     model, history, training_set, base = _train_vae(
@@ -339,6 +342,58 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
     stages.done("labelling", "%d events labelled as spikes, %d as noise", int((final_labels >= 0).sum()),
                 int((final_labels < 0).sum()))
     return model, history, final_labels, num_clusters, training_set
+
+
+def _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbefore, nafter, params, rng,
+                              job_kwargs, stages):
+    """The ablation of the latent (features="pca" | "raw"): the same training subsample, clustering and merge of
+    near-identical clusters as the beta-VAE path, on PCA features or raw waveforms; every event then takes the
+    label of the nearest cluster centroid of its peak channel (no network, no DEC, no classifier, no model.pt)."""
+    from .features import fit_features, group_centroids, nearest_centroid
+    from .models.config import BetaVAEConfig
+
+    seed = int(params["seed"])
+    num_train = min(params["train_max_snippets"], peaks.size)
+    train_indices = np.sort(rng.choice(peaks.size, size=num_train, replace=False))
+    train_events = peaks[train_indices]
+    train_snippets = extract_snippets(preprocessed, train_events, neighbours, nbefore, nafter)
+    # PCA keeps as many dimensions as the beta-VAE latent it replaces (both levels)
+    config = BetaVAEConfig(num_samples=nbefore + nafter, num_channels=neighbours.shape[1], **params["model_kwargs"])
+    transform = fit_features(train_snippets, params["features"], config.latent_dim + config.upper_latent_dim,
+                             scale=float(np.median(noise_levels)) or 1.0, seed=seed)
+    features = transform(train_snippets)
+    stages.done("features", "%s features of %d training events: %d dimensions", params["features"], num_train,
+                features.shape[1])
+
+    labels = cluster_latents(
+        features,
+        train_events["channel_index"],
+        method=params["clustering_method"],
+        max_components=params["clustering_max_components"],
+        pca_components=params["clustering_pca_components"],
+        min_cluster_size=params["clustering_min_cluster_size"],
+        seed=seed,
+    )
+    num_clusters = int(labels.max()) + 1
+    num_before_merge = num_clusters
+    if num_clusters:
+        labels, num_clusters = _merge_near_identical(
+            preprocessed, train_events, labels, num_clusters, nbefore, nafter, params["merge_threshold"], job_kwargs
+        )
+    stages.done("clustering", "%d clusters (%s), %d after merging near-identical ones, %d events as noise",
+                num_before_merge, params["clustering_method"], num_clusters, int((labels < 0).sum()))
+    final_labels = np.full(peaks.size, -1, dtype=np.int64)
+    if num_clusters == 0:
+        return None, [], final_labels, 0, None
+
+    centroids = group_centroids(features, labels, train_events["channel_index"])
+    for start in range(0, peaks.size, LABEL_CHUNK):
+        chunk = slice(start, start + LABEL_CHUNK)
+        snippets = extract_snippets(preprocessed, peaks[chunk], neighbours, nbefore, nafter)
+        final_labels[chunk] = nearest_centroid(transform(snippets), peaks["channel_index"][chunk], centroids)
+    stages.done("labelling", "%d events labelled by nearest centroid, %d on channels without clusters",
+                int((final_labels >= 0).sum()), int((final_labels < 0).sum()))
+    return None, [], final_labels, num_clusters, None
 
 
 def _learn_from_labels(preprocessed, peaks, labelled, noise_levels, neighbours, channel_locations, nbefore, nafter,

@@ -88,6 +88,7 @@ BAD_VALUES = [
     # nested dicts
     ("job_kwargs", "n_jobs=2"),
     ("model_kwargs", None),
+    ("features", "latent"),
     # motion correction
     ("motion_correction", "dredge_slow"),
     ("motion_correction", True),
@@ -101,6 +102,14 @@ def test_motion_correction_is_refused_with_saved_models_and_labels(name, tmp_pat
     params = default_params()
     params.update({name: str(tmp_path), "motion_correction": "dredge_fast"})
     with pytest.raises(ValueError, match="motion_correction"):
+        check_params(params)
+
+
+@pytest.mark.parametrize("name", ["pretrained_model", "training_sorting"])
+def test_feature_ablations_are_refused_with_saved_models_and_labels(name, tmp_path):
+    params = default_params()
+    params.update({name: str(tmp_path), "features": "pca"})
+    with pytest.raises(ValueError, match="features"):
         check_params(params)
 
 
