@@ -8,6 +8,7 @@ a Phy-curated sorting of a new session.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,13 @@ class ElvisortModel:
         if block_ms <= 0:
             raise ValueError(f"block_ms must be > 0; got {block_ms}")
         device = self.device if device is None else resolve_device(device)
+        if self.params.get("motion_correction") is not None:
+            warnings.warn(
+                f"this model was trained on motion-corrected traces (motion_correction="
+                f"{self.params['motion_correction']!r}) but inference corrects no motion: drift in the recording "
+                "being sorted will cost accuracy (train a model on it with run_sorter to correct it)",
+                stacklevel=3,
+            )
         return BlockEngine(self.network, self.checkpoint, device, block_ms=block_ms, noise_levels=noise_levels)
 
     def sort(self, recording, *, noise_levels="model", block_ms: float = DEFAULT_BLOCK_MS, device=None,

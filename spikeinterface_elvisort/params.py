@@ -38,6 +38,24 @@ PARAMS = {
     "whitening": Param(
         False, "Whiten the recording locally (spikeinterface.preprocessing.whiten, mode='local').", "preprocessing"
     ),
+    "motion_correction": Param(
+        None,
+        'None (no motion correction) | the name of a SpikeInterface motion preset: "dredge_fast", "dredge", '
+        '"nonrigid_accurate", "nonrigid_fast_and_accurate", "rigid_fast", "kilosort_like" or "medicine" (which needs '
+        "the medicine package). The probe's drift is estimated on the filtered, referenced recording "
+        "(spikeinterface.preprocessing.compute_motion with this preset) and the traces are interpolated to undo it "
+        "(kriging, every channel kept) before whitening, detection and snippets; the motion is saved in "
+        "sorter_output/motion/. For drifting recordings on dense probes. A saved model does not re-estimate motion "
+        "when it sorts another recording.",
+        "preprocessing",
+    ),
+    "motion_correction_kwargs": Param(
+        {},
+        "Overrides of the motion preset's steps, each a dict: detect_kwargs, select_kwargs, localize_peaks_kwargs, "
+        "estimate_motion_kwargs (compute_motion's arguments), interpolate_motion_kwargs (default: border_mode "
+        "'force_extrapolate', kriging, sigma_um 20, p 2), e.g. {'estimate_motion_kwargs': {'win_step_um': 200.0}}.",
+        "preprocessing",
+    ),
     "cache_preprocessing": Param(
         "auto",
         '"auto" | "memory" | "folder" | "no": where the preprocessed traces are cached. "auto" keeps them in memory '
@@ -79,6 +97,16 @@ PARAMS = {
         "snippets",
     ),
     # model
+    "features": Param(
+        "vae",
+        '"vae" | "pca" | "raw": what the events are clustered and labelled on. "vae" (the sorter): the beta-VAE '
+        'latent, DEC refinement and the self-trained classifier branch. "pca" and "raw" are ablations of the '
+        "network: no training; the same training events, clustering and clean-up, on a scikit-learn PCA of the "
+        'snippets (as many components as the latent, 40 by default) or on the raw snippets ("raw", in noise '
+        "units), every event labelled by the nearest cluster centroid of its peak channel (for raw: template "
+        "k-means' assignment). No model.pt is saved with them.",
+        "model",
+    ),
     "model_kwargs": Param(
         {},
         "Overrides of the beta-VAE config (spikeinterface_elvisort.models.BetaVAEConfig), e.g. {'beta': 4.0}. "
@@ -194,7 +222,8 @@ PARAMS = {
         None,
         "Path to labels to train on instead of clustering: a saved SpikeInterface sorting folder, or a Phy folder "
         "(for instance curated in Phy; clusters labelled 'noise' are left out). Detected events near a labelled "
-        "spike train the classifier branch with that unit; the output has these unit ids.",
+        "spike train the classifier branch with that unit; the output has these unit ids (units without a spike in "
+        "the sorted recording are left out).",
         "instant",
     ),
     "training_recording": Param(
@@ -229,6 +258,7 @@ _CHOICES = {
     "peak_sign": ("neg", "pos", "both"),
     "mixed_precision": ("auto", True, False),
     "clustering_method": ("gmm_bic", "hdbscan"),
+    "features": ("vae", "pca", "raw"),
     "matching_method": ("circus-omp", "tdc-peeler", "none"),
 }
 _BOOLS = ("apply_preprocessing", "common_reference", "whitening", "clustering_split", "merge_split_test", "auto_merge", "save_arrays")
@@ -285,6 +315,14 @@ def check_params(params: dict) -> dict:
             raise ValueError(f"{name}={str(value)!r} does not exist")
     if params["pretrained_model"] is not None and params["training_sorting"] is not None:
         raise ValueError("give either pretrained_model (inference only) or training_sorting (train on labels), not both")
+    for name in ("pretrained_model", "training_sorting"):
+        if params[name] is not None and params["features"] != "vae":
+            raise ValueError(f"features={params['features']!r} is an ablation without a network: {name} needs "
+                             "features='vae'")
+        if params[name] is not None and params["motion_correction"] is not None:
+            # both sort with the block engine of instant sorting, which reads raw blocks and corrects no motion
+            raise ValueError(f"motion_correction is not available with {name}: the saved model's inference does not "
+                             "correct motion; use motion_correction=None")
     if params["training_recording"] is not None and params["training_sorting"] is None:
         raise ValueError("training_recording is the recording of training_sorting's labels: give training_sorting too")
     model_kwargs = params["model_kwargs"]
@@ -345,6 +383,38 @@ def check_declared(params: dict, declared: dict, sorter_name: str, choices=None,
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
         raise ValueError(f"torch_threads={threads!r} must be None or an integer >= 1")
 
+    if "motion_correction" in declared:
+        check_motion_correction(params["motion_correction"], params["motion_correction_kwargs"])
+
     if not isinstance(params["job_kwargs"], dict):
         raise ValueError(f"job_kwargs={params['job_kwargs']!r} must be a dict such as {{'n_jobs': 2}}")
     return params
+
+
+def check_motion_correction(preset, kwargs) -> None:
+    """``motion_correction`` is None or a preset of SpikeInterface's ``compute_motion``; ``motion_correction_kwargs``
+    a dict of dicts for its steps, whose interpolation keeps every channel."""
+    from importlib.util import find_spec
+
+    from spikeinterface.preprocessing.motion import get_motion_presets
+
+    from .preprocessing import MOTION_STEPS
+
+    if preset is not None:
+        presets = get_motion_presets()
+        if not isinstance(preset, str) or preset not in presets:
+            raise ValueError(f"motion_correction={preset!r} is not valid; choose None or one of {presets}")
+        if preset == "medicine" and find_spec("medicine") is None:
+            raise ValueError("motion_correction='medicine' needs the medicine package: pip install medicine-neuro")
+    if not isinstance(kwargs, dict) or not all(isinstance(value, dict) for value in kwargs.values()):
+        raise ValueError(f"motion_correction_kwargs={kwargs!r} must be a dict of dicts such as "
+                         "{'estimate_motion_kwargs': {'win_step_um': 200.0}}")
+    bad = sorted(set(kwargs) - set(MOTION_STEPS))
+    if bad:
+        raise ValueError(f"motion_correction_kwargs has unknown key(s) {bad}; valid keys are {list(MOTION_STEPS)}")
+    if kwargs and preset is None:
+        raise ValueError("motion_correction_kwargs is given but motion_correction is None: choose a preset too")
+    border_mode = kwargs.get("interpolate_motion_kwargs", {}).get("border_mode", "force_extrapolate")
+    if border_mode not in ("force_extrapolate", "force_zeros"):
+        raise ValueError(f"motion_correction_kwargs: interpolate_motion_kwargs border_mode={border_mode!r} is not "
+                         "valid; choose 'force_extrapolate' or 'force_zeros' (the sorter keeps every channel)")

@@ -18,7 +18,7 @@ from .detection import detect_spikes
 from .device import resolve_device, seed_everything, torch_threads
 from .inference import encode, predict_proba
 from .models import build_model
-from .preprocessing import cache_recording, preprocess
+from .preprocessing import cache_recording, estimate_motion, preprocess
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks
 from .training import TrainConfig, train_model
@@ -173,15 +173,25 @@ def _front_end(recording, params, folder, job_kwargs, stages):
     nbefore = int(round(params["ms_before"] * recording.sampling_frequency / 1000.0))
     nafter = int(round(params["ms_after"] * recording.sampling_frequency / 1000.0))
 
-    # preprocessing
-    preprocessed = preprocess(
-        recording,
+    # preprocessing, with the drift estimated on the filtered, referenced traces (before whitening) when asked
+    filtering = dict(
         apply_preprocessing=params["apply_preprocessing"],
         freq_min=params["freq_min"],
         freq_max=params["freq_max"],
         common_reference=params["common_reference"],
-        whitening=params["whitening"],
-        seed=seed,
+    )
+    motion, interpolate_kwargs = None, None
+    if params["motion_correction"] is not None:
+        motion, interpolate_kwargs = estimate_motion(
+            preprocess(recording, **filtering), params["motion_correction"], folder / "motion",
+            job_kwargs, params["motion_correction_kwargs"],
+        )
+        displacement = np.concatenate([np.ravel(d) for d in motion.displacement])
+        stages.done("motion", "%s: displacement %.1f to %.1f um, saved in motion/", params["motion_correction"],
+                    displacement.min(), displacement.max())
+    preprocessed = preprocess(
+        recording, **filtering, whitening=params["whitening"], motion=motion,
+        interpolate_motion_kwargs=interpolate_kwargs, seed=seed,
     )
     whitening = _whitening_matrix(preprocessed)  # saved with the model; the cache loses the chain
     preprocessed, cache_info = cache_recording(
@@ -257,6 +267,9 @@ def _train_vae(preprocessed, peaks, noise_levels, neighbours, channel_locations,
 def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params,
                      device, rng, job_kwargs, stages, verbose):
     """Train the beta-VAE on a subsample, cluster, refine with DEC, self-train the classifier, label every event."""
+    if params["features"] != "vae":
+        return _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbefore, nafter, params, rng,
+                                         job_kwargs, stages)
     seed = int(params["seed"])
     positions = channel_locations[peaks["channel_index"]]
     model, history, training_set, base = _train_vae(
@@ -338,6 +351,58 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
     return model, history, final_labels, num_clusters, training_set
 
 
+def _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbefore, nafter, params, rng,
+                              job_kwargs, stages):
+    """The ablation of the latent (features="pca" | "raw"): the same training subsample, clustering and merge of
+    near-identical clusters as the beta-VAE path, on PCA features or raw waveforms; every event then takes the
+    label of the nearest cluster centroid of its peak channel (no network, no DEC, no classifier, no model.pt)."""
+    from .features import fit_features, group_centroids, nearest_centroid
+    from .models.config import BetaVAEConfig
+
+    seed = int(params["seed"])
+    num_train = min(params["train_max_snippets"], peaks.size)
+    train_indices = np.sort(rng.choice(peaks.size, size=num_train, replace=False))
+    train_events = peaks[train_indices]
+    train_snippets = extract_snippets(preprocessed, train_events, neighbours, nbefore, nafter)
+    # PCA keeps as many dimensions as the beta-VAE latent it replaces (both levels)
+    config = BetaVAEConfig(num_samples=nbefore + nafter, num_channels=neighbours.shape[1], **params["model_kwargs"])
+    transform = fit_features(train_snippets, params["features"], config.latent_dim + config.upper_latent_dim,
+                             scale=float(np.median(noise_levels)) or 1.0, seed=seed)
+    features = transform(train_snippets)
+    stages.done("features", "%s features of %d training events: %d dimensions", params["features"], num_train,
+                features.shape[1])
+
+    labels = cluster_latents(
+        features,
+        train_events["channel_index"],
+        method=params["clustering_method"],
+        max_components=params["clustering_max_components"],
+        pca_components=params["clustering_pca_components"],
+        min_cluster_size=params["clustering_min_cluster_size"],
+        seed=seed,
+    )
+    num_clusters = int(labels.max()) + 1
+    num_before_merge = num_clusters
+    if num_clusters:
+        labels, num_clusters = _merge_near_identical(
+            preprocessed, train_events, labels, num_clusters, nbefore, nafter, params["merge_threshold"], job_kwargs
+        )
+    stages.done("clustering", "%d clusters (%s), %d after merging near-identical ones, %d events as noise",
+                num_before_merge, params["clustering_method"], num_clusters, int((labels < 0).sum()))
+    final_labels = np.full(peaks.size, -1, dtype=np.int64)
+    if num_clusters == 0:
+        return None, [], final_labels, 0, None
+
+    centroids = group_centroids(features, labels, train_events["channel_index"])
+    for start in range(0, peaks.size, LABEL_CHUNK):
+        chunk = slice(start, start + LABEL_CHUNK)
+        snippets = extract_snippets(preprocessed, peaks[chunk], neighbours, nbefore, nafter)
+        final_labels[chunk] = nearest_centroid(transform(snippets), peaks["channel_index"][chunk], centroids)
+    stages.done("labelling", "%d events labelled by nearest centroid, %d on channels without clusters",
+                int((final_labels >= 0).sum()), int((final_labels < 0).sum()))
+    return None, [], final_labels, num_clusters, None
+
+
 def _learn_from_labels(preprocessed, peaks, labelled, noise_levels, neighbours, channel_locations, nbefore, nafter,
                        params, device, rng, stages, verbose):
     """Supervised, as in the paper: the beta-VAE, then encoder and classifier branch trained on the labels (an event
@@ -405,6 +470,12 @@ def _sort_pretrained(recording, params, folder, verbose, device, stages, save=Tr
     user_jobs = params["job_kwargs"].get("n_jobs")
     n_jobs = fix_job_kwargs({"n_jobs": user_jobs})["n_jobs"] if user_jobs is not None else (os.cpu_count() or 1)
     sorting = model.sort(recording, n_jobs=n_jobs, verbose=verbose)
+    # units of the model that did not fire in this recording are left out, as every sorter's output has no empty
+    # units (export_to_phy and quality metrics break on them); the others keep the model's unit ids
+    counts = sorting.count_num_spikes_per_unit(outputs="array")
+    if np.any(counts == 0):
+        logger.info("units without spikes left out: %s", sorting.unit_ids[counts == 0].tolist())
+        sorting = sorting.remove_empty_units()
     stages.done("instant sort", "%d units, %d spikes", sorting.unit_ids.size, sorting.to_spike_vector().size)
     if save:
         model.save(Path(folder) / "model.pt")

@@ -1,4 +1,5 @@
-"""Preprocessing: SpikeInterface's filters, referencing and whitening, then an optional cache of the result."""
+"""Preprocessing: SpikeInterface's filters, referencing, optional motion correction and whitening, then an optional
+cache of the result."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ def preprocess(
     freq_max: float = 6000.0,
     common_reference: bool = True,
     whitening: bool = False,
+    motion=None,
+    interpolate_motion_kwargs: dict | None = None,
     seed: int | None = None,
 ):
-    """Return a lazy float32 recording: Butterworth band-pass, common median reference, optional local whitening.
+    """Return a lazy float32 recording: Butterworth band-pass, common median reference, optional motion correction
+    (interpolation of the traces by ``motion``, see :func:`estimate_motion`), optional local whitening.
 
     The input recording is never modified: SpikeInterface preprocessing returns new lazy objects.
     ``freq_max`` is lowered to 0.45 x the sampling rate when it would sit above the Nyquist frequency.
@@ -29,11 +33,19 @@ def preprocess(
         if recording.has_scaleable_traces():
             recording = spre.scale_to_uV(recording)
     if not apply_preprocessing:
-        return spre.astype(recording, "float32") if recording.get_dtype() != np.float32 else recording
-    freq_max = min(freq_max, 0.45 * recording.sampling_frequency)
-    recording = spre.bandpass_filter(recording, freq_min=freq_min, freq_max=freq_max, dtype="float32")
-    if common_reference and recording.get_num_channels() > 1:
-        recording = spre.common_reference(recording, reference="global", operator="median")
+        recording = spre.astype(recording, "float32") if recording.get_dtype() != np.float32 else recording
+    else:
+        freq_max = min(freq_max, 0.45 * recording.sampling_frequency)
+        recording = spre.bandpass_filter(recording, freq_min=freq_min, freq_max=freq_max, dtype="float32")
+        if common_reference and recording.get_num_channels() > 1:
+            recording = spre.common_reference(recording, reference="global", operator="median")
+    if motion is not None:
+        from spikeinterface.sortingcomponents.motion import interpolate_motion
+
+        # whitening comes after: SpikeInterface advises against estimating or interpolating whitened traces
+        recording = interpolate_motion(recording, motion, **(interpolate_motion_kwargs or {}))
+    if not apply_preprocessing:
+        return recording
     if whitening and recording.get_num_channels() > 1:
         recording = spre.whiten(recording, mode="local", radius_um=100.0, dtype="float32", seed=seed)
     return recording
@@ -49,3 +61,29 @@ def cache_recording(recording, mode: str, folder: Path, job_kwargs: dict):
 
     si_mode = {"no": "no-cache"}.get(mode, mode)
     return cache_preprocessing(recording, mode=si_mode, memory_limit=0.25, folder=Path(folder), job_kwargs=job_kwargs)
+
+
+MOTION_STEPS = ("detect_kwargs", "select_kwargs", "localize_peaks_kwargs", "estimate_motion_kwargs",
+                "interpolate_motion_kwargs")
+# kriging interpolation that keeps every channel: the pipeline's channel neighbours and the sorting's channels are
+# those of the recording (the presets' "remove_channels" would drop the channels the probe drifts off)
+INTERPOLATE_MOTION_KWARGS = dict(border_mode="force_extrapolate", spatial_interpolation_method="kriging",
+                                 sigma_um=20.0, p=2)
+
+
+def estimate_motion(recording, preset: str, folder: Path, job_kwargs: dict, kwargs: dict | None = None):
+    """Estimate the probe's drift with SpikeInterface's ``compute_motion`` (``preset`` and ``kwargs``' overrides of
+    its steps) on a filtered, referenced, not whitened recording; the motion info is saved in ``folder``.
+
+    Returns
+    -------
+    motion : spikeinterface.core.motion.Motion
+    interpolate_motion_kwargs : dict
+        The arguments of ``interpolate_motion`` to correct the traces with it (channels are kept).
+    """
+    from spikeinterface.preprocessing import compute_motion
+
+    kwargs = dict(kwargs or {})
+    interpolate_kwargs = INTERPOLATE_MOTION_KWARGS | kwargs.pop("interpolate_motion_kwargs", {})
+    motion = compute_motion(recording, preset=preset, folder=Path(folder), overwrite=True, **kwargs, **job_kwargs)
+    return motion, interpolate_kwargs

@@ -88,7 +88,40 @@ BAD_VALUES = [
     # nested dicts
     ("job_kwargs", "n_jobs=2"),
     ("model_kwargs", None),
+    ("features", "latent"),
+    # motion correction
+    ("motion_correction", "dredge_slow"),
+    ("motion_correction", True),
+    ("motion_correction_kwargs", None),
+    ("motion_correction_kwargs", {"estimate_motion_kwargs": {}}),  # without a preset
 ]
+
+
+@pytest.mark.parametrize("name", ["pretrained_model", "training_sorting"])
+def test_motion_correction_is_refused_with_saved_models_and_labels(name, tmp_path):
+    params = default_params()
+    params.update({name: str(tmp_path), "motion_correction": "dredge_fast"})
+    with pytest.raises(ValueError, match="motion_correction"):
+        check_params(params)
+
+
+@pytest.mark.parametrize("name", ["pretrained_model", "training_sorting"])
+def test_feature_ablations_are_refused_with_saved_models_and_labels(name, tmp_path):
+    params = default_params()
+    params.update({name: str(tmp_path), "features": "pca"})
+    with pytest.raises(ValueError, match="features"):
+        check_params(params)
+
+
+@pytest.mark.parametrize("kwargs", [{"estimate": {}}, {"detect_kwargs": 8.0},
+                                    {"interpolate_motion_kwargs": {"border_mode": "remove_channels"}}])
+def test_bad_motion_correction_kwargs(kwargs):
+    params = default_params()
+    params.update(motion_correction="dredge_fast", motion_correction_kwargs=kwargs)
+    with pytest.raises(ValueError, match="motion_correction_kwargs"):
+        check_params(params)
+    params["motion_correction_kwargs"] = {"estimate_motion_kwargs": {"win_step_um": 200.0}}
+    assert check_params(params) is params
 
 
 @pytest.mark.parametrize("name, value", BAD_VALUES, ids=[f"{n}={v!r}" for n, v in BAD_VALUES])

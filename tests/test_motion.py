@@ -1,0 +1,87 @@
+"""Motion correction in the shared front end: a small drifting recording sorted with ``motion_correction``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spikeinterface.sorters as ss
+from spikeinterface.sorters.utils import SpikeSortingError
+
+from conftest import fast_params, save_binary
+
+DRIFT_UM = 30.0  # peak to peak, a zigzag of period 6 s
+
+
+@pytest.fixture(scope="module")
+def drifting(tmp_path_factory):
+    """5 units at least 50 um apart on 32 channels (2 columns, 20 um pitch), 15 s drifting +-15 um: (recording, ground
+    truth, true displacement (num_steps,) in um, its times in s). Units far apart keep this a test of the motion
+    step, not of telling neighbouring units apart."""
+    from spikeinterface.generation import generate_drifting_recording
+
+    _, recording, sorting, extra = generate_drifting_recording(
+        num_units=5,
+        duration=15.0,
+        generate_probe_kwargs=dict(num_columns=2, num_contact_per_column=16, xpitch=16.0, ypitch=20.0,
+                                   contact_shapes="square", contact_shape_params={"width": 12}),
+        generate_displacement_vector_kwargs=dict(
+            displacement_sampling_frequency=5.0, drift_start_um=[0, DRIFT_UM / 2], drift_stop_um=[0, -DRIFT_UM / 2],
+            drift_step_um=2, motion_list=[dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0,
+                                               t_end_drift=None, period_s=6.0)],
+        ),
+        generate_sorting_kwargs=dict(firing_rates=(10.0, 15.0), refractory_period_ms=4.0),
+        generate_unit_locations_kwargs=dict(margin_um=20.0, minimum_z=5.0, maximum_z=20.0, minimum_distance=50.0,
+                                            max_iteration=100, distance_strict=False),
+        extra_outputs=True,
+        seed=0,
+    )
+    recording = save_binary(recording, tmp_path_factory.mktemp("drift") / "recording")
+    displacement = extra["displacement_vectors"][:, 1, 0]  # (steps,) y displacement of the rigid drift
+    times = np.arange(displacement.size) / extra["displacement_sampling_frequency"]
+    return recording, sorting, displacement, times
+
+
+@pytest.mark.slow
+def test_motion_correction_estimates_saves_and_sorts(drifting, tmp_path, sorter_device):
+    import spikeinterface.comparison as sc
+    from spikeinterface.preprocessing import load_motion_info
+
+    recording, ground_truth, displacement, times = drifting
+    folder = tmp_path / "run"
+    params = fast_params(sorter_device, motion_correction="dredge_fast", train_epochs=5, train_max_snippets=2000,
+                         model_kwargs={})
+    sorting = ss.run_sorter("elvisort", recording, folder=folder, **params)
+
+    # the motion is saved where SpikeInterface's tools read it, and it follows the true drift
+    motion = load_motion_info(folder / "sorter_output" / "motion")["motion"]
+    estimated = motion.displacement[0].mean(axis=1)  # rigid drift: the mean over spatial windows
+    estimated_times = motion.temporal_bins_s[0]
+    truth = np.interp(estimated_times, times, displacement)
+    assert np.ptp(estimated) > 0.3 * DRIFT_UM  # measured: half the true range (1 s bins of a 6 s zigzag)
+    assert abs(np.corrcoef(estimated, truth)[0, 1]) > 0.8  # the sign depends on the convention: any is fine
+    assert "motion" in (folder / "sorter_output" / "elvisort.log").read_text()
+
+    accuracy = sc.compare_sorter_to_ground_truth(ground_truth, sorting, exhaustive_gt=True).get_performance()[
+        "accuracy"
+    ].astype(float)
+    print(f"\nelvisort with motion correction, accuracy per unit {np.round(accuracy.to_numpy(), 2).tolist()}")
+    assert accuracy.mean() >= 0.9  # measured: 0.99 to 1.0 per unit (0.9 for one unit without motion correction)
+
+    # the saved model remembers the setting; its inference corrects no motion and says so
+    from spikeinterface_elvisort import load_model
+
+    model = load_model(folder, device="cpu")
+    assert model.params["motion_correction"] == "dredge_fast"
+    with pytest.warns(UserWarning, match="corrects no motion"):
+        model.sort(recording.frame_slice(0, int(recording.sampling_frequency)))
+
+
+def test_bad_motion_preset_fails_before_sorting(drifting, tmp_path):
+    recording = drifting[0]
+    folder = tmp_path / "bad"
+    with pytest.raises((ValueError, SpikeSortingError), match="motion_correction"):
+        ss.run_sorter("elvisort", recording, folder=folder, motion_correction="dredge_slow")
+    assert not (folder / "spikeinterface_log.json").exists()
+    with pytest.raises((ValueError, SpikeSortingError), match="motion_correction"):
+        ss.run_sorter("ssae", recording, folder=tmp_path / "bad_ssae", motion_correction="nope")
