@@ -270,7 +270,6 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
     if params["features"] != "vae":
         return _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbefore, nafter, params, rng,
                                          job_kwargs, stages)
-    seed = int(params["seed"])
     positions = channel_locations[peaks["channel_index"]]
     model, history, training_set, base = _train_vae(
         preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
@@ -285,29 +284,8 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
 
     # latent clustering, per peak channel, then merge clusters whose full-probe templates are near-identical
     latents = encode(model, train_snippets, device, batch_size=params["train_batch_size"] * 4)
-    labels = cluster_latents(
-        latents,
-        train_events["channel_index"],
-        method=params["clustering_method"],
-        max_components=params["clustering_max_components"],
-        pca_components=params["clustering_pca_components"],
-        min_cluster_size=params["clustering_min_cluster_size"],
-        seed=seed,
-    )
-    num_clusters = int(labels.max()) + 1
-    num_found = num_clusters
-    if num_clusters and params["clustering_split"]:
-        labels, num_clusters = split_multimodal(
-            preprocessed, train_events, labels, num_clusters, nbefore, nafter, noise_levels, seed=seed
-        )
-    num_before_merge = num_clusters
-    if num_clusters:
-        labels, num_clusters = _merge_near_identical(
-            preprocessed, train_events, labels, num_clusters, nbefore, nafter, noise_levels, params, job_kwargs
-        )
-    stages.done("clustering", "%d clusters (%s), %d after splits, %d after merging near-identical ones, %d events "
-                "as noise", num_found, params["clustering_method"], num_before_merge, num_clusters,
-                int((labels < 0).sum()))
+    labels, num_clusters = _cluster(preprocessed, latents, train_events, noise_levels, nbefore, nafter, params,
+                                    job_kwargs, stages)
     if num_clusters == 0:
         return model, history, np.full(peaks.size, -1, dtype=np.int64), 0, training_set
 
@@ -351,6 +329,34 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
     return model, history, final_labels, num_clusters, training_set
 
 
+def _cluster(preprocessed, features, train_events, noise_levels, nbefore, nafter, params, job_kwargs, stages):
+    """Cluster the training events' features per peak channel, split clusters that hold two populations, merge
+    near-identical ones; returns (labels, number of clusters), -1 = noise."""
+    seed = int(params["seed"])
+    labels = cluster_latents(
+        features,
+        train_events["channel_index"],
+        method=params["clustering_method"],
+        max_components=params["clustering_max_components"],
+        pca_components=params["clustering_pca_components"],
+        min_cluster_size=params["clustering_min_cluster_size"],
+        seed=seed,
+    )
+    num_clusters = num_found = int(labels.max()) + 1
+    if num_clusters and params["clustering_split"]:
+        labels, num_clusters = split_multimodal(
+            preprocessed, train_events, labels, num_clusters, nbefore, nafter, noise_levels, seed=seed
+        )
+    num_split = num_clusters
+    if num_clusters:
+        labels, num_clusters = _merge_near_identical(
+            preprocessed, train_events, labels, num_clusters, nbefore, nafter, noise_levels, params, job_kwargs
+        )
+    stages.done("clustering", "%d clusters (%s), %d after splits, %d after merging near-identical ones, %d events "
+                "as noise", num_found, params["clustering_method"], num_split, num_clusters, int((labels < 0).sum()))
+    return labels, num_clusters
+
+
 def _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbefore, nafter, params, rng,
                               job_kwargs, stages):
     """The ablation of the latent (features="pca" | "raw"): the same training subsample, clustering and merge of
@@ -372,23 +378,8 @@ def _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbe
     stages.done("features", "%s features of %d training events: %d dimensions", params["features"], num_train,
                 features.shape[1])
 
-    labels = cluster_latents(
-        features,
-        train_events["channel_index"],
-        method=params["clustering_method"],
-        max_components=params["clustering_max_components"],
-        pca_components=params["clustering_pca_components"],
-        min_cluster_size=params["clustering_min_cluster_size"],
-        seed=seed,
-    )
-    num_clusters = int(labels.max()) + 1
-    num_before_merge = num_clusters
-    if num_clusters:
-        labels, num_clusters = _merge_near_identical(
-            preprocessed, train_events, labels, num_clusters, nbefore, nafter, params["merge_threshold"], job_kwargs
-        )
-    stages.done("clustering", "%d clusters (%s), %d after merging near-identical ones, %d events as noise",
-                num_before_merge, params["clustering_method"], num_clusters, int((labels < 0).sum()))
+    labels, num_clusters = _cluster(preprocessed, features, train_events, noise_levels, nbefore, nafter, params,
+                                    job_kwargs, stages)
     final_labels = np.full(peaks.size, -1, dtype=np.int64)
     if num_clusters == 0:
         return None, [], final_labels, 0, None
