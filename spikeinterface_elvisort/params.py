@@ -42,8 +42,8 @@ PARAMS = {
     "cache_preprocessing": Param(
         "auto",
         '"auto" | "memory" | "folder" | "no": where the preprocessed traces are cached. "auto" keeps them in memory '
-        "when they take less than a quarter of the available RAM, otherwise in sorter_output/, which bounds memory for "
-        "long recordings; 'no' recomputes the filter at every pass.",
+        "when they take less than 1 GiB and less than a quarter of the available RAM, otherwise in sorter_output/, "
+        "so that memory does not grow with the recording's duration; 'no' recomputes the filter at every pass.",
         "preprocessing",
     ),
     # detection

@@ -97,7 +97,10 @@ class ElvisortSorter(ComponentsBasedSorter):
                 f"the run was interrupted or is still running): {rerun}"
             ) from None
         if not log.get("error") and not (output_folder / "sorter_output" / "sorting").is_dir():
-            raise SpikeSortingError(f"{str(output_folder)!r} has no sorter_output/sorting (deleted?): {rerun}")
+            raise SpikeSortingError(
+                f"{str(output_folder)!r} has no sorter_output/sorting (deleted, e.g. by delete_output_folder=True?): "
+                f"{rerun}"
+            )
         return super().get_result_from_folder(output_folder, register_recording, sorting_info)
 
 
