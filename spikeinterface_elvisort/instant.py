@@ -36,13 +36,13 @@ def load_model(path, device: str = "auto") -> "ElvisortModel":
     path = Path(path)
     candidates = [path, path / "model.pt", path / "sorter_output" / "model.pt"]
     file_path = next((p for p in candidates if p.is_file()), None)
-    if file_path is not None and file_path != path:
-        _check_run_finished(file_path.parent.parent)
     if file_path is None:
         raise FileNotFoundError(
             f"no ELVISort model at {str(path)!r}: give model.pt, the sorter_output folder of an elvisort run, or the "
             "run_sorter output folder (a run that found no units saves no model)"
         )
+    if file_path != path:  # found in a folder: only the model of a run that finished
+        _check_run_finished(file_path.parent.parent)
     try:
         network, checkpoint = load_checkpoint(file_path)
     except Exception as error:  # a corrupt or foreign file: say so, not a pickle traceback
