@@ -92,7 +92,8 @@ def _check_samples(recording, params: dict) -> None:
 
     from spikeinterface.core import get_random_data_chunks
 
-    chunk_size = min(CHECK_CHUNK_SAMPLES, min(recording.get_num_samples(s) for s in range(recording.get_num_segments())))
+    shortest = min(recording.get_num_samples(s) for s in range(recording.get_num_segments()))
+    chunk_size = min(CHECK_CHUNK_SAMPLES, shortest)
     seed = params["seed"] if params["seed"] is not None else 0
     traces = get_random_data_chunks(
         recording, num_chunks_per_segment=NUM_CHECK_CHUNKS, chunk_size=chunk_size, seed=int(seed),

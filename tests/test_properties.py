@@ -131,6 +131,7 @@ def test_snippets_at_segment_edges_are_exact(events, chunk_samples):
     np.testing.assert_array_equal(snippets, expected)
     # samples outside the segment are zeros, never the other segment's samples
     for index, (segment, sample) in enumerate(zip(segment_index, samples)):
-        outside = (np.arange(-NBEFORE, NAFTER) + sample < 0) | (np.arange(-NBEFORE, NAFTER) + sample >= LENGTHS[segment])
+        window = np.arange(-NBEFORE, NAFTER) + sample
+        outside = (window < 0) | (window >= LENGTHS[segment])
         assert np.all(snippets[index, outside] == 0)
         assert np.all(snippets[index, ~outside] != 0)

@@ -2,7 +2,7 @@
 results, the input recording is never modified, out-of-memory falls back to smaller batches and the CPU.
 
 The cases are listed, with what the user sees, in docs/failure_modes.rst. Sorter runs use ``fast_params`` without
-template matching (they test the plumbing, not accuracy) on 10 s recordings.
+template matching, mostly (they test the plumbing, not accuracy), on 10 s recordings.
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def test_int16_recording_with_gains_and_offsets_is_filtered_in_microvolts(ground
     peaks = []
     for recording in (integer, exact):
         preprocessed = preprocess(recording)
-        levels = get_noise_levels(preprocessed, return_in_uV=False, random_slices_kwargs={"seed": 0}, progress_bar=False)
+        levels = get_noise_levels(preprocessed, return_in_uV=False, random_slices_kwargs={"seed": 0},
+                                  progress_bar=False)
         peaks.append(detect_spikes(preprocessed, levels, job_kwargs={"n_jobs": 1, "progress_bar": False}))
         assert preprocessed.get_dtype() == np.float32
     assert peaks[0].size > 100
@@ -178,15 +179,57 @@ def test_existing_output_folder(ground_truth, tmp_path):
 # -- bad input: a documented, sane result --------------------------------------------------------------------------
 
 
+def test_one_channel(ground_truth, tmp_path):
+    from spikeinterface_elvisort.pipeline import run_elvisort
+
+    memory, _ = ground_truth
+    one = memory.select_channels(memory.channel_ids[:1])
+    sorting = run_elvisort(one, fast_params(**QUICK), folder=tmp_path)
+    assert sorting.get_num_units() >= 1
+    assert sorting.to_spike_vector()["sample_index"].max() < one.get_num_samples()
+
+
+def _state(recording):
+    """What run_sorter must leave as it found: traces, properties, annotations, the recording's description."""
+    return (
+        recording.get_traces().copy(),
+        {key: np.copy(recording.get_property(key)) for key in recording.get_property_keys()},
+        dict(recording._annotations),
+        json.dumps(recording.to_dict(recursive=True), default=str, sort_keys=True),
+    )
+
+
+def _assert_same_state(before, after):
+    np.testing.assert_array_equal(before[0], after[0])
+    assert before[1].keys() == after[1].keys()
+    for key in before[1]:
+        np.testing.assert_array_equal(before[1][key], after[1][key])
+    assert before[2] == after[2]
+    assert before[3] == after[3]
+
+
+def test_dead_channel_warns_then_sorts_and_the_recording_is_untouched(ground_truth, tmp_path):
+    from spikeinterface_elvisort.pipeline import run_elvisort
+
+    memory, _ = ground_truth
+    traces = memory.get_traces().copy()
+    traces[:, 1] = 0.0
+    dead = numpy_recording(traces, memory.sampling_frequency, probe_from=memory)
+    before = _state(dead)
+    with pytest.warns(UserWarning, match=r"channel\(s\) \[1\] are flat \(dead\).*remove_channels"):
+        sorting = run_elvisort(dead, fast_params(**QUICK), folder=tmp_path)
+    assert sorting.get_num_units() >= 1
+    _assert_same_state(before, _state(dead))
+
+
 def test_pure_noise_gives_an_empty_sorting(tmp_path):
-    """32 channels of Gaussian noise: an empty (or near-empty) sorting, not an error."""
+    """32 channels of Gaussian noise: an empty sorting, not an error."""
     from spikeinterface_elvisort.pipeline import run_elvisort
 
     recording = numpy_recording(noise(num_samples=300_000, num_channels=32), 30_000.0)
     sorting = run_elvisort(recording, fast_params(), folder=tmp_path)
     assert sorting.get_num_segments() == 1
-    assert sorting.get_num_units() <= 1
-    assert sorting.to_spike_vector().size <= 20  # 10 s: at most a couple of spikes per second over 32 channels
+    assert sorting.get_num_units() == 0
 
 
 # -- out of memory -------------------------------------------------------------------------------------------------
@@ -292,59 +335,6 @@ def test_inference_out_of_memory_retries_with_smaller_batches(monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"model.encode: out of memory.*batches of 32"):
         latents = encode(model, snippets, torch.device("cpu"), batch_size=64)
     np.testing.assert_allclose(latents, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_one_channel(ground_truth, tmp_path):
-    from spikeinterface_elvisort.pipeline import run_elvisort
-
-    memory, _ = ground_truth
-    one = memory.select_channels(memory.channel_ids[:1])
-    sorting = run_elvisort(one, fast_params(**QUICK), folder=tmp_path)
-    assert sorting.get_num_units() >= 1
-    assert sorting.to_spike_vector()["sample_index"].max() < one.get_num_samples()
-
-
-def _state(recording):
-    """What run_sorter must leave as it found: traces, properties, annotations, the recording's description."""
-    return (
-        recording.get_traces().copy(),
-        {key: np.copy(recording.get_property(key)) for key in recording.get_property_keys()},
-        dict(recording._annotations),
-        json.dumps(recording.to_dict(recursive=True), default=str, sort_keys=True),
-    )
-
-
-def _assert_same_state(before, after):
-    np.testing.assert_array_equal(before[0], after[0])
-    assert before[1].keys() == after[1].keys()
-    for key in before[1]:
-        np.testing.assert_array_equal(before[1][key], after[1][key])
-    assert before[2] == after[2]
-    assert before[3] == after[3]
-
-
-def test_dead_channel_warns_then_sorts_and_the_recording_is_untouched(ground_truth, tmp_path):
-    from spikeinterface_elvisort.pipeline import run_elvisort
-
-    memory, _ = ground_truth
-    traces = memory.get_traces().copy()
-    traces[:, 1] = 0.0
-    dead = numpy_recording(traces, memory.sampling_frequency, probe_from=memory)
-    before = _state(dead)
-    with pytest.warns(UserWarning, match=r"channel\(s\) \[1\] are flat \(dead\).*remove_channels"):
-        sorting = run_elvisort(dead, fast_params(**QUICK), folder=tmp_path)
-    assert sorting.get_num_units() >= 1
-    _assert_same_state(before, _state(dead))
-
-
-def test_pure_noise_gives_an_empty_sorting(tmp_path):
-    """32 channels of Gaussian noise: an empty sorting, not an error."""
-    from spikeinterface_elvisort.pipeline import run_elvisort
-
-    recording = numpy_recording(noise(num_samples=300_000, num_channels=32), 30_000.0)
-    sorting = run_elvisort(recording, fast_params(), folder=tmp_path)
-    assert sorting.get_num_segments() == 1
-    assert sorting.get_num_units() == 0
 
 
 # -- faults: interrupted runs --------------------------------------------------------------------------------------
