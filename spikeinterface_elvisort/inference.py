@@ -6,6 +6,17 @@ import numpy as np
 
 
 def _batched(model, method: str, snippets: np.ndarray, device, batch_size: int, positions=None) -> np.ndarray:
+    """``model.<method>`` over ``snippets`` in batches; out of memory, smaller batches, then the CPU (with a
+    warning)."""
+    from .device import retry_on_out_of_memory
+
+    def run(batch_size_, device_):
+        return _batched_once(model, method, snippets, device_, batch_size_, positions)
+
+    return retry_on_out_of_memory(run, batch_size, device, f"model.{method}")
+
+
+def _batched_once(model, method: str, snippets: np.ndarray, device, batch_size: int, positions=None) -> np.ndarray:
     import torch
 
     model.to(device)

@@ -42,6 +42,8 @@ def load_model(path, device: str = "auto") -> "ElvisortModel":
             f"no ELVISort model at {str(path)!r}: give model.pt, the sorter_output folder of an elvisort run, or the "
             "run_sorter output folder (a run that found no units saves no model)"
         )
+    if file_path != path:  # found in a folder: only the model of a run that finished
+        _check_run_finished(file_path.parent.parent)
     try:
         network, checkpoint = load_checkpoint(file_path)
     except Exception as error:  # a corrupt or foreign file: say so, not a pickle traceback
@@ -51,6 +53,22 @@ def load_model(path, device: str = "auto") -> "ElvisortModel":
     if missing or network.classifier is None:
         raise ValueError(f"{str(file_path)!r} holds no complete ELVISort model (missing: {missing or ['classifier']})")
     return ElvisortModel(network, checkpoint, device=device, path=file_path)
+
+
+def _check_run_finished(run_folder: Path) -> None:
+    """A model found in a ``run_sorter`` folder is only used when that run finished without error."""
+    import json
+
+    if not (run_folder / "spikeinterface_params.json").is_file():
+        return  # not a run_sorter folder (run_elvisort called directly): nothing to check
+    rerun = ("rerun it (run_sorter(..., remove_existing_folder=True)), or give the model.pt file itself if you trust "
+             "it")
+    try:
+        log = json.loads((run_folder / "spikeinterface_log.json").read_text(encoding="utf8"))
+    except (OSError, ValueError):
+        raise ValueError(f"the run in {str(run_folder)!r} did not finish (interrupted?): {rerun}") from None
+    if log.get("error"):
+        raise ValueError(f"the run in {str(run_folder)!r} failed (see its spikeinterface_log.json): {rerun}")
 
 
 class ElvisortModel:

@@ -6,6 +6,7 @@ SpikeInterface merges the user's parameters into ``DEFAULT_PARAMS``, rejects unk
 
 from __future__ import annotations
 
+import math
 import numbers
 from os import PathLike
 from pathlib import Path
@@ -59,8 +60,8 @@ PARAMS = {
     "cache_preprocessing": Param(
         "auto",
         '"auto" | "memory" | "folder" | "no": where the preprocessed traces are cached. "auto" keeps them in memory '
-        "when they take less than a quarter of the available RAM, otherwise in sorter_output/, which bounds memory for "
-        "long recordings; 'no' recomputes the filter at every pass.",
+        "when they take less than 1 GiB and less than a quarter of the available RAM, otherwise in sorter_output/, "
+        "so that memory does not grow with the recording's duration; 'no' recomputes the filter at every pass.",
         "preprocessing",
     ),
     # detection
@@ -369,7 +370,7 @@ def check_declared(params: dict, declared: dict, sorter_name: str, choices=None,
         if isinstance(value, bool) or not ok_type:
             kind = "an integer" if integer else "a number"
             raise ValueError(f"{name}={value!r} must be {kind} {_describe_range(low, high)}")
-        if value < low or (high is not None and value > high):
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
             raise ValueError(f"{name}={value!r} is out of range; it must be {_describe_range(low, high)}")
     if "freq_min" in declared and params["freq_min"] >= params["freq_max"]:
         raise ValueError(f"freq_min={params['freq_min']} must be below freq_max={params['freq_max']}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import check_recording
 from .clustering import cluster_latents
 from .curation import (
     SplitTest, compute_templates, merge_similar_units, remove_duplicate_spikes, split_multimodal, template_snr,
@@ -63,6 +64,7 @@ def run_elvisort(recording, params: dict, folder: Path, verbose: bool = False):
         Same sampling frequency and segments as ``recording``.
     """
     folder = Path(folder)
+    check_recording(recording, params)  # cheap; run_sorter already ran it, direct callers need it too
     device = resolve_device(params["device"])
     rng = seed_everything(params["seed"])
     with torch_threads(params["torch_threads"]):  # the caller's process keeps its own setting
@@ -123,8 +125,8 @@ def _run(recording, params, folder, verbose, device, rng):
         save_history(folder / "history.csv", history)
         del preprocessed
         _drop_cache(cache_info)
-        return _sort_pretrained(target, params | {"pretrained_model": folder}, folder, verbose, device, stages,
-                                save=False)
+        return _sort_pretrained(target, params | {"pretrained_model": folder / "model.pt"}, folder, verbose, device,
+                                stages, save=False)
     if peaks.size >= 2 * params["clustering_min_cluster_size"]:
         model, history, final_labels, num_units, training_set = _learn_and_label(
             preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
@@ -201,6 +203,14 @@ def _front_end(recording, params, folder, job_kwargs, stages):
     noise_levels = get_noise_levels(
         preprocessed, return_in_uV=False, random_slices_kwargs={"seed": seed}, **(job_kwargs | {"progress_bar": False})
     )
+    if not np.all(np.isfinite(noise_levels)):
+        bad = np.asarray(recording.channel_ids)[~np.isfinite(noise_levels)].tolist()
+        raise ValueError(
+            f"the recording holds NaN or Inf samples (the noise level of channel(s) {bad} is not finite after "
+            "filtering): replace them before sorting, e.g. zero the bad periods "
+            "(spikeinterface.preprocessing.silence_periods(recording, list_periods, mode='zeros')) or remove the "
+            "channels (recording.remove_channels)"
+        )
     stages.done("preprocessing", "cache: %s", cache_info["mode"])
 
     # detection

@@ -51,14 +51,22 @@ def preprocess(
     return recording
 
 
+MAX_MEMORY_CACHE_BYTES = 2**30  # "auto" caches in memory only below this: memory must not grow with duration
+
+
 def cache_recording(recording, mode: str, folder: Path, job_kwargs: dict):
     """Cache preprocessed traces ("memory", "folder", "no" or "auto") with SpikeInterface's ``cache_preprocessing``.
 
-    "auto" uses memory when the traces take less than a quarter of the available RAM, otherwise a binary folder.
+    "auto" uses memory when the traces take less than 1 GiB and less than a quarter of the available RAM, otherwise a
+    binary folder, so that the memory of a run does not grow with the recording's duration.
     Returns the cached recording and the info needed to remove the cache afterwards.
     """
+    import psutil
     from spikeinterface.sortingcomponents.tools import cache_preprocessing
 
+    if mode == "auto":
+        limit = min(MAX_MEMORY_CACHE_BYTES, 0.25 * psutil.virtual_memory().available)
+        mode = "memory" if recording.get_total_memory_size() < limit else "folder"
     si_mode = {"no": "no-cache"}.get(mode, mode)
     return cache_preprocessing(recording, mode=si_mode, memory_limit=0.25, folder=Path(folder), job_kwargs=job_kwargs)
 

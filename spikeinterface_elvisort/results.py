@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,7 +45,11 @@ def save_checkpoint(file_path: Path, model, model_name: str, history: list[dict]
         "version": __version__,
     }
     checkpoint.update(extra or {})
-    torch.save(checkpoint, file_path)
+    # write, then rename: a run killed while saving leaves the previous file (or none), never a truncated one
+    file_path = Path(file_path)
+    partial = file_path.with_name(file_path.name + ".partial")
+    torch.save(checkpoint, partial)
+    os.replace(partial, file_path)
 
 
 def load_checkpoint(file_path: Path):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 from importlib.util import find_spec
 from pathlib import Path
 
 from spikeinterface.sorters.internal.si_based import ComponentsBasedSorter
 
+from .checks import check_recording
 from .params import DEFAULT_PARAMS, PARAMS_DESCRIPTION, check_params
 from .ssae.params import SSAE_DEFAULT_PARAMS, SSAE_PARAMS_DESCRIPTION, check_ssae_params
 
@@ -40,18 +44,64 @@ class ElvisortSorter(ComponentsBasedSorter):
         return params.get("device", "auto") != "cpu"
 
     @classmethod
+    def initialize_folder(cls, recording, output_folder, verbose, remove_existing_folder):
+        # SpikeInterface's own message ("Folder ... already exists") does not say what to do
+        folder = Path(output_folder if output_folder is not None else f"{cls.sorter_name}_output").absolute()
+        if folder.is_dir() and not remove_existing_folder:
+            raise ValueError(
+                f"the output folder {str(folder)!r} already exists: pass remove_existing_folder=True to replace it, or "
+                "choose another folder (read an earlier result with spikeinterface.sorters.read_sorter_folder)"
+            )
+        return super().initialize_folder(recording, output_folder, verbose, remove_existing_folder)
+
+    @classmethod
     def _check_params(cls, recording, output_folder, params):
-        return check_params(params)
+        params = check_params(params)
+        check_recording(recording, params)
+        return params
 
     @classmethod
     def _run_from_folder(cls, sorter_output_folder, params, verbose):
         from .pipeline import run_elvisort
 
+        cls._run_and_save(run_elvisort, sorter_output_folder, params, verbose)
+
+    @classmethod
+    def _run_and_save(cls, run, sorter_output_folder, params, verbose):
+        """Run the pipeline, then save the sorting into a temporary sibling renamed to ``sorting`` at the very end:
+        an interrupted run never leaves a ``sorting`` folder that reads as a result."""
         sorter_output_folder = Path(sorter_output_folder)
         recording = cls.load_recording_from_folder(sorter_output_folder.parent, with_warnings=False)
         with _log_to(sorter_output_folder / f"{cls.sorter_name}.log", verbose):
-            sorting = run_elvisort(recording, params, folder=sorter_output_folder, verbose=verbose)
-        sorting.save(folder=sorter_output_folder / "sorting")
+            sorting = run(recording, params, folder=sorter_output_folder, verbose=verbose)
+        incomplete = sorter_output_folder / "sorting.incomplete"
+        if incomplete.exists():
+            shutil.rmtree(incomplete)
+        sorting.save(folder=incomplete)
+        os.replace(incomplete, sorter_output_folder / "sorting")
+
+    @classmethod
+    def get_result_from_folder(cls, output_folder, register_recording=True, sorting_info=True):
+        """SpikeInterface's reader, with a message that says what to do when the run did not finish."""
+        from spikeinterface.sorters.utils import SpikeSortingError
+
+        output_folder = Path(output_folder)
+        log_file = output_folder / "spikeinterface_log.json"
+        rerun = (f"rerun with run_sorter({cls.sorter_name!r}, recording, folder={str(output_folder)!r}, "
+                 "remove_existing_folder=True)")
+        try:
+            log = json.loads(log_file.read_text(encoding="utf8"))
+        except (OSError, ValueError):
+            raise SpikeSortingError(
+                f"{str(output_folder)!r} holds no finished {cls.sorter_name} run (no readable spikeinterface_log.json: "
+                f"the run was interrupted or is still running): {rerun}"
+            ) from None
+        if not log.get("error") and not (output_folder / "sorter_output" / "sorting").is_dir():
+            raise SpikeSortingError(
+                f"{str(output_folder)!r} has no sorter_output/sorting (deleted, e.g. by delete_output_folder=True?): "
+                f"{rerun}"
+            )
+        return super().get_result_from_folder(output_folder, register_recording, sorting_info)
 
 
 class SsaeSorter(ElvisortSorter):
@@ -65,17 +115,15 @@ class SsaeSorter(ElvisortSorter):
 
     @classmethod
     def _check_params(cls, recording, output_folder, params):
-        return check_ssae_params(params)
+        params = check_ssae_params(params)
+        check_recording(recording, params)
+        return params
 
     @classmethod
     def _run_from_folder(cls, sorter_output_folder, params, verbose):
         from .ssae.pipeline import run_ssae
 
-        sorter_output_folder = Path(sorter_output_folder)
-        recording = cls.load_recording_from_folder(sorter_output_folder.parent, with_warnings=False)
-        with _log_to(sorter_output_folder / f"{cls.sorter_name}.log", verbose):
-            sorting = run_ssae(recording, params, folder=sorter_output_folder, verbose=verbose)
-        sorting.save(folder=sorter_output_folder / "sorting")
+        cls._run_and_save(run_ssae, sorter_output_folder, params, verbose)
 
 
 class _log_to:

@@ -36,8 +36,30 @@ def train_model(
     model, snippets, config: TrainConfig, device, labels=None, positions=None, verbose: bool = False
 ) -> list[dict]:
     """Train ``model`` in place on ``snippets`` (num, num_samples, num_channels); ``labels`` (num,) with -1 for
-    unlabelled events feeds the classifier branch, ``positions`` (num, 2) its side features and DEC's. Returns one dict per epoch: stage, epoch, each unweighted loss
-    term (mean over batches), weighted total and the KL weight used."""
+    unlabelled events feeds the classifier branch, ``positions`` (num, 2) its side features and DEC's. Returns one
+    dict per epoch: stage, epoch, each unweighted loss term (mean over batches), weighted total and the KL weight
+    used.
+
+    When the device runs out of memory, training starts again from the initial weights with half the batch size,
+    then on the CPU, with a warning each time (see :func:`~spikeinterface_elvisort.device.retry_on_out_of_memory`).
+    """
+    from dataclasses import replace
+
+    from .device import retry_on_out_of_memory
+
+    initial = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+    attempts = []
+
+    def attempt(batch_size, device_):
+        if attempts:  # a retry starts from the weights the first attempt started from
+            model.load_state_dict(initial)
+        attempts.append(batch_size)
+        return _train(model, snippets, replace(config, batch_size=batch_size), device_, labels, positions, verbose)
+
+    return retry_on_out_of_memory(attempt, config.batch_size, device, f"{config.stage} training")
+
+
+def _train(model, snippets, config: TrainConfig, device, labels, positions, verbose: bool) -> list[dict]:
     import torch
     from tqdm.auto import tqdm
 
@@ -66,6 +88,7 @@ def train_model(
             weights["kl"] = weights.get("kl", 1.0) * min(1.0, (epoch + 1) / config.kl_warmup_epochs)
         if config.before_epoch is not None:
             config.before_epoch(epoch)
+            model.to(device)  # the callback may have run the model elsewhere (after a fall back to the CPU)
         if config.alternate_labelled:
             batches = _alternating_batches(labels, config.batch_size, generator)
         else:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_recording
 from ..device import resolve_device, seed_everything, torch_threads
 from ..inference import encode
 from ..models import build_model
@@ -50,6 +51,7 @@ def run_ssae(recording, params: dict, folder: Path, verbose: bool = False):
         Same sampling frequency and segments as ``recording``.
     """
     folder = Path(folder)
+    check_recording(recording, params)  # cheap; run_sorter already ran it, direct callers need it too
     folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device(params["device"])
     rng = seed_everything(params["seed"])
