@@ -144,7 +144,7 @@ class SplitTest:
 def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units: int, nbefore: int, nafter: int,
                      noise_levels: np.ndarray, *, num_channels: int = 8, num_features: int = 3,
                      max_p_value: float = 1e-3, min_separation: float = 6.0, min_size: int = 20, max_depth: int = 3,
-                     seed: int = 0):
+                     max_events: int | None = None, seed: int = 0):
     """Split clusters whose waveforms hold two populations: the counterpart of ``SplitTest`` for one cluster.
 
     Each cluster's events are cut on its ``num_channels`` strongest channels (in units of each channel's noise
@@ -152,7 +152,9 @@ def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units
     the projection on the line between the two centres is not unimodal (Hartigan's dip test, p < ``max_p_value``),
     the two halves lie ``min_separation`` pooled standard deviations apart along it (k-means cuts one Gaussian
     cluster into halves about 2.7 apart; two units sit much further apart) and both halves hold ``min_size``
-    events. Halves are tested again, ``max_depth`` levels deep.
+    events. Halves are tested again, ``max_depth`` levels deep. With ``max_events``, a larger cluster is tested on a
+    random sample of that many events; when it splits, its other events get -1 (for the clean-up, where templates
+    need only a sample and template matching then finds every spike).
 
     Returns
     -------
@@ -190,16 +192,22 @@ def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units
 
     new_labels = np.full(labels.shape, -1, dtype=np.int64)
     num_new = 0
+    rng = np.random.default_rng(seed)
     for unit in range(num_units):
-        members = np.flatnonzero(labels == unit)
+        members = everyone = np.flatnonzero(labels == unit)
         if members.size == 0:
             continue
+        if max_events is not None and members.size > max_events:
+            members = np.sort(rng.choice(members, max_events, replace=False))
         channels = np.sort(np.argsort(np.abs(templates[unit]).max(axis=0) / noise_levels, kind="stable")[::-1][
             :num_channels])
         events = peaks[members].copy()
         events["channel_index"] = 0
         waveforms = extract_snippets(recording, events, channels[None, :], nbefore, nafter) / noise_levels[channels]
-        for part in parts(members, waveforms, 0):
+        found = parts(members, waveforms, 0)
+        if len(found) == 1:
+            found = [everyone]
+        for part in found:
             new_labels[part] = num_new
             num_new += 1
     return new_labels, num_new

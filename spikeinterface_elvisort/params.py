@@ -171,7 +171,8 @@ PARAMS = {
         True,
         "After latent clustering, split clusters whose waveforms hold two populations (k-means in two on their "
         "principal components, kept when Hartigan's dip test rejects one mode at p < 0.001 and the halves are at "
-        "least 6 standard deviations apart; curation.split_multimodal).",
+        "least 6 standard deviations apart; curation.split_multimodal). The clean-up repeats the split on a sample of "
+        "each labelled unit's spikes when template matching is on.",
         "clustering",
     ),
     "clustering_confidence": Param(

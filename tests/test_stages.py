@@ -375,6 +375,12 @@ def test_split_multimodal_separates_a_mixed_cluster_only():
     assert len(set(labels[mixed == 1])) == 1  # unit A alone stays whole
     again, num_again = split_multimodal(recording, peaks, mixed, 2, nbefore, nafter, np.ones(6))
     assert num_again == num and np.array_equal(again, labels)  # deterministic
+    # tested on a sample (the clean-up's mode): a cluster that splits keeps only its sampled events, one that does not
+    # split keeps all of them
+    sampled, num_sampled = split_multimodal(recording, peaks, mixed, 2, nbefore, nafter, np.ones(6), max_events=150)
+    assert num_sampled == 3
+    assert (sampled[mixed == 0] >= 0).sum() == 150
+    assert np.array_equal(sampled[mixed == 1] >= 0, np.ones((mixed == 1).sum(), dtype=bool))
 
 # -- clustering --------------------------------------------------------------------------------------------------
 
