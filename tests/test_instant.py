@@ -15,7 +15,11 @@ def trained(small_recording, tmp_path_factory, sorter_device):
 
     recording, ground_truth = small_recording
     folder = tmp_path_factory.mktemp("instant") / "run"
-    sorting = ss.run_sorter("elvisort", recording, folder=folder, **fast_params(sorter_device, seed=3))
+    # clustering_split=False: with the split, this 2-epoch model's run keeps 936 of 2295 events as spikes and the
+    # retrained head, trained mostly on non-spike targets, labels every event noise (a known weakness of the saved
+    # model's head on tiny models, recorded in the issue notes); these tests are about inference, not clustering
+    sorting = ss.run_sorter("elvisort", recording, folder=folder,
+                            **fast_params(sorter_device, seed=3, clustering_split=False))
     return folder, recording, ground_truth, sorting
 
 
