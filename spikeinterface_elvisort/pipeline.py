@@ -578,8 +578,9 @@ def _clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter
     if num_units == 0:
         return peaks, labels, 0, empty_templates
 
-    if params["clustering_split"] and params["matching_method"] != "none":
-        # units the classifier joined: split them on a sample of their spikes (template matching finds the rest)
+    if params.get("clustering_split", False) and params["matching_method"] != "none":
+        # units the classifier joined (elvisort; ssae has no such parameter): split them on a sample of their spikes
+        # (template matching finds the rest)
         labels, num_units = split_multimodal(
             recording, peaks, labels, num_units, nbefore, nafter, noise_levels, max_events=1000,
             seed=int(params["seed"]),
