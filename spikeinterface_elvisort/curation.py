@@ -61,6 +61,32 @@ def _aligned_distance(first, second, max_lag):
     return best, best_lag
 
 
+def _strongest_channels(amplitude: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest values of ``amplitude`` (per channel, in noise units), in channel order."""
+    return np.sort(np.argsort(amplitude, kind="stable")[::-1][:count])
+
+
+def _sample(members: np.ndarray, max_events: int | None, rng: np.random.Generator) -> np.ndarray:
+    """At most ``max_events`` of ``members`` drawn at random, in order (all of them when there are fewer)."""
+    if max_events is None or members.size <= max_events:
+        return members
+    return np.sort(rng.choice(members, max_events, replace=False))
+
+
+def _cut(recording, peaks, members, channels, nbefore, nafter, noise_levels):
+    """Waveforms (num, nbefore + nafter, len(channels)) of ``peaks[members]`` on ``channels``, in noise units."""
+    from .snippets import extract_snippets
+
+    events = peaks[members].copy()
+    events["channel_index"] = 0
+    return extract_snippets(recording, events, channels[None, :], nbefore, nafter) / noise_levels[channels]
+
+
+def _separation(first: np.ndarray, second: np.ndarray) -> float:
+    """Distance between the means of two 1-d samples in pooled standard deviations."""
+    return abs(first.mean() - second.mean()) / max(np.sqrt(0.5 * (first.var() + second.var())), 1e-12)
+
+
 class SplitTest:
     """Are two groups of events two units, although their templates are close? The ``distinct`` test of
     ``merge_similar_units``.
@@ -106,25 +132,20 @@ class SplitTest:
 
     def projections(self, units_a, units_b, template_a, template_b):
         """The projections of the two groups' sampled events on the template difference, in noise units."""
-        from .snippets import extract_snippets
-
         _, lag = _aligned_distance(template_a, template_b, self.max_lag)
         in_a, in_b = _overlap(lag, template_a.shape[0])
         amplitude = np.maximum(np.abs(template_a).max(axis=0), np.abs(template_b).max(axis=0)) / self.noise_levels
-        channels = np.sort(np.argsort(amplitude, kind="stable")[::-1][: self.num_channels])
+        channels = _strongest_channels(amplitude, self.num_channels)
         scale = self.noise_levels[channels]
         axis = (template_a[in_a][:, channels] - template_b[in_b][:, channels]) / scale
         axis = axis / max(np.linalg.norm(axis), 1e-12)
         rng = np.random.default_rng(self.seed)
         out = []
         for units, window in ((units_a, in_a), (units_b, in_b)):
-            members = np.flatnonzero(np.isin(self.labels, units))
-            if members.size > self.max_events:
-                members = np.sort(rng.choice(members, self.max_events, replace=False))
-            events = self.peaks[members].copy()
-            events["channel_index"] = 0
-            waveforms = extract_snippets(self.recording, events, channels[None, :], self.nbefore, self.nafter)
-            out.append(np.einsum("nsc,sc->n", waveforms[:, window] / scale, axis))
+            members = _sample(np.flatnonzero(np.isin(self.labels, units)), self.max_events, rng)
+            waveforms = _cut(self.recording, self.peaks, members, channels, self.nbefore, self.nafter,
+                             self.noise_levels)
+            out.append(np.einsum("nsc,sc->n", waveforms[:, window], axis))
         return out
 
     def __call__(self, units_a, units_b, template_a, template_b) -> bool:
@@ -133,9 +154,7 @@ class SplitTest:
         first, second = self.projections(units_a, units_b, template_a, template_b)
         if first.size < 2 or second.size < 2:
             return False
-        spread = np.sqrt(0.5 * (first.var() + second.var()))
-        separation = abs(first.mean() - second.mean()) / max(spread, 1e-12)
-        if separation < self.min_separation:
+        if _separation(first, second) < self.min_separation:
             return False
         _, p_value = diptest.diptest(np.concatenate([first, second]).astype(np.float64))
         return bool(p_value < self.max_p_value)
@@ -166,8 +185,6 @@ def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
-    from .snippets import extract_snippets
-
     noise_levels = np.maximum(np.asarray(noise_levels, dtype=np.float64), 1e-12)
     templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter)
 
@@ -183,8 +200,7 @@ def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units
             return [members]
         projection = (features @ axis).astype(np.float64)
         _, p_value = diptest.diptest(projection)
-        first, second = projection[halves.labels_ == 0], projection[halves.labels_ == 1]
-        separation = abs(first.mean() - second.mean()) / max(np.sqrt(0.5 * (first.var() + second.var())), 1e-12)
+        separation = _separation(projection[halves.labels_ == 0], projection[halves.labels_ == 1])
         if p_value >= max_p_value or separation < min_separation:
             return [members]
         return [part for half in (0, 1)
@@ -194,17 +210,12 @@ def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units
     num_new = 0
     rng = np.random.default_rng(seed)
     for unit in range(num_units):
-        members = everyone = np.flatnonzero(labels == unit)
-        if members.size == 0:
+        everyone = np.flatnonzero(labels == unit)
+        if everyone.size == 0:
             continue
-        if max_events is not None and members.size > max_events:
-            members = np.sort(rng.choice(members, max_events, replace=False))
-        channels = np.sort(np.argsort(np.abs(templates[unit]).max(axis=0) / noise_levels, kind="stable")[::-1][
-            :num_channels])
-        events = peaks[members].copy()
-        events["channel_index"] = 0
-        waveforms = extract_snippets(recording, events, channels[None, :], nbefore, nafter) / noise_levels[channels]
-        found = parts(members, waveforms, 0)
+        members = _sample(everyone, max_events, rng)
+        channels = _strongest_channels(np.abs(templates[unit]).max(axis=0) / noise_levels, num_channels)
+        found = parts(members, _cut(recording, peaks, members, channels, nbefore, nafter, noise_levels), 0)
         if len(found) == 1:
             found = [everyone]
         for part in found:
