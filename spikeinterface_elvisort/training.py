@@ -30,6 +30,9 @@ class TrainConfig:
     # 001's v1: "we train by alternating batches from both datasets"); needs ``labels``
     alternate_labelled: bool = False
     before_epoch: Callable[[int], None] | None = None  # called with the epoch index (Atom loss refits centroids)
+    # classifier head only: weigh each class by the inverse of its count, so that a class holding most targets (the
+    # non-spike class of a sorting that kept few events) cannot win by labelling everything
+    class_balanced: bool = False
 
 
 def train_model(
@@ -159,6 +162,13 @@ def _train_classifier_head(model, snippets, labels, positions, config: TrainConf
     latents = torch.as_tensor(encode(model, snippets[known], device), device=device)
     features = model.embed(latents, torch.as_tensor(positions[known], dtype=torch.float32, device=device))
     target = torch.as_tensor(np.asarray(labels)[known], dtype=torch.long, device=device)
+    class_weights = None
+    if config.class_balanced:  # scikit-learn's "balanced": num / (classes present x count); absent classes weigh 0
+        counts = np.bincount(np.asarray(labels)[known], minlength=model.config.num_classes).astype(np.float64)
+        present = counts > 0
+        balanced = np.zeros(counts.size)
+        balanced[present] = known.size / (present.sum() * counts[present])
+        class_weights = torch.as_tensor(balanced, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam(model.classifier.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     history = []
@@ -168,7 +178,7 @@ def _train_classifier_head(model, snippets, labels, positions, config: TrainConf
         total, count = 0.0, 0
         for start in range(0, known.size, config.batch_size):
             batch = order[start : start + config.batch_size]
-            loss = F.cross_entropy(model.classifier(features[batch]), target[batch])
+            loss = F.cross_entropy(model.classifier(features[batch]), target[batch], weight=class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

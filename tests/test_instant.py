@@ -15,11 +15,7 @@ def trained(small_recording, tmp_path_factory, sorter_device):
 
     recording, ground_truth = small_recording
     folder = tmp_path_factory.mktemp("instant") / "run"
-    # clustering_split=False: with the split, this 2-epoch model's run keeps 936 of 2295 events as spikes and the
-    # retrained head, trained mostly on non-spike targets, labels every event noise (a known weakness of the saved
-    # model's head on tiny models, recorded in the issue notes); these tests are about inference, not clustering
-    sorting = ss.run_sorter("elvisort", recording, folder=folder,
-                            **fast_params(sorter_device, seed=3, clustering_split=False))
+    sorting = ss.run_sorter("elvisort", recording, folder=folder, **fast_params(sorter_device, seed=3))
     return folder, recording, ground_truth, sorting
 
 
@@ -121,9 +117,10 @@ def test_sort_is_inference_only_deterministic_and_accurate(model, trained):
     assert all(np.array_equal(weights[k], v) for k, v in model.network.state_dict().items())  # no training
     assert list(first.unit_ids) == list(model.unit_ids)
     assert first.sampling_frequency == recording.sampling_frequency
-    # 10 units on 4 channels, a 2-epoch model: the full run (template matching) scores 0.10 over the 10 units, one
-    # forward pass of its classifier 0.27 (3 units at 0.85-0.96)
-    assert _mean_accuracy(ground_truth, first) >= 0.2
+    # 10 units on 4 channels, a 2-epoch model: the full run (template matching) scores 0.30 over the 10 units, one
+    # forward pass of its classifier 0.20 (4 units). Before the saved head was trained class-balanced it labelled
+    # every event noise here (2 spikes, 0.0): the final sorting keeps about 40% of the training events as spikes
+    assert _mean_accuracy(ground_truth, first) >= 0.15
 
 
 def test_sort_keeps_segments(model, two_segment_recording):

@@ -200,3 +200,26 @@ def test_save_history_writes_one_row_per_epoch_with_every_loss_column(tmp_path):
     assert [float(row["reconstruction"]) for row in rows] == [10.0, 8.0, 7.0]
     assert rows[0]["classification"] == "" and float(rows[2]["classification"]) == 1.1
     assert [row["stage"] for row in rows] == ["vae", "vae", "classifier"]
+
+
+def test_class_balanced_head_does_not_drown_small_classes(data, torch_device):
+    """The saved model's head is retrained with most targets in the non-spike class when the final sorting keeps
+    few events: weighted by inverse class counts, the few labelled events of a unit still win their class."""
+    snippets, labels, positions = data
+    model = _model(snippets)
+    train_model(model, snippets, TrainConfig(epochs=3, batch_size=32, learning_rate=3e-3, weights={"kl": 0.1}),
+                torch_device)
+    # unit 0: 12 of its 100 events labelled; the 288 others (units 1 and 2 too) in the non-spike class 1
+    labelled = np.flatnonzero(labels == 0)[:12]
+    targets = np.ones(labels.size, dtype=np.int64)
+    targets[labelled] = 0
+    recall = {}
+    for balanced in (False, True):
+        torch.manual_seed(0)
+        model.set_num_classes(2)
+        train_model(model, snippets, TrainConfig(epochs=10, batch_size=32, learning_rate=3e-3, trainable="classifier",
+                                                 class_balanced=balanced), torch_device, labels=targets,
+                    positions=positions)
+        predicted = predict_proba(model, snippets, positions, torch_device, batch_size=64).argmax(axis=1)
+        recall[balanced] = (predicted[labels == 0] == 0).mean()
+    assert recall[True] >= 0.8 and recall[True] >= recall[False] + 0.3, recall
