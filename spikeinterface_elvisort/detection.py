@@ -38,16 +38,15 @@ def detect_spikes(
         "algorithm1": the snippet span st; one event per span.
     """
     if method == "locally_exclusive":
-        from spikeinterface.sortingcomponents.peak_detection import detect_peaks
+        from spikeinterface.core.job_tools import fix_job_kwargs
+        from spikeinterface.core.node_pipeline import run_node_pipeline
 
-        method_kwargs = dict(
-            noise_levels=noise_levels,
-            peak_sign=peak_sign,
-            detect_threshold=detect_threshold,
-            exclude_sweep_ms=exclude_sweep_ms,
-            radius_um=radius_um,
+        node = _cached_locally_exclusive_class()(
+            recording, peak_sign=peak_sign, detect_threshold=detect_threshold, exclude_sweep_ms=exclude_sweep_ms,
+            radius_um=radius_um, noise_levels=noise_levels,
         )
-        peaks = detect_peaks(recording, method="locally_exclusive", method_kwargs=method_kwargs, job_kwargs=job_kwargs)
+        peaks = run_node_pipeline(recording, [node], fix_job_kwargs(job_kwargs or {}),
+                                  job_name="detect peaks (locally_exclusive)", squeeze_output=True)
     elif method == "algorithm1":
         peaks = _detect_algorithm1(recording, noise_levels, peak_sign, detect_threshold, snippet_samples)
     else:
@@ -194,6 +193,35 @@ def _locally_exclusive_kernel():
 
 
 _KERNEL = None
+_NODE_CLASS = None
+
+
+def _cached_locally_exclusive_class():
+    """SpikeInterface's "locally_exclusive" peak detector node with the disk-cached kernel above: the same peaks
+    (same thresholds, margins and chunks), without the 10 s or so that SpikeInterface's uncached kernel spends
+    compiling in every new process. Built on first use so that importing this module does not import
+    spikeinterface's sorting components."""
+    global _NODE_CLASS
+    if _NODE_CLASS is None:
+        from spikeinterface.sortingcomponents.peak_detection.locally_exclusive import LocallyExclusivePeakDetector
+
+        class CachedLocallyExclusivePeakDetector(LocallyExclusivePeakDetector):
+            need_first_call_before_pipeline = False
+
+            def compute(self, traces, start_frame, end_frame, segment_index, max_margin):
+                kernel = _locally_exclusive_kernel()
+                samples, channels = kernel(traces, self.peak_sign in ("neg", "both"),
+                                           self.peak_sign in ("pos", "both"), self.abs_thresholds,
+                                           self.exclude_sweep_size, self.neighbours_mask)
+                peaks = np.zeros(samples.size, dtype=self.get_dtype())
+                peaks["sample_index"] = samples
+                peaks["channel_index"] = channels
+                peaks["amplitude"] = traces[samples, channels]
+                peaks["segment_index"] = segment_index
+                return (peaks,)
+
+        _NODE_CLASS = CachedLocallyExclusivePeakDetector
+    return _NODE_CLASS
 
 
 def locally_exclusive_peaks(traces: np.ndarray, peak_sign: str, abs_thresholds: np.ndarray, exclude_sweep_size: int,

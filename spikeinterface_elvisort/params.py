@@ -245,11 +245,21 @@ PARAMS = {
     ),
     "job_kwargs": Param(
         {},
-        "SpikeInterface job kwargs for the chunked stages (n_jobs, chunk_duration, ...). progress_bar follows "
-        "verbose.",
+        "SpikeInterface job kwargs for the chunked stages (filtering and caching, detection, template matching; "
+        "n_jobs, pool_engine, chunk_duration, ...). Unless given here, they run in one thread per core "
+        "(n_jobs=-1, pool_engine='thread'), whatever SpikeInterface's global job kwargs say; the result does not "
+        "depend on n_jobs. progress_bar follows verbose.",
         "run",
     ),
 }
+
+
+def sorter_job_kwargs(job_kwargs: dict, verbose: bool) -> dict:
+    """The job kwargs the chunked stages run with: one thread per core unless ``job_kwargs`` says otherwise (the
+    sorter parameter), SpikeInterface's defaults for the rest, progress bars when ``verbose``."""
+    from spikeinterface.core.job_tools import fix_job_kwargs
+
+    return fix_job_kwargs({"n_jobs": -1, "pool_engine": "thread"} | dict(job_kwargs)) | {"progress_bar": verbose}
 
 DEFAULT_PARAMS = {name: param.default for name, param in PARAMS.items()}
 PARAMS_DESCRIPTION = {name: param.description for name, param in PARAMS.items()}

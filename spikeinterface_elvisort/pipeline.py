@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .detection import detect_spikes
 from .device import resolve_device, seed_everything, torch_threads
 from .inference import encode, predict_proba
 from .models import build_model
+from .params import sorter_job_kwargs
 from .preprocessing import cache_recording, estimate_motion, preprocess
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks
@@ -72,8 +74,6 @@ def run_elvisort(recording, params: dict, folder: Path, verbose: bool = False):
 
 
 def _run(recording, params, folder, verbose, device, rng):
-    from spikeinterface.core.job_tools import fix_job_kwargs
-
     stages = _Stages()
     if params["pretrained_model"] is not None:
         return _sort_pretrained(recording, params, folder, verbose, device, stages)
@@ -83,8 +83,7 @@ def _run(recording, params, folder, verbose, device, rng):
         # supervised: learn from the labelled recording (this one unless training_recording is given), then sort
         # `target` with the trained model
         labelled, recording = _read_labels(params, target)
-    job_kwargs = fix_job_kwargs(params["job_kwargs"])
-    job_kwargs["progress_bar"] = verbose
+    job_kwargs = sorter_job_kwargs(params["job_kwargs"], verbose)
     sampling_frequency = recording.sampling_frequency
     num_segments = recording.get_num_segments()
     nbefore = int(round(params["ms_before"] * sampling_frequency / 1000.0))
@@ -438,7 +437,7 @@ def _classifier_for_units(model, training_set, sorting, params, device, verbose)
     _, targets = _label_training_set(model, training_set, sorting)
     config = TrainConfig(epochs=params["train_classifier_epochs"], batch_size=params["train_batch_size"],
                          learning_rate=params["train_learning_rate"], trainable="classifier", seed=int(params["seed"]),
-                         stage="final classifier")
+                         stage="final classifier", class_balanced=True)
     return train_model(model, training_set["snippets"], config, device, labels=targets,
                        positions=training_set["positions"], verbose=verbose)
 
@@ -689,19 +688,20 @@ def _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs):
     spikes["segment_index"] = events["segment_index"]
     sorting = NumpySorting(spikes, recording.sampling_frequency, templates.unit_ids)
     job_kwargs = job_kwargs | {"progress_bar": False}
-    analyzer = final_cleaning_circus(
-        recording,
-        sorting,
-        templates,
-        amplitude_scalings=events["amplitude"],
-        noise_levels=noise_levels,
-        similarity_kwargs={"method": "l1", "support": "union", "max_lag_ms": 0.3},
-        sparsity_overlap=0.5,
-        censor_ms=3.0,
-        max_distance_um=50,
-        template_diff_thresh=np.arange(0.05, 0.4, 0.05),
-        job_kwargs=job_kwargs,
-    )
+    with _numpy_template_similarity(templates.unit_ids.size):
+        analyzer = final_cleaning_circus(
+            recording,
+            sorting,
+            templates,
+            amplitude_scalings=events["amplitude"],
+            noise_levels=noise_levels,
+            similarity_kwargs={"method": "l1", "support": "union", "max_lag_ms": 0.3},
+            sparsity_overlap=0.5,
+            censor_ms=3.0,
+            max_distance_um=50,
+            template_diff_thresh=np.arange(0.05, 0.4, 0.05),
+            job_kwargs=job_kwargs,
+        )
     # map every unit to its merged unit: the merged spikes (final_cleaning_circus may censor some of them) are found
     # among the events by (segment, sample); each original unit goes to the merged unit most of its spikes went to
     merged_vector = analyzer.sorting.to_spike_vector()
@@ -720,3 +720,27 @@ def _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs):
     mapping = np.full(old_to_new.size, -1)
     mapping[old_to_new >= 0] = new_index
     return mapping[labels], int(new_index.max()) + 1
+
+
+# beyond this many units, SpikeInterface's compiled kernel pays back its compilation time
+NUMPY_SIMILARITY_MAX_UNITS = 200
+
+
+@contextmanager
+def _numpy_template_similarity(num_units):
+    """SpikeInterface's template similarity, computed with its NumPy implementation instead of its numba kernel
+    (``parallel=True``, not cached), which spends 20-40 s compiling in every new process to compare a few dozen
+    templates that NumPy compares in a tenth of a second (the two agree within 1e-6). Left as it is for large unit
+    counts, or when SpikeInterface no longer has these private functions."""
+    from spikeinterface.postprocessing import template_similarity as module
+
+    numpy_version = getattr(module, "_compute_similarity_matrix_numpy", None)
+    original = getattr(module, "_compute_similarity_matrix", None)
+    if numpy_version is None or original is None or num_units > NUMPY_SIMILARITY_MAX_UNITS:
+        yield
+        return
+    module._compute_similarity_matrix = numpy_version
+    try:
+        yield
+    finally:
+        module._compute_similarity_matrix = original

@@ -250,3 +250,15 @@ def test_resolve_device_rejects_a_missing_gpu():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="cuda:99"):
         resolve_device("cuda:99")
+
+
+def test_chunked_stages_use_every_core_in_threads_unless_told_otherwise():
+    import os
+
+    from spikeinterface_elvisort.params import sorter_job_kwargs
+
+    default = sorter_job_kwargs({}, verbose=False)
+    assert default["n_jobs"] == os.cpu_count() and default["pool_engine"] == "thread"
+    assert default["progress_bar"] is False and sorter_job_kwargs({}, verbose=True)["progress_bar"] is True
+    given = sorter_job_kwargs({"n_jobs": 1, "chunk_duration": "500ms"}, verbose=False)
+    assert given["n_jobs"] == 1 and given["chunk_duration"] == "500ms"

@@ -94,6 +94,25 @@ def test_detect_spikes_keeps_segments_and_sorts_by_segment_then_sample(method):
     assert peaks["channel_index"].tolist() == [p[2] for p in expected]
 
 
+@pytest.mark.parametrize("peak_sign", ["neg", "both"])
+def test_locally_exclusive_detection_finds_spikeinterfaces_peaks(peak_sign):
+    """Our node (the disk-cached kernel) must find exactly what SpikeInterface's "locally_exclusive" finds, chunk
+    edges included, on a busy recording with noise levels that differ per channel."""
+    from spikeinterface.core import generate_ground_truth_recording, get_noise_levels
+    from spikeinterface.sortingcomponents.peak_detection import detect_peaks
+
+    recording, _ = generate_ground_truth_recording(num_channels=8, durations=[6.0, 3.0], num_units=12, seed=2)
+    noise_levels = get_noise_levels(recording, return_in_uV=False, random_slices_kwargs={"seed": 0})
+    kwargs = dict(peak_sign=peak_sign, detect_threshold=4.0, exclude_sweep_ms=0.5, radius_um=50.0)
+    job_kwargs = {"n_jobs": 2, "pool_engine": "thread", "chunk_duration": "0.5s", "progress_bar": False}
+    ours = detect_spikes(recording, noise_levels, **kwargs, job_kwargs=job_kwargs)
+    theirs = detect_peaks(recording, method="locally_exclusive", method_kwargs=kwargs | {"noise_levels": noise_levels},
+                          job_kwargs=job_kwargs)
+    theirs = theirs[np.lexsort((theirs["sample_index"], theirs["segment_index"]))]
+    assert ours.size > 500
+    assert np.array_equal(ours, theirs)
+
+
 def test_detect_spikes_rejects_an_unknown_method():
     recording = _probe_recording([np.zeros((1000, 4))])
     with pytest.raises(ValueError, match="method"):
@@ -512,3 +531,22 @@ def test_cached_locally_exclusive_kernel_equals_spikeinterface(peak_sign):
     theirs = detect_peaks_numba_locally_exclusive_on_chunk(traces, peak_sign, thresholds, 15, mask)
     assert ours[0].size > 40
     assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])
+
+
+def test_template_similarity_runs_without_compiling_and_is_restored():
+    from spikeinterface.postprocessing import template_similarity as module
+
+    from spikeinterface_elvisort.pipeline import NUMPY_SIMILARITY_MAX_UNITS, _numpy_template_similarity
+
+    original = module._compute_similarity_matrix
+    templates = np.random.default_rng(0).normal(size=(5, 40, 6)).astype(np.float32)
+    with pytest.raises(RuntimeError):
+        with _numpy_template_similarity(5):
+            assert module._compute_similarity_matrix is module._compute_similarity_matrix_numpy
+            similarity, lags = module.compute_similarity_with_templates_array(templates, templates, "l1", num_shifts=3)
+            raise RuntimeError("the original must come back whatever happens inside")
+    assert module._compute_similarity_matrix is original
+    np.testing.assert_allclose(np.diag(similarity), 1.0, atol=1e-6)
+    assert np.all(similarity < 1.0 - 1e-3, where=~np.eye(5, dtype=bool))
+    with _numpy_template_similarity(NUMPY_SIMILARITY_MAX_UNITS + 1):  # many units: SpikeInterface's kernel
+        assert module._compute_similarity_matrix is original

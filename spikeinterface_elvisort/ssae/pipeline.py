@@ -18,6 +18,7 @@ from ..checks import check_recording
 from ..device import resolve_device, seed_everything, torch_threads
 from ..inference import encode
 from ..models import build_model
+from ..params import sorter_job_kwargs
 from ..preprocessing import preprocess
 from ..pipeline import LABEL_CHUNK, _clean_up, _front_end, _merge_near_identical, _Stages
 from ..results import save_arrays, save_checkpoint, save_history, to_sorting
@@ -60,10 +61,8 @@ def run_ssae(recording, params: dict, folder: Path, verbose: bool = False):
 
 
 def _run(recording, params, folder, verbose, device, rng):
-    from spikeinterface.core.job_tools import fix_job_kwargs
-
     stages = _Stages()
-    job_kwargs = fix_job_kwargs(params["job_kwargs"]) | {"progress_bar": verbose}
+    job_kwargs = sorter_job_kwargs(params["job_kwargs"], verbose)
     sampling_frequency = recording.sampling_frequency
     num_segments = recording.get_num_segments()
     nbefore = int(round(params["ms_before"] * sampling_frequency / 1000.0))
