@@ -10,7 +10,8 @@ def compute_templates(recording, peaks: np.ndarray, labels: np.ndarray, num_unit
     """Mean waveform of each unit on every channel, (num_units, nbefore + nafter, num_channels).
 
     Uses SpikeInterface's ``estimate_templates_with_accumulator`` (chunked; memory does not grow with the number
-    of spikes). Events with label -1 are ignored.
+    of spikes), in one worker whatever ``job_kwargs`` say, so that the result is the same at every run. Events with
+    label -1 are ignored.
     """
     from spikeinterface.core import estimate_templates_with_accumulator
     from spikeinterface.core.base import minimum_spike_dtype
@@ -28,8 +29,9 @@ def compute_templates(recording, peaks: np.ndarray, labels: np.ndarray, num_unit
     spikes = spikes[inside]
     if num_units == 0:
         return np.zeros((0, nbefore + nafter, recording.get_num_channels()), dtype=np.float32)
-    job_kwargs = dict(job_kwargs or {})
-    job_kwargs["progress_bar"] = False
+    # one worker: the accumulator adds each worker's partial sums in the order the workers finish, so with several
+    # the templates (and the sorting that depends on them) would change in their last digits from run to run
+    job_kwargs = dict(job_kwargs or {}) | {"n_jobs": 1, "progress_bar": False}
     templates = estimate_templates_with_accumulator(
         recording, spikes, np.arange(num_units), nbefore, nafter, return_in_uV=False, **job_kwargs
     )

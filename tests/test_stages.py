@@ -550,3 +550,20 @@ def test_template_similarity_runs_without_compiling_and_is_restored():
     assert np.all(similarity < 1.0 - 1e-3, where=~np.eye(5, dtype=bool))
     with _numpy_template_similarity(NUMPY_SIMILARITY_MAX_UNITS + 1):  # many units: SpikeInterface's kernel
         assert module._compute_similarity_matrix is original
+
+
+def test_templates_do_not_depend_on_the_workers():
+    """Several workers add their partial sums in the order they finish: templates must not see them."""
+    from spikeinterface.core import generate_ground_truth_recording
+
+    from spikeinterface_elvisort.curation import compute_templates
+
+    recording, sorting = generate_ground_truth_recording(num_channels=8, durations=[20.0], num_units=6, seed=0)
+    recording = recording.save(format="memory", progress_bar=False)
+    spikes = sorting.to_spike_vector()
+    peaks = np.zeros(spikes.size, dtype=base_peak_dtype)
+    peaks["sample_index"] = spikes["sample_index"]
+    job_kwargs = {"n_jobs": 2, "pool_engine": "thread", "chunk_duration": "0.5s"}
+    first = compute_templates(recording, peaks, spikes["unit_index"], 6, 30, 45, job_kwargs)
+    for _ in range(4):
+        assert np.array_equal(compute_templates(recording, peaks, spikes["unit_index"], 6, 30, 45, job_kwargs), first)
