@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -458,17 +457,13 @@ def _label_training_set(model, training_set, sorting):
 
 def _sort_pretrained(recording, params, folder, verbose, device, stages, save=True):
     """Inference only: the saved model's settings, detection and classifier (see ElvisortModel.sort)."""
-    from spikeinterface.core.job_tools import fix_job_kwargs
-
     from .instant import load_model
 
     model = load_model(params["pretrained_model"], device=str(device))
     logger.info("elvisort inference with %r on %d channels, %.1f s", model, recording.get_num_channels(),
                 recording.get_total_duration())
-    # threads for reading and filtering: the job_kwargs' n_jobs when given, else every core (the result does not
-    # depend on it)
-    user_jobs = params["job_kwargs"].get("n_jobs")
-    n_jobs = fix_job_kwargs({"n_jobs": user_jobs})["n_jobs"] if user_jobs is not None else (os.cpu_count() or 1)
+    # threads for reading and filtering, as in the chunked stages of a full run (the result does not depend on them)
+    n_jobs = sorter_job_kwargs(params["job_kwargs"], verbose)["n_jobs"]
     sorting = model.sort(recording, n_jobs=n_jobs, verbose=verbose)
     # units of the model that did not fire in this recording are left out, as every sorter's output has no empty
     # units (export_to_phy and quality metrics break on them); the others keep the model's unit ids

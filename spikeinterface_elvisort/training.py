@@ -161,10 +161,11 @@ def _train_classifier_head(model, snippets, labels, positions, config: TrainConf
     known = np.flatnonzero(np.asarray(labels) >= 0)
     latents = torch.as_tensor(encode(model, snippets[known], device), device=device)
     features = model.embed(latents, torch.as_tensor(positions[known], dtype=torch.float32, device=device))
-    target = torch.as_tensor(np.asarray(labels)[known], dtype=torch.long, device=device)
+    known_labels = np.asarray(labels)[known]
+    target = torch.as_tensor(known_labels, dtype=torch.long, device=device)
     class_weights = None
     if config.class_balanced:  # scikit-learn's "balanced": num / (classes present x count); absent classes weigh 0
-        counts = np.bincount(np.asarray(labels)[known], minlength=model.config.num_classes).astype(np.float64)
+        counts = np.bincount(known_labels, minlength=model.config.num_classes).astype(np.float64)
         present = counts > 0
         balanced = np.zeros(counts.size)
         balanced[present] = known.size / (present.sum() * counts[present])
