@@ -1,9 +1,10 @@
 """Ground-truth benchmark: elvisort and ssae beside SpikeInterface's internal sorters (and Kilosort4 when installed).
 
 Every sorter runs through ``run_sorter`` on the same recordings, one after the other, each call in a fresh Python
-process (``--in-process`` runs them all in this one); the wall time is that of the whole ``run_sorter`` call. Accuracy, precision and recall come from
-``compare_sorter_to_ground_truth(exhaustive_gt=True)`` (match window 0.4 ms, SpikeInterface's default), averaged over
-ground-truth units with SNR >= --min-snr (SNR: SpikeInterface's ``snr`` quality metric on the recording).
+process (``--in-process`` runs them all in this one); the wall time is that of the whole ``run_sorter`` call.
+Accuracy, precision and recall come from ``compare_sorter_to_ground_truth(exhaustive_gt=True)`` (match window 0.4 ms,
+SpikeInterface's default), averaged over ground-truth units with SNR >= --min-snr (SNR: SpikeInterface's ``snr``
+quality metric on the recording).
 
 Examples
 --------
@@ -104,6 +105,7 @@ def run_one(sorter, recording, folder, params, fresh_process=True):
     recording.dump_to_json(recording_file)
     result = subprocess.run([sys.executable, "-c", CHILD, sorter, str(recording_file), str(folder), json.dumps(params)],
                             capture_output=True, text=True)
+    recording_file.unlink()
     if result.returncode != 0:
         raise RuntimeError(f"{sorter} exited with {result.returncode}: {result.stderr[-2000:]}")
     wall = float([line for line in result.stdout.splitlines() if line.startswith("WALL ")][-1].split()[1])

@@ -261,6 +261,7 @@ def sorter_job_kwargs(job_kwargs: dict, verbose: bool) -> dict:
 
     return fix_job_kwargs({"n_jobs": -1, "pool_engine": "thread"} | dict(job_kwargs)) | {"progress_bar": verbose}
 
+
 DEFAULT_PARAMS = {name: param.default for name, param in PARAMS.items()}
 PARAMS_DESCRIPTION = {name: param.description for name, param in PARAMS.items()}
 
@@ -273,7 +274,8 @@ _CHOICES = {
     "features": ("vae", "pca", "raw"),
     "matching_method": ("circus-omp", "tdc-peeler", "none"),
 }
-_BOOLS = ("apply_preprocessing", "common_reference", "whitening", "clustering_split", "merge_split_test", "auto_merge", "save_arrays")
+_BOOLS = ("apply_preprocessing", "common_reference", "whitening", "clustering_split", "merge_split_test", "auto_merge",
+          "save_arrays")
 # name -> (minimum, maximum, integer?); bounds are inclusive
 _NUMBERS = {
     "freq_min": (0.0, None, False),
