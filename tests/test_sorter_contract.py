@@ -182,6 +182,16 @@ def test_same_seed_gives_the_same_spikes(kept_run, tmp_path, cpu_only):
     np.testing.assert_array_equal(again.to_spike_vector(), sorting.to_spike_vector())
 
 
+def test_one_worker_gives_the_same_spikes_as_every_core(kept_run, tmp_path, cpu_only):
+    """The chunked stages run in one thread per core by default; the sorting must not depend on it."""
+    sorting, _, recording, params = kept_run
+    assert "n_jobs" not in params["job_kwargs"]
+    one = ss.run_sorter("elvisort", recording, folder=tmp_path / "one", verbose=False,
+                        **(params | {"job_kwargs": {"n_jobs": 1}}))
+    assert list(one.unit_ids) == list(sorting.unit_ids)
+    np.testing.assert_array_equal(one.to_spike_vector(), sorting.to_spike_vector())
+
+
 # -- segments ----------------------------------------------------------------------------------------------------
 
 
