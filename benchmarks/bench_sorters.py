@@ -10,6 +10,7 @@ Examples
 --------
 python benchmarks/bench_sorters.py --sets static --seeds 0 1 --sorters elvisort ssae tridesclous2
 python benchmarks/bench_sorters.py --sets static lowsnr mearec --out benchmarks/results
+python benchmarks/bench_sorters.py --sets static lowsnr --seeds 0 1 2 --sorters elvisort --sorter-seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_SORTERS = ["elvisort", "ssae", "tridesclous2", "spykingcircus2", "lupin", "kilosort4"]
+OURS = ("elvisort", "ssae")  # the sorters --sorter-seeds applies to
 MEAREC_FOLDER = Path("/tmp/mearec_recordings/dev")
 
 
@@ -134,6 +136,9 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--elvisort-params", type=json.loads, default={}, help="JSON dict of elvisort parameters")
     parser.add_argument("--ssae-params", type=json.loads, default={}, help="JSON dict of ssae parameters")
+    parser.add_argument("--sorter-seeds", nargs="+", type=int, default=None,
+                        help="run elvisort and ssae once per value of their 'seed' parameter (default: once, with "
+                             "their default seed); the other sorters run once")
     parser.add_argument("--in-process", action="store_true",
                         help="run every sorter in this process (the first one then pays the numba compilation of "
                              "the SpikeInterface kernels the others reuse)")
@@ -152,13 +157,18 @@ def main(argv=None):
         else:
             print(f"# {sorter}: not installed, skipped (pip install 'spikeinterface-elvisort[bench]')")
 
+    # (sorter, value of its seed parameter; None: its default), --sorter-seeds repeating our sorters
+    runs = [(sorter, seed) for sorter in sorters
+            for seed in ((args.sorter_seeds or [None]) if sorter in OURS else [None])]
     rows = []
     recordings_folder = args.out / "recordings"
     for set_name, dataset, recording, gt_sorting in datasets(args.sets, args.seeds, args.duration, recordings_folder):
         snr = unit_snr(recording, gt_sorting)
         selected = snr.index[snr.values >= args.min_snr]
-        for sorter in sorters:
+        for sorter, sorter_seed in runs:
             params = {"elvisort": args.elvisort_params, "ssae": args.ssae_params}.get(sorter, {})
+            if sorter_seed is not None:
+                params = dict(params, seed=sorter_seed)
             folder = args.out / "work" / f"{dataset}_{sorter}"
             try:
                 sorting, wall = run_one(sorter, recording, folder, params, fresh_process=not args.in_process)
@@ -172,6 +182,7 @@ def main(argv=None):
                     "set": set_name,
                     "dataset": dataset,
                     "sorter": sorter,
+                    "sorter_seed": "" if sorter_seed is None else sorter_seed,
                     "gt_units": len(selected),
                     "found_units": len(sorting.unit_ids),
                     "accuracy": performance["accuracy"].astype(float).mean(),
@@ -186,7 +197,10 @@ def main(argv=None):
 
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "results.csv", index=False)
-    summary = table.groupby(["set", "sorter"])[["accuracy", "precision", "recall", "wall_s", "xspeed"]].mean()
+    summary = table.groupby(["set", "sorter"]).agg(
+        accuracy=("accuracy", "mean"), min_accuracy=("accuracy", "min"), precision=("precision", "mean"),
+        recall=("recall", "mean"), wall_s=("wall_s", "mean"), xspeed=("xspeed", "mean"), runs=("accuracy", "size"),
+    )
     header = (
         f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.node()} ({platform.processor() or platform.machine()},"
         f" {__import__('os').cpu_count()} cores); versions: {versions()}\n"

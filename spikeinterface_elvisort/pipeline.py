@@ -189,10 +189,17 @@ def _front_end(recording, params, folder, job_kwargs, stages):
         displacement = np.concatenate([np.ravel(d) for d in motion.displacement])
         stages.done("motion", "%s: displacement %.1f to %.1f um, saved in motion/", params["motion_correction"],
                     displacement.min(), displacement.max())
-    preprocessed = preprocess(
-        recording, **filtering, whitening=params["whitening"], motion=motion,
-        interpolate_motion_kwargs=interpolate_kwargs, seed=seed,
-    )
+    try:
+        preprocessed = preprocess(
+            recording, **filtering, whitening=params["whitening"], motion=motion,
+            interpolate_motion_kwargs=interpolate_kwargs, seed=seed,
+        )
+    except np.linalg.LinAlgError as error:  # the whitening matrix's SVD, on random chunks of the filtered traces
+        raise ValueError(
+            f"whitening failed ({error}), as it does when the recording holds NaN or Inf samples: replace them "
+            "before sorting (spikeinterface.preprocessing.silence_periods(recording, list_periods, mode='zeros') or "
+            "recording.remove_channels), or sort with whitening=False"
+        ) from None
     whitening = _whitening_matrix(preprocessed)  # saved with the model; the cache loses the chain
     preprocessed, cache_info = cache_recording(
         preprocessed, params["cache_preprocessing"], folder / "cache_preprocessing", job_kwargs
@@ -318,7 +325,8 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
     targets = np.concatenate([np.where(confident, labels, -1), np.full(num_noise, num_clusters)])
     history += train_model(
         model, training_set["snippets"],
-        replace(base, epochs=params["train_classifier_epochs"], trainable="classifier", stage="classifier"),
+        replace(base, epochs=params["train_classifier_epochs"], trainable="classifier", stage="classifier",
+                class_balance=params["train_classifier_balance"]),
         device, labels=targets, positions=training_set["positions"], verbose=verbose,
     )
     stages.done("self-training", "%d of %d events confident, %d classes", int(confident.sum()), num_train,
@@ -436,7 +444,7 @@ def _classifier_for_units(model, training_set, sorting, params, device, verbose)
     _, targets = _label_training_set(model, training_set, sorting)
     config = TrainConfig(epochs=params["train_classifier_epochs"], batch_size=params["train_batch_size"],
                          learning_rate=params["train_learning_rate"], trainable="classifier", seed=int(params["seed"]),
-                         stage="final classifier", class_balanced=True)
+                         stage="final classifier", class_balance=1.0)
     return train_model(model, training_set["snippets"], config, device, labels=targets,
                        positions=training_set["positions"], verbose=verbose)
 

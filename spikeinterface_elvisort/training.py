@@ -30,9 +30,10 @@ class TrainConfig:
     # 001's v1: "we train by alternating batches from both datasets"); needs ``labels``
     alternate_labelled: bool = False
     before_epoch: Callable[[int], None] | None = None  # called with the epoch index (Atom loss refits centroids)
-    # classifier head only: weigh each class by the inverse of its count, so that a class holding most targets (the
-    # non-spike class of a sorting that kept few events) cannot win by labelling everything
-    class_balanced: bool = False
+    # classifier head only: each class weighs count ** -class_balance in the cross-entropy. 0: every target alike;
+    # 1: scikit-learn's "balanced" (every class the same total weight), so that a class holding most targets (the
+    # non-spike class of a sorting that kept few events) cannot win by labelling everything; 0.5: square root
+    class_balance: float = 0.0
 
 
 def train_model(
@@ -164,12 +165,13 @@ def _train_classifier_head(model, snippets, labels, positions, config: TrainConf
     known_labels = np.asarray(labels)[known]
     target = torch.as_tensor(known_labels, dtype=torch.long, device=device)
     class_weights = None
-    if config.class_balanced:  # scikit-learn's "balanced": num / (classes present x count); absent classes weigh 0
+    if config.class_balance:  # count ** -power, scaled to a mean weight of 1 per target; absent classes weigh 0
         counts = np.bincount(known_labels, minlength=model.config.num_classes).astype(np.float64)
         present = counts > 0
-        balanced = np.zeros(counts.size)
-        balanced[present] = known.size / (present.sum() * counts[present])
-        class_weights = torch.as_tensor(balanced, dtype=torch.float32, device=device)
+        weights = np.zeros(counts.size)
+        weights[present] = counts[present] ** -config.class_balance
+        weights *= known.size / (weights[present] * counts[present]).sum()
+        class_weights = torch.as_tensor(weights, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam(model.classifier.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     history = []

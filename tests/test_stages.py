@@ -567,3 +567,17 @@ def test_templates_do_not_depend_on_the_workers():
     first = compute_templates(recording, peaks, spikes["unit_index"], 6, 30, 45, job_kwargs)
     for _ in range(4):
         assert np.array_equal(compute_templates(recording, peaks, spikes["unit_index"], 6, 30, 45, job_kwargs), first)
+
+
+@pytest.mark.parametrize("num_channels, whitened", [(4, False), (8, True), (32, True)])
+def test_auto_whitening_from_eight_channels(num_channels, whitened):
+    """whitening="auto" whitens recordings with at least 8 channels; True and False force it either way."""
+    from spikeinterface.core import generate_ground_truth_recording
+    from spikeinterface.preprocessing.whiten import WhitenRecording
+
+    from spikeinterface_elvisort.preprocessing import preprocess
+
+    recording, _ = generate_ground_truth_recording(num_channels=num_channels, durations=[5.0], num_units=3, seed=0)
+    assert isinstance(preprocess(recording, whitening="auto", seed=0), WhitenRecording) is whitened
+    assert isinstance(preprocess(recording, whitening=True, seed=0), WhitenRecording)
+    assert not isinstance(preprocess(recording, whitening=False, seed=0), WhitenRecording)

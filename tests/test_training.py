@@ -218,7 +218,7 @@ def test_class_balanced_head_does_not_drown_small_classes(data, torch_device):
         torch.manual_seed(0)
         model.set_num_classes(2)
         train_model(model, snippets, TrainConfig(epochs=10, batch_size=32, learning_rate=3e-3, trainable="classifier",
-                                                 class_balanced=balanced), torch_device, labels=targets,
+                                                 class_balance=float(balanced)), torch_device, labels=targets,
                     positions=positions)
         predicted = predict_proba(model, snippets, positions, torch_device, batch_size=64).argmax(axis=1)
         recall[balanced] = (predicted[labels == 0] == 0).mean()
