@@ -125,7 +125,13 @@ def test_nan_or_inf_samples(ground_truth, tmp_path, sorter_name, value):
     assert not (tmp_path / "out" / "spikeinterface_log.json").exists()
 
 
-def test_nan_missed_by_the_early_check_is_caught_after_filtering(ground_truth, tmp_path, monkeypatch):
+@pytest.mark.parametrize("whitening, message", [
+    (False, r"NaN or Inf.*noise level"),
+    # whitening computes its matrix before the noise levels: NaN samples make its SVD fail, said in our words
+    (True, r"whitening failed .*NaN or Inf.*whitening=False"),
+])
+def test_nan_missed_by_the_early_check_is_caught_after_filtering(ground_truth, tmp_path, monkeypatch, whitening,
+                                                                 message):
     from spikeinterface_elvisort import checks, pipeline
 
     memory, _ = ground_truth
@@ -133,21 +139,8 @@ def test_nan_missed_by_the_early_check_is_caught_after_filtering(ground_truth, t
     traces[::1000, 1] = np.nan  # spread out: every noise-level chunk holds some
     bad = numpy_recording(traces, memory.sampling_frequency, probe_from=memory)
     monkeypatch.setattr(checks, "_check_samples", lambda recording, params: None)  # as if the random chunks missed
-    with pytest.raises(ValueError, match=r"NaN or Inf.*noise level"):
-        pipeline.run_elvisort(bad, fast_params(**QUICK), folder=tmp_path)
-
-
-def test_nan_missed_by_the_early_check_stops_whitening_with_a_clear_error(ground_truth, tmp_path, monkeypatch):
-    """Whitening computes its matrix before the noise levels: NaN samples make its SVD fail, said in our words."""
-    from spikeinterface_elvisort import checks, pipeline
-
-    memory, _ = ground_truth
-    traces = memory.get_traces().copy()
-    traces[::1000, 1] = np.nan
-    bad = numpy_recording(traces, memory.sampling_frequency, probe_from=memory)
-    monkeypatch.setattr(checks, "_check_samples", lambda recording, params: None)
-    with pytest.raises(ValueError, match=r"whitening failed .*NaN or Inf.*whitening=False"):
-        pipeline.run_elvisort(bad, fast_params(**QUICK, whitening=True), folder=tmp_path)
+    with pytest.raises(ValueError, match=message):
+        pipeline.run_elvisort(bad, fast_params(**QUICK, whitening=whitening), folder=tmp_path)
 
 
 def test_int16_recording_with_gains_and_offsets_is_filtered_in_microvolts(ground_truth):
