@@ -302,3 +302,27 @@ def template_snr(templates: np.ndarray, noise_levels: np.ndarray) -> np.ndarray:
     """Peak amplitude of each template on its best channel, in units of that channel's noise level."""
     amplitude = np.abs(templates).max(axis=1)  # (num_units, num_channels)
     return (amplitude / np.maximum(noise_levels[None, :], 1e-12)).max(axis=1)
+
+
+def isi_violations_ratio(sample_index: np.ndarray, unit_index: np.ndarray, segment_index: np.ndarray,
+                         num_units: int, sampling_frequency: float, total_duration: float,
+                         isi_threshold_ms: float = 1.5, min_isi_ms: float = 0.0) -> np.ndarray:
+    """Refractory-period violations of each unit's spike train, as the ratio of Hill et al. (2011, J. Neurosci.
+    31:8699), the ``isi_violations_ratio`` of SpikeInterface's quality metrics: the rate of inter-spike intervals
+    shorter than ``isi_threshold_ms`` (and at least ``min_isi_ms``, the censored period) over the rate expected if
+    every spike were random, times the unit's firing rate. A unit with a refractory period scores near 0, two
+    merged units about 0.25 and events at random times (noise) about 0.5. Units with fewer than two spikes score 0.
+
+    ``total_duration`` is in seconds (all segments); intervals are only taken within a segment.
+    """
+    threshold = isi_threshold_ms * sampling_frequency / 1000.0
+    order = np.lexsort((sample_index, unit_index, segment_index))
+    s, u, g = sample_index[order].astype(np.int64), unit_index[order], segment_index[order]
+    same = (u[1:] == u[:-1]) & (g[1:] == g[:-1])
+    violation = same & (np.diff(s) < threshold)
+    violations = np.bincount(u[1:][violation], minlength=num_units).astype(np.float64)
+    counts = np.bincount(u, minlength=num_units).astype(np.float64)
+    window = 2.0 * (isi_threshold_ms - min_isi_ms) / 1000.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = violations * total_duration / (counts**2 * window)
+    return np.where(counts > 1, ratio, 0.0)

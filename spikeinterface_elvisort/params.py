@@ -215,6 +215,15 @@ PARAMS = {
         0.3, "Spikes of the same unit closer than this are duplicates and only the first is kept (ms).", "cleanup"
     ),
     "min_spikes_per_unit": Param(10, "Units with fewer spikes are removed.", "cleanup"),
+    "max_isi_violations_ratio": Param(
+        0.4,
+        "Units whose spike train breaks a 1.5 ms refractory period about as often as events at random times are "
+        "noise (template matching fits a noise-like template everywhere) and are removed: the last step of the "
+        "clean-up drops units whose ISI-violation ratio (Hill et al. 2011; SpikeInterface's isi_violations_ratio, "
+        "with duplicate_ms as the censored period) is above this value. A unit with a refractory period scores "
+        "near 0, two merged units about 0.25, random events about 0.5. A large value (e.g. 100) keeps every unit.",
+        "cleanup",
+    ),
     "matching_method": Param(
         "circus-omp",
         '"circus-omp" | "tdc-peeler" | "none": after labelling, re-find every spike with SpikeInterface template '
@@ -320,6 +329,7 @@ _NUMBERS = {
     "merge_threshold": (0.0, 2.0, False),
     "duplicate_ms": (0.0, 10.0, False),
     "min_spikes_per_unit": (1, None, True),
+    "max_isi_violations_ratio": (0.0, None, False),
     "seed": (0, 2**32 - 1, True),
 }
 

@@ -13,7 +13,8 @@ import numpy as np
 from .checks import check_recording
 from .clustering import cluster_latents
 from .curation import (
-    SplitTest, compute_templates, merge_similar_units, remove_duplicate_spikes, split_multimodal, template_snr,
+    SplitTest, compute_templates, isi_violations_ratio, merge_similar_units, remove_duplicate_spikes,
+    split_multimodal, template_snr,
 )
 from .detection import detect_spikes
 from .device import resolve_device, seed_everything, torch_threads
@@ -616,9 +617,18 @@ def _clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter
     inside = peaks["sample_index"] < lengths[peaks["segment_index"]]
     peaks, labels = peaks[inside], labels[inside]
 
-    # no empty units
+    # no empty units, and no noise: a unit whose spikes come at random times (ISI violations) is a template that
+    # fits the noise, found on near-threshold detections
     counts = np.bincount(labels, minlength=num_units)
-    labels, num_units, templates = _keep(labels, counts >= params["min_spikes_per_unit"], templates)
+    violations = isi_violations_ratio(
+        peaks["sample_index"], labels, peaks["segment_index"], num_units, sampling_frequency,
+        recording.get_total_duration(), min_isi_ms=params["duplicate_ms"],
+    )
+    noise = violations > params["max_isi_violations_ratio"]
+    if noise.any():
+        logger.info("removed %d unit(s) with ISI-violation ratios %s (above max_isi_violations_ratio=%g): noise",
+                    int(noise.sum()), np.round(violations[noise], 2).tolist(), params["max_isi_violations_ratio"])
+    labels, num_units, templates = _keep(labels, (counts >= params["min_spikes_per_unit"]) & ~noise, templates)
     keep = labels >= 0
     return peaks[keep], labels[keep], num_units, templates
 

@@ -10,7 +10,8 @@ from spikeinterface.core.node_pipeline import base_peak_dtype
 
 from spikeinterface_elvisort.clustering import cluster_latents, gmm_bic
 from spikeinterface_elvisort.curation import (
-    SplitTest, compute_templates, merge_similar_units, remove_duplicate_spikes, split_multimodal, template_distance,
+    SplitTest, compute_templates, isi_violations_ratio, merge_similar_units, remove_duplicate_spikes, split_multimodal,
+    template_distance,
 )
 from spikeinterface_elvisort.detection import algorithm1, detect_spikes
 from spikeinterface_elvisort.results import to_sorting
@@ -300,6 +301,46 @@ def test_remove_duplicate_spikes():
     assert keep.tolist() == [False, True, False, False, True, True, True, False]
     assert remove_duplicate_spikes(samples, units, segments, censor_samples=1).all()
     assert remove_duplicate_spikes(np.array([], int), np.array([], int), np.array([], int), 10).size == 0
+
+
+def _trains(seed=0, durations=(20.0, 10.0), fs=30_000.0):
+    """Per segment: unit 0 at 15 Hz with a 4 ms refractory period, unit 1 at 150 Hz at random times."""
+    rng = np.random.default_rng(seed)
+    samples, units, segments = [], [], []
+    for segment, duration in enumerate(durations):
+        refractory = np.cumsum(rng.exponential(1 / 15, size=int(30 * duration)) + 0.004)
+        for unit, times in enumerate((refractory[refractory < duration], rng.uniform(0, duration, int(150 * duration)))):
+            samples.append(np.sort(np.round(times * fs).astype(np.int64)))
+            units.append(np.full(times.size, unit))
+            segments.append(np.full(times.size, segment))
+    return np.concatenate(samples), np.concatenate(units), np.concatenate(segments)
+
+
+def test_isi_violations_ratio_is_spikeinterfaces_and_tells_noise_from_units():
+    from spikeinterface.metrics.quality.misc_metrics import isi_violations
+
+    fs, durations = 30_000.0, (20.0, 10.0)
+    samples, units, segments = _trains(durations=durations, fs=fs)
+    # shuffled input, as the clean-up's events may come
+    order = np.random.default_rng(1).permutation(samples.size)
+    ratio = isi_violations_ratio(samples[order], units[order], segments[order], 3, fs, sum(durations),
+                                 isi_threshold_ms=1.5, min_isi_ms=0.3)
+    for unit in (0, 1):
+        trains = [samples[(units == unit) & (segments == s)] / fs for s in range(len(durations))]
+        expected = isi_violations(trains, sum(durations), isi_threshold_s=0.0015, min_isi_s=0.0003)[0]
+        assert ratio[unit] == pytest.approx(expected, rel=0.01)
+    assert ratio[0] == 0.0  # a refractory period: no violation
+    assert 0.4 < ratio[1] < 0.6  # random times: about 0.5
+    assert ratio[2] == 0.0  # a unit without spikes
+
+
+def test_isi_violations_ratio_ignores_intervals_across_segments():
+    # segment 1's spike follows segment 0's last spike in the sorted events, at a smaller sample index: the
+    # interval between them (negative, so "shorter than 1.5 ms") is not an interval of the spike train
+    samples, units, segments = np.array([0, 1000, 2000, 1]), np.zeros(4, int), np.array([0, 0, 0, 1])
+    assert isi_violations_ratio(samples, units, segments, 1, 30_000.0, 1.0).tolist() == [0.0]
+    close = isi_violations_ratio(np.array([0, 10]), np.zeros(2, int), np.zeros(2, int), 1, 30_000.0, 1.0)
+    assert close[0] > 0
 
 
 def _pulse(num_samples, centre, width=2.0):
