@@ -237,6 +237,13 @@ PARAMS = {
         "and cross-contamination presets, as Tridesclous2 and SpykingCircus2 do).",
         "cleanup",
     ),
+    "auto_merge_min_spikes": Param(
+        10,
+        "Units with at least this many spikes take part in the auto-merge. SpikeInterface's default (100, for "
+        "correlograms) left pieces of 25-83 spikes of real units apart; below 100 spikes the merge rests on template "
+        "similarity and distance, the cross-contamination test having little to go on.",
+        "cleanup",
+    ),
     # saved models and labels
     "pretrained_model": Param(
         None,
@@ -329,6 +336,7 @@ _NUMBERS = {
     "merge_threshold": (0.0, 2.0, False),
     "duplicate_ms": (0.0, 10.0, False),
     "min_spikes_per_unit": (1, None, True),
+    "auto_merge_min_spikes": (1, None, True),
     "max_isi_violations_ratio": (0.0, None, False),
     "seed": (0, 2**32 - 1, True),
 }

@@ -606,7 +606,8 @@ def _clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter
         )
         num_units = int(kept.sum())
         if params["auto_merge"] and num_units > 1:
-            labels, num_units = _auto_merge(recording, peaks, labels, templates_object, noise_levels, job_kwargs)
+            labels, num_units = _auto_merge(recording, peaks, labels, templates_object, noise_levels, job_kwargs,
+                                            min_spikes=params["auto_merge_min_spikes"])
         templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
 
     censor = max(int(round(params["duplicate_ms"] * sampling_frequency / 1000.0)), 1)
@@ -688,36 +689,22 @@ def _match(recording, templates_array, noise_levels, nbefore, method, job_kwargs
     return events, labels, kept, templates
 
 
-def _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs):
+def _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs, min_spikes):
     """Merge over-split units with SpikeInterface's auto-merge (template similarity, then cross-contamination
-    presets at growing template differences), as Tridesclous2 and SpykingCircus2 do after matching."""
+    presets at growing template differences), as Tridesclous2 and SpykingCircus2 do after matching: the steps of
+    SpykingCircus2's ``final_cleaning_circus``, with units from ``min_spikes`` spikes on taking part."""
     from spikeinterface.core import NumpySorting
     from spikeinterface.core.base import minimum_spike_dtype
-    from spikeinterface.sorters.internal.spyking_circus2 import final_cleaning_circus
 
     spikes = np.zeros(events.size, dtype=minimum_spike_dtype)
     spikes["sample_index"] = events["sample_index"]
     spikes["unit_index"] = labels
     spikes["segment_index"] = events["segment_index"]
     sorting = NumpySorting(spikes, recording.sampling_frequency, templates.unit_ids)
-    job_kwargs = job_kwargs | {"progress_bar": False}
-    with _numpy_template_similarity(templates.unit_ids.size):
-        analyzer = final_cleaning_circus(
-            recording,
-            sorting,
-            templates,
-            amplitude_scalings=events["amplitude"],
-            noise_levels=noise_levels,
-            similarity_kwargs={"method": "l1", "support": "union", "max_lag_ms": 0.3},
-            sparsity_overlap=0.5,
-            censor_ms=3.0,
-            max_distance_um=50,
-            template_diff_thresh=np.arange(0.05, 0.4, 0.05),
-            job_kwargs=job_kwargs,
-        )
-    # map every unit to its merged unit: the merged spikes (final_cleaning_circus may censor some of them) are found
+    merged = _merged_sorting(recording, sorting, templates, events["amplitude"], noise_levels, min_spikes, job_kwargs)
+    # map every unit to its merged unit: the merged spikes (the auto-merge may censor some of them) are found
     # among the events by (segment, sample); each original unit goes to the merged unit most of its spikes went to
-    merged_vector = analyzer.sorting.to_spike_vector()
+    merged_vector = merged.to_spike_vector()
     if merged_vector.size == 0:
         return np.full(labels.size, -1, dtype=np.int64), 0
     span = int(events["sample_index"].max()) + 1 if events.size else 1
@@ -733,6 +720,36 @@ def _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs):
     mapping = np.full(old_to_new.size, -1)
     mapping[old_to_new >= 0] = new_index
     return mapping[labels], int(new_index.max()) + 1
+
+
+def _merged_sorting(recording, sorting, templates, amplitudes, noise_levels, min_spikes, job_kwargs):
+    """SpikeInterface's auto-merge with the steps of SpykingCircus2's ``final_cleaning_circus`` (x_contaminations
+    presets at template differences 0.05 to 0.35, units at most 50 um apart), units from ``min_spikes`` spikes
+    on; returns the merged sorting."""
+    from spikeinterface.curation.auto_merge import auto_merge_units
+    from spikeinterface.sortingcomponents.tools import create_sorting_analyzer_with_existing_templates
+
+    job_kwargs = job_kwargs | {"progress_bar": False}
+    with _numpy_template_similarity(templates.unit_ids.size):
+        analyzer = create_sorting_analyzer_with_existing_templates(
+            sorting, recording, templates, noise_levels=noise_levels, amplitude_scalings=amplitudes
+        )
+        analyzer.compute("unit_locations", method="center_of_mass", **job_kwargs)
+        analyzer.compute("template_similarity", method="l1", support="union", max_lag_ms=0.3)
+        thresholds = np.arange(0.05, 0.4, 0.05)
+        steps_params = [
+            {
+                "num_spikes": {"min_spikes": min_spikes},
+                "template_similarity": {"template_diff_thresh": threshold},
+                "unit_locations": {"max_distance_um": 50},
+            }
+            for threshold in thresholds
+        ]
+        analyzer = auto_merge_units(
+            analyzer, presets=["x_contaminations"] * thresholds.size, steps_params=steps_params, recursive=True,
+            censor_ms=3.0, sparsity_overlap=0.5, **job_kwargs,
+        )
+    return analyzer.sorting
 
 
 # beyond this many units, SpikeInterface's compiled kernel pays back its compilation time

@@ -524,33 +524,69 @@ def test_cluster_latents_is_deterministic():
 
 
 def test_auto_merge_maps_units_when_spikes_are_censored(monkeypatch):
-    """SpikeInterface's final cleaning may censor spikes while merging: every unit still maps to its merged unit."""
+    """SpikeInterface's auto-merge may censor spikes while merging: every unit still maps to its merged unit."""
     from types import SimpleNamespace
 
-    import spikeinterface.sorters.internal.spyking_circus2 as sc2
+    import spikeinterface_elvisort.pipeline as pipeline
     from spikeinterface.core import NumpySorting
     from spikeinterface.core.base import minimum_spike_dtype
     from spikeinterface.core.node_pipeline import base_peak_dtype
-
-    from spikeinterface_elvisort.pipeline import _auto_merge
 
     events = np.zeros(9, dtype=base_peak_dtype)
     events["sample_index"] = [10, 20, 30, 40, 50, 60, 70, 80, 90]
     labels = np.array([0, 1, 0, 1, 2, 2, 0, 1, 2])
 
-    def fake_cleaning(recording, sorting, templates, **kwargs):
+    def fake_merge(recording, sorting, templates, amplitudes, noise_levels, min_spikes, job_kwargs):
         # units 0 and 1 merge (new unit 0), unit 2 becomes 1; the spikes at 40 and 90 are censored
         keep = ~np.isin(events["sample_index"], [40, 90])
         spikes = np.zeros(int(keep.sum()), dtype=minimum_spike_dtype)
         spikes["sample_index"] = events["sample_index"][keep]
         spikes["unit_index"] = np.where(labels[keep] == 2, 1, 0)
-        return SimpleNamespace(sorting=NumpySorting(spikes, 30000.0, np.arange(2)))
+        return NumpySorting(spikes, 30000.0, np.arange(2))
 
-    monkeypatch.setattr(sc2, "final_cleaning_circus", fake_cleaning)
+    monkeypatch.setattr(pipeline, "_merged_sorting", fake_merge)
     recording = SimpleNamespace(sampling_frequency=30000.0)
-    merged, num_units = _auto_merge(recording, events, labels, SimpleNamespace(unit_ids=np.arange(3)), None, {})
+    merged, num_units = pipeline._auto_merge(recording, events, labels, SimpleNamespace(unit_ids=np.arange(3)), None,
+                                             {}, min_spikes=10)
     assert num_units == 2
     assert merged.tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 1]
+
+
+def test_auto_merge_joins_a_small_piece_of_a_unit_from_min_spikes_on():
+    """A unit cut in a large part and a 30-spike piece (same template): SpikeInterface's default of 100 spikes leaves
+    the piece apart, ``min_spikes=10`` (auto_merge_min_spikes) merges it back; a distinct unit stays apart."""
+    from spikeinterface.core import Templates, generate_ground_truth_recording, get_noise_levels
+    from spikeinterface.core.node_pipeline import base_peak_dtype
+    from spikeinterface.preprocessing import bandpass_filter
+
+    from spikeinterface_elvisort.pipeline import _auto_merge
+
+    recording, gt = generate_ground_truth_recording(num_channels=4, num_units=2, durations=[40.0], seed=3)
+    recording = bandpass_filter(recording, freq_min=300.0, freq_max=6000.0)
+    samples = np.concatenate([gt.get_unit_spike_train(u) for u in gt.unit_ids])
+    truth = np.concatenate([np.full(gt.get_unit_spike_train(u).size, i) for i, u in enumerate(gt.unit_ids)])
+    order = np.argsort(samples, kind="stable")
+    samples, truth = samples[order], truth[order]
+    labels = truth.copy()
+    piece = np.flatnonzero(truth == 0)[::20][:30]  # 30 spikes of unit 0 spread over the recording
+    labels[piece] = 2
+    events = np.zeros(samples.size, dtype=base_peak_dtype)
+    events["sample_index"] = samples
+    events["amplitude"] = 1.0
+    nbefore, nafter = 30, 45
+    array = compute_templates(recording, events, labels, 3, nbefore, nafter, {"n_jobs": 1, "progress_bar": False})
+    templates = Templates(templates_array=array, sampling_frequency=recording.sampling_frequency, nbefore=nbefore,
+                          sparsity_mask=np.ones((3, 4), dtype=bool), channel_ids=recording.channel_ids,
+                          unit_ids=np.arange(3), probe=recording.get_probe(), is_in_uV=False)
+    noise_levels = get_noise_levels(recording, return_in_uV=False, random_slices_kwargs={"seed": 0})
+    job_kwargs = {"n_jobs": 1}
+    kept_apart, count_apart = _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs,
+                                          min_spikes=100)
+    assert count_apart == 3
+    merged, count = _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs, min_spikes=10)
+    assert count == 2
+    assert np.unique(merged[truth == 0]).size == 1  # the piece is back with unit 0 ...
+    assert merged[truth == 0][0] != merged[truth == 1][0]  # ... and unit 1 is another unit
 
 
 @pytest.mark.parametrize("peak_sign", ["neg", "pos", "both"])

@@ -20,7 +20,7 @@ SHARED = (
     "train_max_snippets", "train_batch_size", "train_learning_rate", "mixed_precision",
     "clustering_min_cluster_size",
     "merge_threshold", "merge_split_test", "duplicate_ms", "min_spikes_per_unit", "max_isi_violations_ratio",
-    "matching_method", "auto_merge",
+    "matching_method", "auto_merge", "auto_merge_min_spikes",
     "device", "seed", "torch_threads", "save_arrays", "job_kwargs",
 )  # fmt: skip
 
