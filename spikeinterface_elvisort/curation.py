@@ -279,14 +279,20 @@ def merge_similar_units(templates: np.ndarray, counts: np.ndarray, threshold: fl
     return new_index
 
 
+def _spike_trains(sample_index: np.ndarray, unit_index: np.ndarray, segment_index: np.ndarray):
+    """Events in spike-train order (segment, then unit, then sample): ``(order, samples, units, segments, same)``,
+    ``same[i]`` telling whether events ``i`` and ``i + 1`` of that order belong to the same train."""
+    order = np.lexsort((sample_index, unit_index, segment_index))
+    s, u, g = sample_index[order].astype(np.int64), unit_index[order], segment_index[order]
+    return order, s, u, g, (u[1:] == u[:-1]) & (g[1:] == g[:-1])
+
+
 def remove_duplicate_spikes(sample_index: np.ndarray, unit_index: np.ndarray, segment_index: np.ndarray,
                             censor_samples: int) -> np.ndarray:
     """Boolean mask keeping the first of any spikes of the same unit (and segment) closer than
     ``censor_samples``."""
     keep = np.ones(sample_index.size, dtype=bool)
-    order = np.lexsort((sample_index, unit_index, segment_index))
-    s, u, g = sample_index[order], unit_index[order], segment_index[order]
-    same = (u[1:] == u[:-1]) & (g[1:] == g[:-1])
+    order, s, u, g, same = _spike_trains(sample_index, unit_index, segment_index)
     # iterative censoring: a spike is dropped if it follows the last *kept* spike too closely
     last_kept = 0
     for position in range(1, order.size):
@@ -316,9 +322,7 @@ def isi_violations_ratio(sample_index: np.ndarray, unit_index: np.ndarray, segme
     ``total_duration`` is in seconds (all segments); intervals are only taken within a segment.
     """
     threshold = isi_threshold_ms * sampling_frequency / 1000.0
-    order = np.lexsort((sample_index, unit_index, segment_index))
-    s, u, g = sample_index[order].astype(np.int64), unit_index[order], segment_index[order]
-    same = (u[1:] == u[:-1]) & (g[1:] == g[:-1])
+    _, s, u, _, same = _spike_trains(sample_index, unit_index, segment_index)
     violation = same & (np.diff(s) < threshold)
     violations = np.bincount(u[1:][violation], minlength=num_units).astype(np.float64)
     counts = np.bincount(u, minlength=num_units).astype(np.float64)

@@ -580,8 +580,7 @@ def test_auto_merge_joins_a_small_piece_of_a_unit_from_min_spikes_on():
                           unit_ids=np.arange(3), probe=recording.get_probe(), is_in_uV=False)
     noise_levels = get_noise_levels(recording, return_in_uV=False, random_slices_kwargs={"seed": 0})
     job_kwargs = {"n_jobs": 1}
-    kept_apart, count_apart = _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs,
-                                          min_spikes=100)
+    _, count_apart = _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs, min_spikes=100)
     assert count_apart == 3
     merged, count = _auto_merge(recording, events, labels, templates, noise_levels, job_kwargs, min_spikes=10)
     assert count == 2
