@@ -147,3 +147,36 @@ def test_run_sorter_rejects_a_bad_value_before_sorting(small_recording, tmp_path
     assert not (folder / "spikeinterface_log.json").exists()
     with pytest.raises(ValueError, match="train_dec_epochs"):
         ss.run_sorter("ssae", recording, folder=tmp_path / "unknown", train_dec_epochs=3)
+
+
+def test_a_cleaner_that_rejects_spikes_is_switched_off(small_recording, tmp_path, sorter_device):
+    # cleaner_threshold=1.0 makes a cleaner that rejects every event, as the one trained on MEArec's noisiest
+    # recording rejected 98 % of its strong events: the check on strong events switches it off and sorts anyway
+    import spikeinterface.comparison as sc
+
+    recording, ground_truth = small_recording
+    params = ssae_fast_params(sorter_device, cleaner_threshold=1.0)
+    with pytest.warns(UserWarning, match="switched off"):
+        sorting = ss.run_sorter("ssae", recording, folder=tmp_path / "checked", verbose=False, **params)
+    log = (tmp_path / "checked" / "sorter_output" / "ssae.log").read_text()
+    assert "cleaner switched off: it keeps 0.00 of the strong events" in log
+    accuracy = sc.compare_sorter_to_ground_truth(ground_truth, sorting, exhaustive_gt=True).get_performance()["accuracy"]
+    print(f"\nper ground-truth unit: {np.round(accuracy.to_numpy(float), 3).tolist()}")
+    assert (accuracy.to_numpy(float) >= 0.95).sum() >= 5
+    # without the check the same cleaner leaves nothing to sort
+    params["cleaner_min_strong_kept"] = 0.0
+    unchecked = ss.run_sorter("ssae", recording, folder=tmp_path / "unchecked", verbose=False, **params)
+    assert unchecked.get_num_units() == 0
+
+
+def test_strong_kept_fraction_needs_enough_strong_events():
+    from spikeinterface_elvisort.ssae.pipeline import _strong_kept_fraction
+
+    peaks = np.zeros(100, dtype=[("amplitude", "f4"), ("channel_index", "i8")])
+    peaks["amplitude"] = -5.0  # noise levels of 1: just above a threshold of 4.5
+    peaks["amplitude"][:30] = -9.0  # 30 strong events (>= 2 x 4.5), 10 of them kept
+    kept = np.zeros(100, dtype=bool)
+    kept[:10] = True
+    assert _strong_kept_fraction(kept, peaks, np.ones(1), 4.5) == pytest.approx(1 / 3)
+    # a recording of noise has (almost) no strong events: no verdict, the cleaner stays
+    assert _strong_kept_fraction(kept, peaks[10:], np.ones(1), 4.5, min_events=21) is None

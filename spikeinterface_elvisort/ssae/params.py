@@ -69,6 +69,14 @@ OWN = {
         "Events whose spike probability (from the cleaner) is below this value are rejected: assigned to no unit.",
         "training",
     ),
+    "cleaner_min_strong_kept": Param(
+        0.5,
+        "A check of the cleaner on each recording: the strong training events (amplitude at least twice "
+        "detect_threshold, when there are at least 20 of them) are spikes whatever their shape, so when the "
+        "trained cleaner keeps less than this fraction of them it has not learned this recording's spikes and is "
+        "switched off (every event is kept, with a warning). 0 never switches it off.",
+        "training",
+    ),
     "train_atom_epochs": Param(
         0,
         "Epochs of Atom-loss fine-tuning (the seed's v2) after the semi-supervised training: each latent is "
@@ -113,6 +121,7 @@ _SSAE_RANGES = {
     "train_classification_weight": (0.0, None, False),
     "train_cleaner_epochs": (0, None, True),
     "cleaner_threshold": (0.0, 1.0, False),
+    "cleaner_min_strong_kept": (0.0, 1.0, False),
     "train_atom_epochs": (0, None, True),
     "train_atom_weight": (0.0, None, False),
     "clustering_max_components": (1, 100, True),
