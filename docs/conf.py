@@ -40,6 +40,7 @@ exclude_patterns = [
     ".DS_Store",
     # included by benchmarks.rst, not a page of its own
     "benchmark_results.rst",
+    "study_results.rst",
     # included by ssae.rst
     "ssae_results.rst",
     # included by parameters.rst
