@@ -268,7 +268,7 @@ def _strong_kept_fraction(kept, peaks, noise_levels, detect_threshold, min_event
     The cleaner judges shape only (it reads each window divided by its own peak); an event twice the detection
     threshold is a spike whatever its shape, so a cleaner that rejects most of them learned the hybrid templates'
     shape rather than this recording's spikes (measured on MEArec's noisiest recording: 1.5 % of them kept, against
-    71-100 % on recordings where it helps)."""
+    79-100 % on recordings where it helps)."""
     amplitude = np.abs(peaks["amplitude"]) / noise_levels[peaks["channel_index"]]
     strong = amplitude >= 2.0 * detect_threshold
     if strong.sum() < min_events:
