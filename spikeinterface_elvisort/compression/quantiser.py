@@ -106,3 +106,92 @@ class VectorQuantiser(nn.Module):
             self.codebook[dead] = flat[picks] + jitter
         self.usage.zero_()
         return int(dead.numel())
+
+
+class ResidualVectorQuantiser(nn.Module):
+    """``n_stages`` vector quantisers in cascade (residual VQ, as in SoundStream): the first quantises each latent
+    vector, every further stage quantises what the previous stages left; the quantised vector is the sum of the
+    chosen codewords, and each vector costs ``n_stages`` indices.
+
+    With ``n_stages=1`` this is a single :class:`VectorQuantiser`. Later stages let the code carry what one
+    codebook cannot: within a stage-1 cell, the spike's own deviation from the cell's mean, noise included.
+
+    Parameters
+    ----------
+    codebook_size : int
+        Codewords K of each stage.
+    dim : int
+        Length of a codeword.
+    n_stages : int, default: 1
+        Number of cascaded quantisers.
+    """
+
+    def __init__(self, codebook_size: int, dim: int, n_stages: int = 1):
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.dim = dim
+        self.n_stages = n_stages
+        self.stages = nn.ModuleList(VectorQuantiser(codebook_size, dim) for _ in range(n_stages))
+
+    def _residuals(self, latents: Tensor) -> tuple[Tensor, list[Tensor]]:
+        # indices (..., n_stages) and the input of every stage (flattened to (num, dim))
+        residual = latents.reshape(-1, self.dim)
+        inputs, indices = [], []
+        for stage in self.stages:
+            inputs.append(residual)
+            index = stage.nearest(residual)
+            residual = residual - stage.lookup(index)
+            indices.append(index)
+        return torch.stack(indices, dim=-1).reshape(*latents.shape[:-1], self.n_stages), inputs
+
+    def nearest(self, latents: Tensor) -> Tensor:
+        """Greedy residual codes, (..., dim) -> (..., n_stages) int64."""
+        return self._residuals(latents)[0]
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Sum of the stages' codewords, (..., n_stages) -> (..., dim)."""
+        return sum(stage.lookup(indices[..., s]) for s, stage in enumerate(self.stages))
+
+    def forward(self, latents: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Quantise ``latents`` (batch, num_vectors, dim).
+
+        Returns the quantised latents with straight-through gradients, the indices (batch, num_vectors, n_stages)
+        and the loss terms: ``codebook`` (each stage's codewords towards the residual they quantise, summed over
+        the stages) and ``commitment`` (the encoder outputs towards their full quantised vector).
+        """
+        indices, inputs = self._residuals(latents.detach())
+        flat_indices = indices.reshape(-1, self.n_stages)
+        codebook = 0.0
+        for s, stage in enumerate(self.stages):
+            codebook = codebook + F.mse_loss(stage.lookup(flat_indices[:, s]), inputs[s])
+            if self.training:
+                stage.usage += torch.bincount(flat_indices[:, s], minlength=self.codebook_size).to(stage.usage.dtype)
+        quantised = self.lookup(indices)
+        losses = {"codebook": codebook, "commitment": F.mse_loss(latents, quantised.detach())}
+        return latents + (quantised - latents).detach(), indices, losses
+
+    @torch.no_grad()
+    def _stagewise(self, latents: Tensor, start) -> None:
+        residual = latents.reshape(-1, self.dim)
+        for s, stage in enumerate(self.stages):
+            start(stage, residual, s)
+            residual = residual - stage.lookup(stage.nearest(residual))
+
+    def initialise(self, latents: Tensor, generator: torch.Generator | None = None) -> None:
+        """Each stage's codebook from random rows of what the previous stages leave of ``latents`` (num, dim)."""
+        self._stagewise(latents, lambda stage, residual, s: stage.initialise(residual, generator))
+
+    def initialise_kmeans(self, latents: Tensor, seed: int = 0, max_iter: int = 50) -> None:
+        """Each stage's codebook as k-means centroids of what the previous stages leave (residual k-means)."""
+        self._stagewise(latents, lambda stage, residual, s: stage.initialise_kmeans(residual, seed + s, max_iter))
+
+    @torch.no_grad()
+    def restart_dead(self, latents: Tensor, generator: torch.Generator | None = None) -> int:
+        """Restart each stage's unused codewords on random residuals of that stage; return how many moved."""
+        moved = [0]
+
+        def restart(stage, residual, s):
+            moved[0] += stage.restart_dead(residual, generator)
+
+        self._stagewise(latents, restart)
+        return moved[0]
