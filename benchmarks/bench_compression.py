@@ -130,10 +130,8 @@ def vq_rows(train, test, clean, settings, epochs, seed, verbose):
 
     rows, models = [], {}
     for setting in settings:
-        n_features, codebook_size, n_stages = ([int(v) for v in setting.split(":")] + [1])[:3]
-        kwargs = dict(
-            n_features=n_features, codebook_size=codebook_size, n_stages=n_stages, random_state=seed, verbose=verbose
-        )
+        n_features, codebook_size = (int(v) for v in setting.split(":"))
+        kwargs = dict(n_features=n_features, codebook_size=codebook_size, random_state=seed, verbose=verbose)
         if epochs is not None:
             kwargs.update(epochs=epochs, warmup_epochs=min(2, epochs - 1))
         start = time.perf_counter()
@@ -144,7 +142,7 @@ def vq_rows(train, test, clean, settings, epochs, seed, verbose):
         rows.append(
             measure(
                 "autoencoder",
-                f"n_features={n_features} K={codebook_size}" + (f" stages={n_stages}" if n_stages > 1 else ""),
+                f"n_features={n_features} K={codebook_size}",
                 test,
                 clean,
                 compressor.decode(codes),
@@ -291,7 +289,7 @@ def main(argv=None):
         "--vq",
         nargs="*",
         default=["2:64", "1:64", "1:256", "4:64"],
-        help="autoencoder settings n_features:codebook_size[:n_stages]; the first is the default compressor",
+        help="autoencoder settings n_features:codebook_size; the first is the default compressor",
     )
     parser.add_argument(
         "--kmeans", nargs="*", default=[], help="also residual k-means of the raw waveforms, e.g. 64 64,64 128,128,128"

@@ -15,7 +15,6 @@ from spikeinterface_elvisort.compression import (  # noqa: E402
     DCTCompressor,
     DWTCompressor,
     PCACompressor,
-    ResidualVectorQuantiser,
     SpikeCompressor,
     StaticEntropyCoder,
     VectorQuantiser,
@@ -236,61 +235,6 @@ def test_quantiser_straight_through_and_restarts():
     assert quantiser.restart_dead(torch.randn(10, 3)) == 4  # usage was reset by initialise
 
 
-def test_residual_quantiser_quantises_what_the_first_stage_leaves():
-    quantiser = ResidualVectorQuantiser(codebook_size=3, dim=2, n_stages=2)
-    with torch.no_grad():
-        quantiser.stages[0].codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 0.0]]))
-        quantiser.stages[1].codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, -1.0]]))
-    latents = torch.tensor([[[10.9, 10.1], [0.1, -0.8], [-9.0, 0.2]]], requires_grad=True)
-    quantised, indices, losses = quantiser.train()(latents)
-    assert indices.tolist() == [[[1, 1], [0, 2], [2, 1]]]  # stage 2 picks the codeword nearest the residual
-    np.testing.assert_allclose(quantised.detach().numpy(), [[[11.0, 10.0], [0.0, -1.0], [-9.0, 0.0]]])
-    torch.testing.assert_close(quantiser.lookup(indices), quantised.detach())
-    quantised.sum().backward()
-    np.testing.assert_allclose(latents.grad.numpy(), 1.0)
-    assert set(losses) == {"codebook", "commitment"}
-    assert quantiser.nearest(torch.tensor([[10.0, 9.0]])).tolist() == [[1, 2]]
-    # stage 1 used all its codewords, stage 2 never its codeword 0
-    assert quantiser.restart_dead(torch.randn(6, 2)) == 1
-
-
-def test_residual_stages_in_the_compressor(spikes, tmp_path, single_thread_torch):
-    waveforms, _, _ = spikes
-    train, test = waveforms[:400], waveforms[400:]
-    kwargs = dict(
-        n_features=1, codebook_size=16, epochs=6, warmup_epochs=2, decoder_epochs=3, batch_size=32,
-        learning_rate=2e-3, device="cpu", random_state=0, **SMALL,
-    )
-    one = SpikeCompressor(n_stages=1, **kwargs).fit(train)
-    two = SpikeCompressor(n_stages=2, **kwargs).fit(train)
-    codes = two.encode(test)
-    assert codes.shape == (len(test), 1, 2) and two.codes_per_group == 2
-    # the second stage spends more bits (it does not restore these spikes better: see docs/compression.rst)
-    assert two.bits_per_group(codes) > one.bits_per_group(one.encode(test))
-    assert sndr(test, two.reconstruct(test)).mean() > 9.0
-    np.testing.assert_array_equal(two.decompress(two.compress(test), len(test)), two.reconstruct(test))
-    loaded = SpikeCompressor.load(two.save(tmp_path / "two.pt"))
-    np.testing.assert_array_equal(loaded.encode(test), codes)
-    assert two.encoder_size()["macs"] > one.encoder_size()["macs"]  # a second nearest-codeword search
-    with pytest.raises(ValueError, match=r"n_features \* n_stages"):
-        two.decode(codes[:, :, :1])
-    with pytest.raises(ValueError, match="n_stages"):
-        SpikeCompressor(n_stages=0, **kwargs).fit(train)
-
-
-def test_files_from_before_residual_stages_load(fitted, spikes, tmp_path):
-    # format 1 files written before n_stages existed: no n_stages parameter, one quantiser at "quantiser."
-    state = fitted.state()
-    state["params"].pop("n_stages")
-    state["config"].pop("n_stages")
-    state["state_dict"] = {
-        key.replace("quantiser.stages.0.", "quantiser."): value for key, value in state["state_dict"].items()
-    }
-    old = SpikeCompressor.from_state(state)
-    test = spikes[0][400:]
-    np.testing.assert_array_equal(old.encode(test), fitted.encode(test))
-
-
 def test_compressor_reconstructs_held_out_spikes(spikes, fitted):
     waveforms, _, clean = spikes
     test, test_clean = waveforms[400:], clean[400:]
@@ -361,7 +305,7 @@ def test_kmeans_refresh_resets_the_codebook(spikes, single_thread_torch):
     )
     plain = SpikeCompressor(**kwargs).fit(train)
     refreshed = SpikeCompressor(kmeans_refresh_every=1, **kwargs).fit(train)
-    assert not torch.equal(plain.model_.quantiser.stages[0].codebook, refreshed.model_.quantiser.stages[0].codebook)
+    assert not torch.equal(plain.model_.quantiser.codebook, refreshed.model_.quantiser.codebook)
     assert sndr(train, refreshed.reconstruct(train)).mean() > 8.0  # the decoder epochs adapt to the new codebook
     with pytest.raises(ValueError, match="kmeans_refresh_every"):
         SpikeCompressor(kmeans_refresh_every=-1).fit(train)

@@ -44,7 +44,7 @@ class SpikeCompressor:
     """Vector-quantised compressive autoencoder for spike waveforms (Wu et al. 2018, seed 004).
 
     Each spike's channels, in spatial order, are split into consecutive groups of ``channels_per_group`` adjacent
-    channels; every group goes through the same network and becomes ``n_features * n_stages`` codeword indices, which an
+    channels; every group goes through the same network and becomes ``n_features`` codeword indices, which an
     entropy coder (probability tables learned at ``fit``) turns into bytes.
 
     Parameters
@@ -55,11 +55,7 @@ class SpikeCompressor:
         Feature maps after the encoder, i.e. codeword indices per group (the seed's N_feat). Fewer means a higher
         compression ratio and a lower SNDR.
     codebook_size : int, default: 64
-        Codewords K of the vector quantiser (of each stage).
-    n_stages : int, default: 1
-        Residual quantisation stages per feature map: every further stage quantises what the previous ones left,
-        so that the code also carries the spike's own deviation from its codeword. Each group costs
-        ``n_features * n_stages`` indices.
+        Codewords K of the vector quantiser.
     epochs : int, default: 16
         Training epochs (Adam, cosine learning-rate decay), the warm-up epochs included.
     warmup_epochs : int, default: 2
@@ -104,7 +100,7 @@ class SpikeCompressor:
     Examples
     --------
     >>> compressor = SpikeCompressor(epochs=5).fit(train_waveforms)  # doctest: +SKIP
-    >>> codes = compressor.encode(test_waveforms)  # (num_spikes, num_groups, codes_per_group)  # doctest: +SKIP
+    >>> codes = compressor.encode(test_waveforms)  # (num_spikes, num_groups, n_features)  # doctest: +SKIP
     >>> restored = compressor.decode(codes)  # doctest: +SKIP
     """
 
@@ -113,7 +109,6 @@ class SpikeCompressor:
         channels_per_group: int = 4,
         n_features: int = 2,
         codebook_size: int = 64,
-        n_stages: int = 1,
         epochs: int = 16,
         warmup_epochs: int = 2,
         kmeans_refresh_every: int = 0,
@@ -131,7 +126,6 @@ class SpikeCompressor:
         self.channels_per_group = channels_per_group
         self.n_features = n_features
         self.codebook_size = codebook_size
-        self.n_stages = n_stages
         self.epochs = epochs
         self.warmup_epochs = warmup_epochs
         self.kmeans_refresh_every = kmeans_refresh_every
@@ -219,7 +213,6 @@ class SpikeCompressor:
             channels_per_group=int(self.channels_per_group),
             n_features=self.n_features,
             codebook_size=self.codebook_size,
-            n_stages=self.n_stages,
             width=self.width,
             decoder_width=self.decoder_width,
             reconstruction_loss=self.reconstruction_loss,
@@ -264,15 +257,8 @@ class SpikeCompressor:
         self.num_samples_ = int(waveforms.shape[1])
         self.history_ = history
         codes = self.encode(waveforms)
-        self.coder_ = StaticEntropyCoder([self.codebook_size] * self.codes_per_group).fit(
-            codes.reshape(-1, self.codes_per_group)
-        )
+        self.coder_ = StaticEntropyCoder([self.codebook_size] * self.n_features).fit(codes.reshape(-1, self.n_features))
         return self
-
-    @property
-    def codes_per_group(self) -> int:
-        """Codeword indices per channel group: ``n_features * n_stages``."""
-        return int(self.n_features) * int(self.n_stages)
 
     # -- encode / decode -----------------------------------------------------------------------------------------
 
@@ -301,24 +287,23 @@ class SpikeCompressor:
 
         Returns
         -------
-        (num_spikes, num_groups, n_features * n_stages) int64
-            ``num_groups = num_channels // channels_per_group``; per group, the ``n_stages`` residual indices of
-            feature map 0, then those of feature map 1, ...
+        (num_spikes, num_groups, n_features) int64
+            ``num_groups = num_channels // channels_per_group``.
         """
         waveforms = self._check_input(waveforms)
         num_groups = waveforms.shape[2] // self.channels_per_group
         if len(waveforms) == 0:
-            return np.zeros((0, num_groups, self.codes_per_group), dtype=np.int64)
+            return np.zeros((0, num_groups, self.n_features), dtype=np.int64)
         groups = (self._groups(waveforms) / self.scale_).astype(np.float32)
         codes = self._run("encode", groups)
-        return codes.reshape(len(waveforms), num_groups, self.codes_per_group).astype(np.int64)
+        return codes.reshape(len(waveforms), num_groups, self.n_features).astype(np.int64)
 
     def decode(self, codes) -> np.ndarray:
         """Reconstruct spikes from codeword indices.
 
         Parameters
         ----------
-        codes : (num_spikes, num_groups, n_features * n_stages) int array
+        codes : (num_spikes, num_groups, n_features) int array
             As returned by :meth:`encode`.
 
         Returns
@@ -327,11 +312,8 @@ class SpikeCompressor:
         """
         self._check_fitted()
         codes = np.asarray(codes)
-        if codes.ndim != 3 or codes.shape[2] != self.codes_per_group:
-            raise ValueError(
-                f"codes must be (num_spikes, num_groups, {self.codes_per_group}) (n_features * n_stages), got shape "
-                f"{codes.shape}"
-            )
+        if codes.ndim != 3 or codes.shape[2] != self.n_features:
+            raise ValueError(f"codes must be (num_spikes, num_groups, {self.n_features}), got shape {codes.shape}")
         if codes.size and (
             not np.issubdtype(codes.dtype, np.integer) or codes.min() < 0 or codes.max() >= self.codebook_size
         ):
@@ -340,7 +322,7 @@ class SpikeCompressor:
         M = self.channels_per_group
         if num_spikes == 0:
             return np.zeros((0, self.num_samples_, num_groups * M), dtype=np.float32)
-        groups = self._run("decode", codes.reshape(-1, self.codes_per_group).astype(np.int64))  # (num * G, T, M)
+        groups = self._run("decode", codes.reshape(-1, self.n_features).astype(np.int64))  # (num * G, T, M)
         waveforms = groups.reshape(num_spikes, num_groups, self.num_samples_, M).transpose(0, 2, 1, 3)
         return (waveforms.reshape(num_spikes, self.num_samples_, num_groups * M) * self.scale_).astype(np.float32)
 
@@ -351,18 +333,18 @@ class SpikeCompressor:
     def compress(self, waveforms) -> bytes:
         """Entropy-coded bytes of the spikes' indices (what the implant would transmit); see :meth:`decompress`."""
         codes = self.encode(waveforms)
-        return self.coder_.encode(codes.reshape(-1, self.codes_per_group))
+        return self.coder_.encode(codes.reshape(-1, self.n_features))
 
     def decompress(self, data: bytes, num_spikes: int, num_groups: int = 1) -> np.ndarray:
         """Spikes back from :meth:`compress`'s bytes: (num_spikes, num_samples, num_groups * channels_per_group)."""
         self._check_fitted()
         codes = self.coder_.decode(data, num_rows=num_spikes * num_groups)
-        return self.decode(codes.reshape(num_spikes, num_groups, self.codes_per_group))
+        return self.decode(codes.reshape(num_spikes, num_groups, self.n_features))
 
     # -- rate ----------------------------------------------------------------------------------------------------
 
     def bits_per_group(self, codes) -> float:
-        """Entropy of ``codes`` (num_spikes, num_groups, codes_per_group) in bits per channel group: the sum over the
+        """Entropy of ``codes`` (num_spikes, num_groups, n_features) in bits per channel group: the sum over the
         feature positions of each position's index entropy (the coder keeps one table per position)."""
         from .metrics import code_entropy
 
@@ -380,7 +362,7 @@ class SpikeCompressor:
         config = self.config_
         example = torch.zeros(2, config.padded_samples, config.channels_per_group)
         encoder_macs = count_macs(self.model_.encoder, example.transpose(1, 2)) // 2
-        search_macs = config.n_features * config.n_stages * config.codebook_size * config.code_dim
+        search_macs = config.n_features * config.codebook_size * config.code_dim
         parameters = count_parameters(self.model_.encoder) + count_parameters(self.model_.quantiser)
         return {"parameters": parameters, "macs": encoder_macs + search_macs}
 
@@ -392,7 +374,6 @@ class SpikeCompressor:
             "channels_per_group",
             "n_features",
             "codebook_size",
-            "n_stages",
             "epochs",
             "warmup_epochs",
             "kmeans_refresh_every",
@@ -436,11 +417,7 @@ class SpikeCompressor:
         compressor = cls(**state["params"])
         compressor.config_ = CompressorConfig(**state["config"])
         compressor.model_ = CompressiveAutoencoder(compressor.config_)
-        state_dict = dict(state["state_dict"])
-        for name in ("codebook", "usage"):  # files of 0.x before residual stages: one quantiser
-            if f"quantiser.{name}" in state_dict:
-                state_dict[f"quantiser.stages.0.{name}"] = state_dict.pop(f"quantiser.{name}")
-        compressor.model_.load_state_dict(state_dict)
+        compressor.model_.load_state_dict(state["state_dict"])
         compressor.model_.eval()
         compressor.scale_ = float(state["scale"])
         compressor.num_samples_ = int(state["num_samples"])

@@ -3,8 +3,7 @@
 Encoder (the on-implant part, with the quantiser): a 1x1 convolution expands the ``channels_per_group`` input
 channels to 256 features, two ResNeXt bottleneck stages (32 groups) each followed by 2x temporal downsampling, and a
 1x1 convolution reduces to ``n_features`` feature maps. Each feature map (length ``ceil(num_samples / 4)``) is one
-vector for the quantiser, a cascade of ``n_stages`` residual codebooks, so an input costs ``n_features * n_stages``
-codeword indices. The decoder (run off-implant) mirrors
+vector for the quantiser, so an input costs ``n_features`` codeword indices. The decoder (run off-implant) mirrors
 the encoder with transposed convolutions and upsampling, with plain (ungrouped) residual blocks.
 """
 
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .quantiser import ResidualVectorQuantiser
+from .quantiser import VectorQuantiser
 
 
 @dataclass
@@ -27,7 +26,6 @@ class CompressorConfig:
     channels_per_group: int = 4  # M_spk: adjacent channels sharing one input
     n_features: int = 2  # N_feat: feature maps after the encoder = codeword indices per input
     codebook_size: int = 64  # K
-    n_stages: int = 1  # residual quantisers per feature map: indices per input = n_features * n_stages
     width: int = 256  # features after the 1x1 expansion (seed: 256)
     groups: int = 32  # groups of the ResNeXt convolutions (seed: 32)
     decoder_width: int = 64  # features in the decoder's residual blocks (seed: 256)
@@ -45,7 +43,7 @@ class CompressorConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent field."""
-        for name in ("num_samples", "channels_per_group", "n_features", "codebook_size", "n_stages", "width", "groups"):
+        for name in ("num_samples", "channels_per_group", "n_features", "codebook_size", "width", "groups"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -124,7 +122,7 @@ class CompressiveAutoencoder(nn.Module):
             nn.Conv1d(width, config.n_features, 1, bias=False),
             nn.BatchNorm1d(config.n_features),
         )
-        self.quantiser = ResidualVectorQuantiser(config.codebook_size, config.code_dim, config.n_stages)
+        self.quantiser = VectorQuantiser(config.codebook_size, config.code_dim)
         dwidth = config.decoder_width
         self.decoder = nn.Sequential(
             nn.ConvTranspose1d(config.n_features, dwidth, 1, bias=False),
@@ -145,23 +143,13 @@ class CompressiveAutoencoder(nn.Module):
             x = F.pad(x, (0, pad))
         return self.encoder(x)
 
-    @property
-    def codes_per_input(self) -> int:
-        """Codeword indices per input: ``n_features * n_stages`` (feature map major)."""
-        return self.config.n_features * self.config.n_stages
-
     def encode(self, spikes: Tensor) -> Tensor:
-        """Codeword indices, (batch, num_samples, channels) -> (batch, n_features * n_stages) int64: the
-        ``n_stages`` residual indices of feature map 0, then those of feature map 1, ..."""
-        return self.quantiser.nearest(self.latents(spikes)).reshape(len(spikes), self.codes_per_input)
-
-    def quantised(self, indices: Tensor) -> Tensor:
-        """Quantised latents of ``indices``, (batch, n_features * n_stages) -> (batch, n_features, code_dim)."""
-        return self.quantiser.lookup(indices.reshape(len(indices), self.config.n_features, self.config.n_stages))
+        """Codeword indices, (batch, num_samples, channels) -> (batch, n_features) int64."""
+        return self.quantiser.nearest(self.latents(spikes))
 
     def decode(self, indices: Tensor) -> Tensor:
-        """Reconstruction from indices, (batch, n_features * n_stages) -> (batch, num_samples, channels)."""
-        return self._synthesis(self.quantised(indices))
+        """Reconstruction from indices, (batch, n_features) -> (batch, num_samples, channels)."""
+        return self._synthesis(self.quantiser.lookup(indices))
 
     def _synthesis(self, quantised: Tensor) -> Tensor:
         # (batch, n_features, code_dim) -> (batch, channels, padded_samples) -> (batch, num_samples, channels)

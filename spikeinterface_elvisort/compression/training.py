@@ -116,7 +116,7 @@ def finetune_decoder(
     with torch.no_grad():
         # (num, n_features, code_dim): the quantised latents the decoder will receive
         inputs = torch.cat(
-            [model.quantised(model.encode(data[start : start + 4096])) for start in range(0, len(data), 4096)]
+            [model.quantiser.lookup(model.encode(data[start : start + 4096])) for start in range(0, len(data), 4096)]
         )
     optimizer = torch.optim.Adam(model.decoder.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=0.05 * learning_rate)
@@ -141,4 +141,3 @@ def finetune_decoder(
         progress.set_postfix(reconstruction=f"{history[-1]['reconstruction']:.3g}")
     model.eval()
     return history
-
