@@ -75,19 +75,26 @@ def run_one(minutes, num_channels, num_units, folder, params, poll_s=0.2):
         raise RuntimeError(f"the {minutes} min run failed:\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     result.update(minutes=minutes, num_channels=num_channels, num_units=num_units, process_s=total_s,
-                  peak_tree_rss_mib=peak_tree / 2**20, stages_s=stage_times(folder))
+                  peak_tree_rss_mib=peak_tree / 2**20, stages_s=stage_times(folder),
+                  stages_peak_rss_mib=stage_times(folder, peak_rss=True))
     return result
 
 
-def stage_times(folder):
-    """Seconds per stage, from the run's spikeinterface_log.json (which holds elvisort.log's lines)."""
+def stage_times(folder, peak_rss=False):
+    """Seconds per stage, from the run's spikeinterface_log.json (which holds elvisort.log's lines); with
+    ``peak_rss``, the process's peak RSS (MiB) at the end of each stage instead, which tells the stage that set the
+    peak."""
     log = json.loads((Path(folder) / "spikeinterface_log.json").read_text())
-    times = {}
+    values = {}
     for line in log.get("runtime_trace", []):
         match = re.match(r"\S+ (\S[\S ]*?)\s+([\d.]+) s  ", line)
-        if match:
-            times[match.group(1).strip()] = float(match.group(2))
-    return times
+        if not match:
+            continue
+        if not peak_rss:
+            values[match.group(1).strip()] = float(match.group(2))
+        elif (memory := re.search(r"\(peak RSS (\d+) MiB\)", line)):
+            values[match.group(1).strip()] = int(memory.group(1))
+    return values
 
 
 def main():
@@ -113,7 +120,7 @@ def main():
         results.append(result)
         print(f"{minutes:g} min: wall {result['wall_s']:.0f} s, peak RSS {result['maxrss_self_mib']:.0f} MiB "
               f"(process tree {result['peak_tree_rss_mib']:.0f} MiB), {result['num_units']} units; stages "
-              f"{result['stages_s']}", flush=True)
+              f"{result['stages_s']}; peak RSS after each stage (MiB) {result['stages_peak_rss_mib']}", flush=True)
     if len(results) > 1:
         first, last = results[0], results[-1]
         print(f"ratio {last['minutes'] / first['minutes']:.1f}x duration: peak RSS x"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from contextlib import contextmanager
 
@@ -52,14 +53,70 @@ def seed_everything(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, else ``os.cpu_count()``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1
+
+
+# helper processes of multiprocessing that a pool's manager also starts: not workers
+_NOT_WORKERS = ("resource_tracker", "forkserver", "semaphore_tracker")
+
+
+def cpu_share() -> int:
+    """CPU threads this process should use when the user chose none: its share of the cores.
+
+    * ``OMP_NUM_THREADS`` when set: joblib's loky workers and dask's workers get their share that way;
+    * in a worker of a ``multiprocessing`` or ``concurrent.futures`` process pool (which set nothing, e.g.
+      ``run_sorter_jobs(engine="processpoolexecutor")``): the cores divided among the pool's live worker processes
+      (the child processes of this process's parent);
+    * otherwise all of :func:`available_cores`.
+
+    Without this, every worker of a pool runs as many threads as there are cores, and the OpenMP threads of
+    several processes fighting over the same cores slow each of them down many times over.
+    """
+    import multiprocessing
+
+    cores = available_cores()
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) >= 1:
+        return min(int(value), cores)
+    if multiprocessing.parent_process() is None:
+        return cores
+    try:
+        import psutil
+
+        siblings = 0
+        for child in psutil.Process(os.getppid()).children():
+            try:
+                command = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            siblings += not any(name in command for name in _NOT_WORKERS)
+    except Exception:  # psutil missing or the parent gone: no way to count, keep every core
+        return cores
+    return max(cores // max(siblings, 1), 1)
+
+
+def torch_num_threads() -> int:
+    """The CPU threads torch uses now (``torch.get_num_threads()``)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 @contextmanager
 def torch_threads(num_threads: int | None):
-    """Let torch use ``num_threads`` CPU threads inside the block (None: leave torch's setting); the caller's
-    process gets its own setting back afterwards."""
+    """Let torch use ``num_threads`` CPU threads inside the block (None: this process's share of the cores,
+    :func:`cpu_share`, or fewer when torch was already set to fewer); the caller's process gets its own setting
+    back afterwards."""
     import torch
 
     previous = torch.get_num_threads()
-    if num_threads is not None:
+    if num_threads is None:
+        num_threads = min(previous, cpu_share())
+    if num_threads != previous:
         torch.set_num_threads(num_threads)
     try:
         yield

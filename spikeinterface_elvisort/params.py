@@ -270,7 +270,11 @@ PARAMS = {
     "device": Param('auto', '"auto" | "cpu" | "cuda" | "cuda:N": where the network runs; "auto" picks CUDA when present.', "run"),
     "seed": Param(0, "Random seed (numpy, scikit-learn and torch); the same seed gives the same sorting on the CPU.", "run"),
     "torch_threads": Param(
-        None, "Threads torch may use on the CPU (None: torch's default, one per core).", "run"
+        None,
+        "Threads torch may use on the CPU (None: one per core, or, in a worker of a process pool such as "
+        "run_sorter_jobs' joblib, dask and processpoolexecutor engines, the worker's share of the cores: "
+        "OMP_NUM_THREADS when set, else the cores divided among the pool's workers).",
+        "run",
     ),
     "save_arrays": Param(
         False, "Also save peaks, latents and labels as .npy files in sorter_output/ (for inspection).", "run"
@@ -279,19 +283,25 @@ PARAMS = {
         {},
         "SpikeInterface job kwargs for the chunked stages (filtering and caching, detection, template matching; "
         "n_jobs, pool_engine, chunk_duration, ...). Unless given here, they run in one thread per core "
-        "(n_jobs=-1, pool_engine='thread'), whatever SpikeInterface's global job kwargs say; the result does not "
-        "depend on n_jobs. progress_bar follows verbose.",
+        "(pool_engine='thread'; in a process-pool worker, one per core of its share, as for torch_threads), "
+        "whatever SpikeInterface's global job kwargs say; the result does not depend on n_jobs. progress_bar "
+        "follows verbose.",
         "run",
     ),
 }
 
 
 def sorter_job_kwargs(job_kwargs: dict, verbose: bool) -> dict:
-    """The job kwargs the chunked stages run with: one thread per core unless ``job_kwargs`` says otherwise (the
-    sorter parameter), SpikeInterface's defaults for the rest, progress bars when ``verbose``."""
+    """The job kwargs the chunked stages run with: one thread per core of this process's share
+    (:func:`~spikeinterface_elvisort.device.cpu_share`: all the cores, except in a worker of a process pool) unless
+    ``job_kwargs`` says otherwise (the sorter parameter), SpikeInterface's defaults for the rest, progress bars when
+    ``verbose``."""
     from spikeinterface.core.job_tools import fix_job_kwargs
 
-    return fix_job_kwargs({"n_jobs": -1, "pool_engine": "thread"} | dict(job_kwargs)) | {"progress_bar": verbose}
+    from .device import cpu_share
+
+    defaults = {"n_jobs": cpu_share(), "pool_engine": "thread"}
+    return fix_job_kwargs(defaults | dict(job_kwargs)) | {"progress_bar": verbose}
 
 
 DEFAULT_PARAMS = {name: param.default for name, param in PARAMS.items()}

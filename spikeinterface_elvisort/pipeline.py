@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,7 +18,7 @@ from .curation import (
     split_multimodal, template_snr,
 )
 from .detection import detect_spikes
-from .device import resolve_device, seed_everything, torch_threads
+from .device import resolve_device, seed_everything, torch_num_threads, torch_threads
 from .inference import encode, predict_proba
 from .models import build_model
 from .params import sorter_job_kwargs
@@ -32,8 +33,18 @@ MIN_TEMPLATE_SNR = 3.0  # units whose template peaks below this many noise level
 LABEL_CHUNK = 20_000  # events labelled per pass: memory of the labelling pass does not grow with the recording
 
 
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory so far in MiB (``getrusage``), or None where the OS has no such call."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
 class _Stages:
-    """Times each stage and logs one line per stage."""
+    """Times each stage and logs one line per stage (with the process's peak RSS so far, where known)."""
 
     def __init__(self):
         self.start = self.last = time.perf_counter()
@@ -42,7 +53,9 @@ class _Stages:
     def done(self, stage: str, message: str, *args) -> None:
         now = time.perf_counter()
         self.times[stage] = now - self.last
-        logger.info(f"%-14s %6.1f s  {message}", stage, now - self.last, *args)
+        peak = peak_rss_mib()
+        memory = "" if peak is None else f"  (peak RSS {peak:.0f} MiB)"
+        logger.info(f"%-14s %6.1f s  {message}{memory}", stage, now - self.last, *args)
         self.last = now
 
 
@@ -90,8 +103,10 @@ def _run(recording, params, folder, verbose, device, rng):
     nafter = int(round(params["ms_after"] * sampling_frequency / 1000.0))
     channel_locations = recording.get_channel_locations()[:, :2]
     logger.info(
-        "elvisort on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s",
+        "elvisort on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s, %d torch thread(s), %d job(s) for the "
+        "chunked stages",
         recording.get_num_channels(), num_segments, recording.get_total_duration(), sampling_frequency, device,
+        torch_num_threads(), job_kwargs["n_jobs"],
     )
 
     preprocessed, cache_info, noise_levels, peaks = _front_end(recording, params, folder, job_kwargs, stages)

@@ -265,3 +265,23 @@ def test_chunked_stages_use_every_core_in_threads_unless_told_otherwise():
     assert default["progress_bar"] is False and sorter_job_kwargs({}, verbose=True)["progress_bar"] is True
     given = sorter_job_kwargs({"n_jobs": 1, "chunk_duration": "500ms"}, verbose=False)
     assert given["n_jobs"] == 1 and given["chunk_duration"] == "500ms"
+
+
+def test_cpu_share_follows_omp_num_threads_and_is_every_core_in_a_plain_process(monkeypatch):
+    from spikeinterface_elvisort.device import available_cores, cpu_share, torch_threads
+    from spikeinterface_elvisort.params import sorter_job_kwargs
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_share() == available_cores()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_share() == 1
+    assert sorter_job_kwargs({}, verbose=False)["n_jobs"] == 1
+    assert sorter_job_kwargs({"n_jobs": 2}, verbose=False)["n_jobs"] == 2  # the user's choice wins
+    import torch
+
+    previous = torch.get_num_threads()
+    with torch_threads(None):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == previous
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert cpu_share() == available_cores()

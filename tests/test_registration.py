@@ -7,6 +7,8 @@ Most checks run in a fresh ``sys.executable`` so that nothing this test session 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -212,6 +214,19 @@ def check_sorter_folder(folder, recording):
     assert (folder / "sorter_output" / "model.pt").is_file()
 
 
+def check_worker_threads(folders):
+    """Two workers sharing the cores: each ran torch and the chunked stages on its half (no oversubscription)."""
+    from spikeinterface_elvisort.device import available_cores
+
+    omp = os.environ.get("OMP_NUM_THREADS", "")  # a value set by the user passes on to every worker
+    expected = min(int(omp), available_cores()) if omp.isdigit() else max(available_cores() // 2, 1)
+    for folder in folders:
+        text = (folder / "sorter_output" / "elvisort.log").read_text()
+        match = re.search(r"(\d+) torch thread\(s\), (\d+) job\(s\) for the chunked stages", text)
+        assert match, text[:500]
+        assert (int(match.group(1)), int(match.group(2))) == (expected, expected), match.group(0)
+
+
 @pytest.fixture(scope="module")
 def joblib_folders(tiny_recordings, tmp_path_factory):
     folder = tmp_path_factory.mktemp("joblib")
@@ -225,6 +240,7 @@ def test_run_sorter_jobs_joblib(joblib_folders, tiny_recordings):
     assert len(num_units) == 2 and all(n >= 1 for n in num_units)
     for folder, recording in zip(folders, tiny_recordings):
         check_sorter_folder(folder, recording)
+    check_worker_threads(folders)  # loky sets OMP_NUM_THREADS to each worker's share
 
 
 def test_read_sorter_folder_in_a_fresh_process(joblib_folders, tiny_recordings):
@@ -257,6 +273,7 @@ def test_run_sorter_jobs_processpoolexecutor(tiny_recordings, tmp_path):
     assert len(num_units) == 2 and all(n >= 1 for n in num_units)
     for folder, recording in zip(folders, tiny_recordings):
         check_sorter_folder(folder, recording)
+    check_worker_threads(folders)  # nothing sets OMP_NUM_THREADS here: the sorter counts the pool's workers
 
 
 def test_run_sorter_jobs_dask(tiny_recordings, tmp_path):

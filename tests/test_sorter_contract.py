@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -261,6 +263,9 @@ def test_log_file_gets_the_stage_lines_whatever_the_verbosity(kept_run):
     text = (folder / "sorter_output" / "elvisort.log").read_text()
     for stage in ("preprocessing", "detection", "training", "clustering", "clean-up"):
         assert stage in text, stage
+    if sys.platform != "win32":  # each stage line ends with the process's peak memory so far
+        peaks = [int(value) for value in re.findall(r"\(peak RSS (\d+) MiB\)", text)]
+        assert len(peaks) >= 5 and peaks == sorted(peaks) and peaks[0] > 50
 
 
 def test_verbose_false_is_quiet_when_the_user_configured_logging(tmp_path):
