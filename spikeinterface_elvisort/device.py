@@ -60,43 +60,63 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-# helper processes of multiprocessing that a pool's manager also starts: not workers
-_NOT_WORKERS = ("resource_tracker", "forkserver", "semaphore_tracker")
+def _omp_num_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as an integer (the first level of a nested list such as "4,2"), or None."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else None
+
+
+def _pool_workers(parent) -> int:
+    """How many worker processes the pool that started this process has (this one included): the children of
+    its parent that run a worker (spawn: ``spawn_main``; fork: the parent's own command line), or, under the
+    forkserver start method, every child of the fork server. Zombies and other children (multiprocessing's
+    resource tracker and fork server, unrelated subprocesses) do not count."""
+    import psutil
+
+    server = os.getppid() != parent.pid  # forkserver: the workers are forks of the server, not of the pool's owner
+    pool_owner = psutil.Process(os.getppid())
+    owner_command = pool_owner.cmdline()
+    workers = 0
+    for child in pool_owner.children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            command = child.cmdline()
+        except psutil.Error:
+            continue
+        if server or "multiprocessing.spawn" in " ".join(command) or command == owner_command:
+            workers += 1
+    return max(workers, 1)
 
 
 def cpu_share() -> int:
     """CPU threads this process should use when the user chose none: its share of the cores.
 
-    * ``OMP_NUM_THREADS`` when set: joblib's loky workers and dask's workers get their share that way;
-    * in a worker of a ``multiprocessing`` or ``concurrent.futures`` process pool (which set nothing, e.g.
-      ``run_sorter_jobs(engine="processpoolexecutor")``): the cores divided among the pool's live worker processes
-      (the child processes of this process's parent);
-    * otherwise all of :func:`available_cores`.
+    * In a plain process (not started by ``multiprocessing``): every core of :func:`available_cores`.
+    * In a worker process with ``OMP_NUM_THREADS`` set: that many (joblib's loky workers get cores / ``n_jobs``
+      that way unless the parent set it, dask's nanny workers get 1).
+    * In other workers (``multiprocessing`` and ``concurrent.futures`` pools, e.g.
+      ``run_sorter_jobs(engine="processpoolexecutor")``): the cores divided among the worker processes that the
+      pool's owner has started, idle ones included (:func:`_pool_workers`).
 
-    Without this, every worker of a pool runs as many threads as there are cores, and the OpenMP threads of
-    several processes fighting over the same cores slow each of them down many times over.
+    Without this, every worker of a pool runs as many threads as there are cores, and the threads of several
+    processes fighting over the same cores slow each of them down (3.7x for two workers on two cores, see the
+    docs' benchmarks).
     """
     import multiprocessing
 
     cores = available_cores()
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if value.isdigit() and int(value) >= 1:
-        return min(int(value), cores)
-    if multiprocessing.parent_process() is None:
+    parent = multiprocessing.parent_process()
+    if parent is None:
         return cores
+    omp = _omp_num_threads()
+    if omp is not None:
+        return min(omp, cores)
     try:
-        import psutil
-
-        siblings = 0
-        for child in psutil.Process(os.getppid()).children():
-            try:
-                command = " ".join(child.cmdline())
-            except psutil.Error:
-                continue
-            siblings += not any(name in command for name in _NOT_WORKERS)
-    except Exception:  # psutil missing or the parent gone: no way to count, keep every core
+        workers = _pool_workers(parent)
+    except Exception:  # psutil cannot see the parent (gone, or not permitted): no way to count, keep every core
         return cores
-    return max(cores // max(siblings, 1), 1)
+    return max(cores // workers, 1)
 
 
 def torch_num_threads() -> int:

@@ -271,9 +271,9 @@ PARAMS = {
     "seed": Param(0, "Random seed (numpy, scikit-learn and torch); the same seed gives the same sorting on the CPU.", "run"),
     "torch_threads": Param(
         None,
-        "Threads torch may use on the CPU (None: one per core, or, in a worker of a process pool such as "
-        "run_sorter_jobs' joblib, dask and processpoolexecutor engines, the worker's share of the cores: "
-        "OMP_NUM_THREADS when set, else the cores divided among the pool's workers).",
+        "Threads torch may use on the CPU (None: torch's own setting, at most one per core; in a worker process "
+        "such as those of run_sorter_jobs' joblib, dask and processpoolexecutor engines, at most the worker's share "
+        "of the cores: OMP_NUM_THREADS when set, else the cores divided among the pool's worker processes).",
         "run",
     ),
     "save_arrays": Param(
@@ -283,7 +283,7 @@ PARAMS = {
         {},
         "SpikeInterface job kwargs for the chunked stages (filtering and caching, detection, template matching; "
         "n_jobs, pool_engine, chunk_duration, ...). Unless given here, they run in one thread per core "
-        "(pool_engine='thread'; in a process-pool worker, one per core of its share, as for torch_threads), "
+        "(pool_engine='thread'; in a worker process, one per core of its share, as for torch_threads), "
         "whatever SpikeInterface's global job kwargs say; the result does not depend on n_jobs. progress_bar "
         "follows verbose.",
         "run",

@@ -34,7 +34,8 @@ LABEL_CHUNK = 20_000  # events labelled per pass: memory of the labelling pass d
 
 
 def peak_rss_mib() -> float | None:
-    """This process's peak resident memory so far in MiB (``getrusage``), or None where the OS has no such call."""
+    """This process's peak resident memory since it started, in MiB (``getrusage``; it includes whatever the
+    process did before this run), or None where the OS has no such call (Windows)."""
     try:
         import resource
     except ImportError:  # Windows
@@ -484,10 +485,11 @@ def _sort_pretrained(recording, params, folder, verbose, device, stages, save=Tr
     from .instant import load_model
 
     model = load_model(params["pretrained_model"], device=str(device))
-    logger.info("elvisort inference with %r on %d channels, %.1f s", model, recording.get_num_channels(),
-                recording.get_total_duration())
     # threads for reading and filtering, as in the chunked stages of a full run (the result does not depend on them)
     n_jobs = sorter_job_kwargs(params["job_kwargs"], verbose)["n_jobs"]
+    logger.info("elvisort inference with %r on %d channels, %.1f s; %d torch thread(s), %d job(s) for the chunked "
+                "stages", model, recording.get_num_channels(), recording.get_total_duration(), torch_num_threads(),
+                n_jobs)
     sorting = model.sort(recording, n_jobs=n_jobs, verbose=verbose)
     # units of the model that did not fire in this recording are left out, as every sorter's output has no empty
     # units (export_to_phy and quality metrics break on them); the others keep the model's unit ids

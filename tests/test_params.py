@@ -256,32 +256,75 @@ def test_resolve_device_rejects_a_missing_gpu():
 
 
 def test_chunked_stages_use_every_core_in_threads_unless_told_otherwise():
-    import os
-
+    from spikeinterface_elvisort.device import available_cores
     from spikeinterface_elvisort.params import sorter_job_kwargs
 
     default = sorter_job_kwargs({}, verbose=False)
-    assert default["n_jobs"] == os.cpu_count() and default["pool_engine"] == "thread"
+    assert default["n_jobs"] == available_cores() and default["pool_engine"] == "thread"
     assert default["progress_bar"] is False and sorter_job_kwargs({}, verbose=True)["progress_bar"] is True
     given = sorter_job_kwargs({"n_jobs": 1, "chunk_duration": "500ms"}, verbose=False)
     assert given["n_jobs"] == 1 and given["chunk_duration"] == "500ms"
 
 
-def test_cpu_share_follows_omp_num_threads_and_is_every_core_in_a_plain_process(monkeypatch):
-    from spikeinterface_elvisort.device import available_cores, cpu_share, torch_threads
-    from spikeinterface_elvisort.params import sorter_job_kwargs
-
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert cpu_share() == available_cores()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert cpu_share() == 1
-    assert sorter_job_kwargs({}, verbose=False)["n_jobs"] == 1
-    assert sorter_job_kwargs({"n_jobs": 2}, verbose=False)["n_jobs"] == 2  # the user's choice wins
+def test_a_plain_process_gets_every_core_and_torch_threads_none_caps_torch_at_the_share(monkeypatch):
     import torch
 
+    import spikeinterface_elvisort.device as device
+    from spikeinterface_elvisort.params import sorter_job_kwargs
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torch follows it by itself; the chunked stages only in workers
+    assert device.cpu_share() == device.available_cores()
+    monkeypatch.setattr(device, "cpu_share", lambda: 1)
+    assert sorter_job_kwargs({}, verbose=False)["n_jobs"] == 1
+    assert sorter_job_kwargs({"n_jobs": 1, "chunk_duration": "1s"}, verbose=False)["chunk_duration"] == "1s"
     previous = torch.get_num_threads()
-    with torch_threads(None):
+    with device.torch_threads(None):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == previous
-    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
-    assert cpu_share() == available_cores()
+    with device.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == previous
+
+
+POOL_SCRIPT = """
+import json, multiprocessing, os, subprocess, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from spikeinterface_elvisort.device import _pool_workers, available_cores, cpu_share
+
+def task(_):
+    time.sleep(0.5)  # every worker of the pool is started by now
+    return cpu_share(), _pool_workers(multiprocessing.parent_process())
+
+if __name__ == "__main__":
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # not a worker
+    out = {"cores": available_cores()}
+    for method in sys.argv[1:]:
+        with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context(method)) as pool:
+            out[method] = list(pool.map(task, range(3)))
+    unrelated.kill()
+    print(json.dumps(out))
+"""
+
+
+def test_pool_workers_split_the_cores_whatever_the_start_method(tmp_path):
+    import json
+    import multiprocessing
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    methods = [m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    result = subprocess.run([sys.executable, str(script), *methods], capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for method in methods:
+        assert out[method] == [[max(out["cores"] // 3, 1), 3]] * 3, method
+    # a worker told its share by OMP_NUM_THREADS (loky, dask) takes that
+    result = subprocess.run([sys.executable, str(script), "spawn"], capture_output=True, text=True, timeout=300,
+                            env=env | {"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert [share for share, _ in json.loads(result.stdout.strip().splitlines()[-1])["spawn"]] == [1, 1, 1]

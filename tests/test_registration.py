@@ -214,17 +214,24 @@ def check_sorter_folder(folder, recording):
     assert (folder / "sorter_output" / "model.pt").is_file()
 
 
-def check_worker_threads(folders):
-    """Two workers sharing the cores: each ran torch and the chunked stages on its half (no oversubscription)."""
+def check_worker_threads(folders, loky=False):
+    """Two workers sharing the cores: each ran the chunked stages on its half, and torch on at most that (torch's
+    own default may be lower: physical cores), so there is no oversubscription."""
     from spikeinterface_elvisort.device import available_cores
 
-    omp = os.environ.get("OMP_NUM_THREADS", "")  # a value set by the user passes on to every worker
-    expected = min(int(omp), available_cores()) if omp.isdigit() else max(available_cores() // 2, 1)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if loky:  # loky passes the parent's OMP_NUM_THREADS on, else sets joblib's cpu count / n_jobs
+        from joblib import cpu_count
+
+        share = int(omp.split(",")[0]) if omp.split(",")[0].isdigit() else max(cpu_count() // 2, 1)
+        expected = min(share, available_cores())
+    else:
+        expected = max(available_cores() // 2, 1)
     for folder in folders:
         text = (folder / "sorter_output" / "elvisort.log").read_text()
         match = re.search(r"(\d+) torch thread\(s\), (\d+) job\(s\) for the chunked stages", text)
         assert match, text[:500]
-        assert (int(match.group(1)), int(match.group(2))) == (expected, expected), match.group(0)
+        assert int(match.group(2)) == expected and 1 <= int(match.group(1)) <= expected, match.group(0)
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +247,7 @@ def test_run_sorter_jobs_joblib(joblib_folders, tiny_recordings):
     assert len(num_units) == 2 and all(n >= 1 for n in num_units)
     for folder, recording in zip(folders, tiny_recordings):
         check_sorter_folder(folder, recording)
-    check_worker_threads(folders)  # loky sets OMP_NUM_THREADS to each worker's share
+    check_worker_threads(folders, loky=True)  # loky sets OMP_NUM_THREADS to each worker's share
 
 
 def test_read_sorter_folder_in_a_fresh_process(joblib_folders, tiny_recordings):
