@@ -75,26 +75,24 @@ def run_one(minutes, num_channels, num_units, folder, params, poll_s=0.2):
         raise RuntimeError(f"the {minutes} min run failed:\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     result.update(minutes=minutes, num_channels=num_channels, num_units=num_units, process_s=total_s,
-                  peak_tree_rss_mib=peak_tree / 2**20, stages_s=stage_times(folder),
-                  stages_peak_rss_mib=stage_times(folder, peak_rss=True))
+                  peak_tree_rss_mib=peak_tree / 2**20)
+    result["stages_s"], result["stages_peak_rss_mib"] = stage_lines(folder)
     return result
 
 
-def stage_times(folder, peak_rss=False):
-    """Seconds per stage, from the run's spikeinterface_log.json (which holds elvisort.log's lines); with
-    ``peak_rss``, the process's peak RSS (MiB) at the end of each stage instead, which tells the stage that set the
-    peak."""
+def stage_lines(folder):
+    """From the run's spikeinterface_log.json (which holds elvisort.log's lines): the seconds of each stage, and the
+    process's peak RSS (MiB) at the end of each stage, which tells the stage that set the peak."""
     log = json.loads((Path(folder) / "spikeinterface_log.json").read_text())
-    values = {}
+    times, peaks = {}, {}
     for line in log.get("runtime_trace", []):
         match = re.match(r"\S+ (\S[\S ]*?)\s+([\d.]+) s  ", line)
         if not match:
             continue
-        if not peak_rss:
-            values[match.group(1).strip()] = float(match.group(2))
-        elif (memory := re.search(r"\(peak RSS (\d+) MiB\)", line)):
-            values[match.group(1).strip()] = int(memory.group(1))
-    return values
+        times[match.group(1).strip()] = float(match.group(2))
+        if (memory := re.search(r"\(peak RSS (\d+) MiB\)", line)):
+            peaks[match.group(1).strip()] = int(memory.group(1))
+    return times, peaks
 
 
 def main():

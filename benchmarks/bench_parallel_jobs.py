@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_instant import mean_accuracy  # noqa: E402
 from bench_sorters import unit_snr, versions  # noqa: E402
 
 
@@ -50,12 +51,8 @@ def make_recordings(folder: Path, count: int, duration: float, num_channels: int
 
 
 def accuracy(recording, ground_truth, sorting):
-    from spikeinterface.comparison import compare_sorter_to_ground_truth
-
-    snr = unit_snr(recording, ground_truth)
-    units = [unit for unit, value in snr.items() if value >= 5]
-    performance = compare_sorter_to_ground_truth(ground_truth, sorting, exhaustive_gt=True).get_performance()
-    return float(performance.loc[units, "accuracy"].astype(float).mean())
+    units = [unit for unit, value in unit_snr(recording, ground_truth).items() if value >= 5]
+    return float(mean_accuracy(ground_truth, sorting, units)["accuracy"])
 
 
 def threads_in_log(folder: Path):

@@ -119,11 +119,11 @@ def cpu_share() -> int:
     return max(cores // workers, 1)
 
 
-def torch_num_threads() -> int:
-    """The CPU threads torch uses now (``torch.get_num_threads()``)."""
+def thread_summary(n_jobs: int) -> str:
+    """What a run got, for its first log line: torch's CPU threads now and the chunked stages' ``n_jobs``."""
     import torch
 
-    return torch.get_num_threads()
+    return f"{torch.get_num_threads()} torch thread(s), {n_jobs} job(s) for the chunked stages"
 
 
 @contextmanager

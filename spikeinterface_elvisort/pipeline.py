@@ -18,7 +18,7 @@ from .curation import (
     split_multimodal, template_snr,
 )
 from .detection import detect_spikes
-from .device import resolve_device, seed_everything, torch_num_threads, torch_threads
+from .device import resolve_device, seed_everything, thread_summary, torch_threads
 from .inference import encode, predict_proba
 from .models import build_model
 from .params import sorter_job_kwargs
@@ -104,10 +104,9 @@ def _run(recording, params, folder, verbose, device, rng):
     nafter = int(round(params["ms_after"] * sampling_frequency / 1000.0))
     channel_locations = recording.get_channel_locations()[:, :2]
     logger.info(
-        "elvisort on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s, %d torch thread(s), %d job(s) for the "
-        "chunked stages",
+        "elvisort on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s, %s",
         recording.get_num_channels(), num_segments, recording.get_total_duration(), sampling_frequency, device,
-        torch_num_threads(), job_kwargs["n_jobs"],
+        thread_summary(job_kwargs["n_jobs"]),
     )
 
     preprocessed, cache_info, noise_levels, peaks = _front_end(recording, params, folder, job_kwargs, stages)
@@ -487,9 +486,8 @@ def _sort_pretrained(recording, params, folder, verbose, device, stages, save=Tr
     model = load_model(params["pretrained_model"], device=str(device))
     # threads for reading and filtering, as in the chunked stages of a full run (the result does not depend on them)
     n_jobs = sorter_job_kwargs(params["job_kwargs"], verbose)["n_jobs"]
-    logger.info("elvisort inference with %r on %d channels, %.1f s; %d torch thread(s), %d job(s) for the chunked "
-                "stages", model, recording.get_num_channels(), recording.get_total_duration(), torch_num_threads(),
-                n_jobs)
+    logger.info("elvisort inference with %r on %d channels, %.1f s; %s", model, recording.get_num_channels(),
+                recording.get_total_duration(), thread_summary(n_jobs))
     sorting = model.sort(recording, n_jobs=n_jobs, verbose=verbose)
     # units of the model that did not fire in this recording are left out, as every sorter's output has no empty
     # units (export_to_phy and quality metrics break on them); the others keep the model's unit ids

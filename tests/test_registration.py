@@ -7,7 +7,6 @@ Most checks run in a fresh ``sys.executable`` so that nothing this test session 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -217,14 +216,12 @@ def check_sorter_folder(folder, recording):
 def check_worker_threads(folders, loky=False):
     """Two workers sharing the cores: each ran the chunked stages on its half, and torch on at most that (torch's
     own default may be lower: physical cores), so there is no oversubscription."""
-    from spikeinterface_elvisort.device import available_cores
+    from spikeinterface_elvisort.device import _omp_num_threads, available_cores
 
-    omp = os.environ.get("OMP_NUM_THREADS", "")
     if loky:  # loky passes the parent's OMP_NUM_THREADS on, else sets joblib's cpu count / n_jobs
         from joblib import cpu_count
 
-        share = int(omp.split(",")[0]) if omp.split(",")[0].isdigit() else max(cpu_count() // 2, 1)
-        expected = min(share, available_cores())
+        expected = min(_omp_num_threads() or max(cpu_count() // 2, 1), available_cores())
     else:
         expected = max(available_cores() // 2, 1)
     for folder in folders:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checks import check_recording
-from ..device import resolve_device, seed_everything, torch_num_threads, torch_threads
+from ..device import resolve_device, seed_everything, thread_summary, torch_threads
 from ..inference import encode
 from ..models import build_model
 from ..params import sorter_job_kwargs
@@ -70,10 +70,9 @@ def _run(recording, params, folder, verbose, device, rng):
     nafter = int(round(params["ms_after"] * sampling_frequency / 1000.0))
     channel_locations = recording.get_channel_locations()[:, :2]
     logger.info(
-        "ssae on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s, %d torch thread(s), %d job(s) for the "
-        "chunked stages",
+        "ssae on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s, %s",
         recording.get_num_channels(), num_segments, recording.get_total_duration(), sampling_frequency, device,
-        torch_num_threads(), job_kwargs["n_jobs"],
+        thread_summary(job_kwargs["n_jobs"]),
     )
 
     preprocessed, cache_info, noise_levels, peaks = _front_end(recording, params, folder, job_kwargs, stages)
