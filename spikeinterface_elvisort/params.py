@@ -51,10 +51,12 @@ PARAMS = {
         'None (no motion correction) | the name of a SpikeInterface motion preset: "dredge_fast", "dredge", '
         '"nonrigid_accurate", "nonrigid_fast_and_accurate", "rigid_fast", "kilosort_like" or "medicine" (which needs '
         "the medicine package). The probe's drift is estimated on the filtered, referenced recording "
-        "(spikeinterface.preprocessing.compute_motion with this preset) and the traces are interpolated to undo it "
-        "(kriging, every channel kept) before whitening, detection and snippets; the motion is saved in "
-        "sorter_output/motion/. For drifting recordings on dense probes. A saved model does not re-estimate motion "
-        "when it sorts another recording.",
+        "(spikeinterface.preprocessing.compute_motion with this preset; its random noise-level chunks seeded by "
+        "seed) and the whitened traces are interpolated to undo it (kriging, every channel kept), as Tridesclous2 "
+        "and SpykingCircus2 do, before detection and snippets; the motion is saved in sorter_output/motion/. For "
+        'drifting recordings on dense probes; "dredge_fast" is the preset both peers use and the one closest to the '
+        "best peer on both drift patterns of the drift study. A saved model does not re-estimate motion when it "
+        "sorts another recording.",
         "preprocessing",
     ),
     "motion_correction_kwargs": Param(

@@ -200,7 +200,7 @@ def _front_end(recording, params, folder, job_kwargs, stages):
     if params["motion_correction"] is not None:
         motion, interpolate_kwargs = estimate_motion(
             preprocess(recording, **filtering), params["motion_correction"], folder / "motion",
-            job_kwargs, params["motion_correction_kwargs"],
+            job_kwargs, params["motion_correction_kwargs"], seed=seed,
         )
         displacement = np.concatenate([np.ravel(d) for d in motion.displacement])
         stages.done("motion", "%s: displacement %.1f to %.1f um, saved in motion/", params["motion_correction"],
@@ -540,7 +540,10 @@ def _whitening_matrix(recording):
     """The whitening matrix (and mean) SpikeInterface's whiten computed, for the saved model; None without
     whitening."""
     from spikeinterface.preprocessing.whiten import WhitenRecording
+    from spikeinterface.sortingcomponents.motion import InterpolateMotionRecording
 
+    if isinstance(recording, InterpolateMotionRecording):  # motion correction interpolates the whitened traces
+        recording = recording._kwargs["recording"]
     if not isinstance(recording, WhitenRecording):
         return None
     M = recording._kwargs.get("M")

@@ -26,9 +26,9 @@ def preprocess(
     interpolate_motion_kwargs: dict | None = None,
     seed: int | None = None,
 ):
-    """Return a lazy float32 recording: Butterworth band-pass, common median reference, optional motion correction
-    (interpolation of the traces by ``motion``, see :func:`estimate_motion`), optional local whitening
-    (``whitening="auto"``: when the recording has at least ``AUTO_WHITENING_MIN_CHANNELS`` channels).
+    """Return a lazy float32 recording: Butterworth band-pass, common median reference, optional local whitening
+    (``whitening="auto"``: when the recording has at least ``AUTO_WHITENING_MIN_CHANNELS`` channels), then optional
+    motion correction (interpolation of the traces by ``motion``, see :func:`estimate_motion`).
 
     The input recording is never modified: SpikeInterface preprocessing returns new lazy objects.
     ``freq_max`` is lowered to 0.45 x the sampling rate when it would sit above the Nyquist frequency.
@@ -46,17 +46,18 @@ def preprocess(
         recording = spre.bandpass_filter(recording, freq_min=freq_min, freq_max=freq_max, dtype="float32")
         if common_reference and recording.get_num_channels() > 1:
             recording = spre.common_reference(recording, reference="global", operator="median")
+        if whitening == "auto":
+            whitening = recording.get_num_channels() >= AUTO_WHITENING_MIN_CHANNELS
+        if whitening and recording.get_num_channels() > 1:
+            recording = spre.whiten(recording, mode="local", radius_um=100.0, dtype="float32", seed=seed)
     if motion is not None:
         from spikeinterface.sortingcomponents.motion import interpolate_motion
 
-        # whitening comes after: SpikeInterface advises against estimating or interpolating whitened traces
+        # the whitened traces are interpolated, as Tridesclous2 and SpykingCircus2 do: the whitening matrix then
+        # comes from the recording's own, stationary noise, not from interpolated traces whose noise correlations
+        # change with the drift (on the drift study's bump recording, dredge_fast: 0.893 -> 0.983). The motion is
+        # still estimated on unwhitened traces (estimate_motion).
         recording = interpolate_motion(recording, motion, **(interpolate_motion_kwargs or {}))
-    if not apply_preprocessing:
-        return recording
-    if whitening == "auto":
-        whitening = recording.get_num_channels() >= AUTO_WHITENING_MIN_CHANNELS
-    if whitening and recording.get_num_channels() > 1:
-        recording = spre.whiten(recording, mode="local", radius_um=100.0, dtype="float32", seed=seed)
     return recording
 
 
@@ -88,9 +89,13 @@ INTERPOLATE_MOTION_KWARGS = dict(border_mode="force_extrapolate", spatial_interp
                                  sigma_um=20.0, p=2)
 
 
-def estimate_motion(recording, preset: str, folder: Path, job_kwargs: dict, kwargs: dict | None = None):
+def estimate_motion(recording, preset: str, folder: Path, job_kwargs: dict, kwargs: dict | None = None,
+                    seed: int | None = None):
     """Estimate the probe's drift with SpikeInterface's ``compute_motion`` (``preset`` and ``kwargs``' overrides of
     its steps) on a filtered, referenced, not whitened recording; the motion info is saved in ``folder``.
+
+    ``seed`` fixes the random chunks the detection's noise levels come from (``compute_motion`` draws them
+    unseeded), so that the same seed gives the same motion.
 
     Returns
     -------
@@ -102,5 +107,11 @@ def estimate_motion(recording, preset: str, folder: Path, job_kwargs: dict, kwar
 
     kwargs = dict(kwargs or {})
     interpolate_kwargs = INTERPOLATE_MOTION_KWARGS | kwargs.pop("interpolate_motion_kwargs", {})
+    from spikeinterface.core import get_noise_levels
+
+    # compute_motion calls get_noise_levels(recording, return_in_uV=False) with unseeded random chunks; that call
+    # returns the values cached on the recording, so compute them first, seeded
+    get_noise_levels(recording, return_in_uV=False, random_slices_kwargs={"seed": seed},
+                     **(job_kwargs | {"progress_bar": False}))
     motion = compute_motion(recording, preset=preset, folder=Path(folder), overwrite=True, **kwargs, **job_kwargs)
     return motion, interpolate_kwargs
