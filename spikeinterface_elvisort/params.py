@@ -52,18 +52,20 @@ PARAMS = {
         '"nonrigid_accurate", "nonrigid_fast_and_accurate", "rigid_fast", "kilosort_like" or "medicine" (which needs '
         "the medicine package). The probe's drift is estimated on the filtered, referenced recording "
         "(spikeinterface.preprocessing.compute_motion with this preset; its random noise-level chunks seeded by "
-        "seed) and the whitened traces are interpolated to undo it (kriging, every channel kept), as Tridesclous2 "
-        "and SpykingCircus2 do, before detection and snippets; the motion is saved in sorter_output/motion/. For "
-        'drifting recordings on dense probes; "dredge_fast" is the preset both peers use and the one closest to the '
-        "best peer on both drift patterns of the drift study. A saved model does not re-estimate motion when it "
-        "sorts another recording.",
+        "seed) and the traces (whitened, when whitening is on) are interpolated to undo it (kriging, every channel "
+        "kept), as Tridesclous2 and SpykingCircus2 do, before detection and snippets; the motion is saved in "
+        'sorter_output/motion/. For drifting recordings on dense probes; "dredge_fast" is the preset both peers use '
+        "and elvisort's most accurate one on the drift study (zigzag and bump drift). A saved model does not "
+        "re-estimate motion when it sorts another recording.",
         "preprocessing",
     ),
     "motion_correction_kwargs": Param(
         {},
         "Overrides of the motion preset's steps, each a dict: detect_kwargs, select_kwargs, localize_peaks_kwargs, "
         "estimate_motion_kwargs (compute_motion's arguments), interpolate_motion_kwargs (default: border_mode "
-        "'force_extrapolate', kriging, sigma_um 20, p 2), e.g. {'estimate_motion_kwargs': {'win_step_um': 200.0}}.",
+        "'force_extrapolate', kriging, sigma_um 20, p 2), e.g. {'estimate_motion_kwargs': {'win_step_um': 200.0}}. "
+        "select_kwargs (peak selection) fails inside SpikeInterface 0.105's compute_motion, and the sorter then says "
+        "so.",
         "preprocessing",
     ),
     "cache_preprocessing": Param(

@@ -94,12 +94,33 @@ def test_motion_estimate_is_deterministic(drifting, tmp_path):
     """compute_motion draws its noise-level chunks unseeded; estimate_motion seeds them, so one seed, one motion
     (before, the displacement of the drift study's bump recording differed by 0.1 um between runs and the sorting
     by 4 units)."""
+    from spikeinterface.core import get_noise_levels
+
     from spikeinterface_elvisort.preprocessing import estimate_motion, preprocess
 
     recording = drifting[0]
     job_kwargs = dict(n_jobs=1, progress_bar=False)
+    filtered = [preprocess(recording) for _ in range(2)]
     motions = [
-        estimate_motion(preprocess(recording), "dredge_fast", tmp_path / f"motion{run}", job_kwargs, seed=0)[0]
-        for run in range(2)
+        estimate_motion(rec, "dredge_fast", tmp_path / f"motion{run}", job_kwargs, seed=0)[0]
+        for run, rec in enumerate(filtered)
     ]
     np.testing.assert_array_equal(motions[0].displacement[0], motions[1].displacement[0])
+    # the noise levels compute_motion used (cached on the recording) are the seeded ones
+    seeded = get_noise_levels(preprocess(recording), return_in_uV=False, random_slices_kwargs={"seed": 0})
+    np.testing.assert_array_equal(filtered[0].get_property("noise_level_mad_raw"), seeded)
+
+
+def test_motion_peak_selection_works_or_says_why(drifting, tmp_path):
+    """``select_kwargs`` takes compute_motion's other branch, which SpikeInterface 0.105 breaks (a TypeError from
+    detect_peaks): the user gets a ValueError that names the parameter, or, where SpikeInterface works, a motion."""
+    from spikeinterface_elvisort.preprocessing import estimate_motion, preprocess
+
+    kwargs = {"select_kwargs": {"method": "uniform", "n_peaks": 500}}
+    try:
+        motion, _ = estimate_motion(preprocess(drifting[0]), "dredge_fast", tmp_path / "motion",
+                                    dict(n_jobs=1, progress_bar=False), kwargs=kwargs, seed=0)
+    except ValueError as error:
+        assert "select_kwargs" in str(error)
+    else:
+        assert np.all(np.isfinite(motion.displacement[0]))
