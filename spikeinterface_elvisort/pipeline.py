@@ -22,7 +22,7 @@ from .device import resolve_device, seed_everything, thread_summary, torch_threa
 from .inference import encode, predict_proba
 from .models import build_model
 from .params import sorter_job_kwargs
-from .preprocessing import cache_recording, estimate_motion, preprocess
+from .preprocessing import cache_recording, estimate_motion, preprocess, seeded_noise_levels
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks
 from .training import TrainConfig, train_model
@@ -183,8 +183,6 @@ def _drop_cache(cache_info):
 def _front_end(recording, params, folder, job_kwargs, stages):
     """Preprocessing (cached), noise levels and detection: the stages every sorter of the package shares.
     Returns (preprocessed recording, cache info, noise levels, peaks)."""
-    from spikeinterface.core import get_noise_levels
-
     seed = int(params["seed"])
     nbefore = int(round(params["ms_before"] * recording.sampling_frequency / 1000.0))
     nafter = int(round(params["ms_after"] * recording.sampling_frequency / 1000.0))
@@ -221,9 +219,7 @@ def _front_end(recording, params, folder, job_kwargs, stages):
         preprocessed, params["cache_preprocessing"], folder / "cache_preprocessing", job_kwargs
     )
     cache_info["whitening"] = whitening
-    noise_levels = get_noise_levels(
-        preprocessed, return_in_uV=False, random_slices_kwargs={"seed": seed}, **(job_kwargs | {"progress_bar": False})
-    )
+    noise_levels = seeded_noise_levels(preprocessed, seed, job_kwargs)
     if not np.all(np.isfinite(noise_levels)):
         bad = np.asarray(recording.channel_ids)[~np.isfinite(noise_levels)].tolist()
         raise ValueError(

@@ -89,6 +89,16 @@ INTERPOLATE_MOTION_KWARGS = dict(border_mode="force_extrapolate", spatial_interp
                                  sigma_um=20.0, p=2)
 
 
+def seeded_noise_levels(recording, seed: int | None, job_kwargs: dict) -> np.ndarray:
+    """SpikeInterface's ``get_noise_levels`` (MAD, in the traces' units) from random chunks drawn with ``seed``,
+    without a progress bar. SpikeInterface caches the result on ``recording``: later unseeded calls with the same
+    method and units (``compute_motion``'s) return these values."""
+    from spikeinterface.core import get_noise_levels
+
+    return get_noise_levels(recording, return_in_uV=False, random_slices_kwargs={"seed": seed},
+                            **(job_kwargs | {"progress_bar": False}))
+
+
 def estimate_motion(recording, preset: str, folder: Path, job_kwargs: dict, kwargs: dict | None = None,
                     seed: int | None = None):
     """Estimate the probe's drift with SpikeInterface's ``compute_motion`` (``preset`` and ``kwargs``' overrides of
@@ -111,12 +121,9 @@ def estimate_motion(recording, preset: str, folder: Path, job_kwargs: dict, kwar
     if kwargs.get("select_kwargs"):
         kwargs["select_kwargs"] = {"seed": seed} | kwargs["select_kwargs"]
     interpolate_kwargs = INTERPOLATE_MOTION_KWARGS | kwargs.pop("interpolate_motion_kwargs", {})
-    from spikeinterface.core import get_noise_levels
-
     # compute_motion calls get_noise_levels(recording, return_in_uV=False) with unseeded random chunks; that call
     # returns the values cached on the recording, so compute them first, seeded
-    get_noise_levels(recording, return_in_uV=False, random_slices_kwargs={"seed": seed},
-                     **(job_kwargs | {"progress_bar": False}))
+    seeded_noise_levels(recording, seed, job_kwargs)
     try:
         motion = compute_motion(recording, preset=preset, folder=Path(folder), overwrite=True, **kwargs,
                                 **job_kwargs)
