@@ -288,8 +288,10 @@ PARAMS = {
         "SpikeInterface job kwargs for the chunked stages (filtering and caching, detection, template matching; "
         "n_jobs, pool_engine, chunk_duration, ...). Unless given here, they run in one thread per core "
         "(pool_engine='thread'; in a worker process, one per core of its share, as for torch_threads), "
-        "whatever SpikeInterface's global job kwargs say; the result does not depend on n_jobs. progress_bar "
-        "follows verbose.",
+        "whatever SpikeInterface's global job kwargs say, except template matching, which runs in as many forked "
+        "worker processes on Linux (its per-spike loop holds Python's GIL; in threads it ran 1.7x slower); a "
+        "pool_engine given here applies to every stage. The result does not depend on n_jobs or pool_engine. "
+        "progress_bar follows verbose.",
         "run",
     ),
 }
@@ -306,6 +308,23 @@ def sorter_job_kwargs(job_kwargs: dict, verbose: bool) -> dict:
 
     defaults = {"n_jobs": cpu_share(), "pool_engine": "thread"}
     return fix_job_kwargs(defaults | dict(job_kwargs)) | {"progress_bar": verbose}
+
+
+def matching_job_kwargs(user_job_kwargs: dict, job_kwargs: dict) -> dict:
+    """The job kwargs template matching runs with: ``job_kwargs`` (:func:`sorter_job_kwargs`'s), except that where
+    the user's ``job_kwargs`` parameter names no ``pool_engine``, the matching runs in forked worker processes, one
+    thread each, instead of threads. circus-omp and tdc-peeler pick spikes one at a time in a Python loop that
+    holds the GIL, so threads take turns on one core: on static seed 0 of ``benchmarks/bench_sorters.py`` (120 s,
+    32 channels, two cores) circus-omp took 16.5 s in two threads and 9.0-9.7 s in two processes, with the same
+    27117 spikes. Threads stay where forking is not safe or not possible: one job, not Linux (macOS and Windows
+    do not fork safely), or inside a daemonic process (which may not have children)."""
+    import multiprocessing
+    import sys
+
+    if ("pool_engine" in user_job_kwargs or job_kwargs["n_jobs"] <= 1 or not sys.platform.startswith("linux")
+            or multiprocessing.current_process().daemon):
+        return job_kwargs
+    return job_kwargs | {"pool_engine": "process", "mp_context": "fork", "max_threads_per_worker": 1}
 
 
 DEFAULT_PARAMS = {name: param.default for name, param in PARAMS.items()}

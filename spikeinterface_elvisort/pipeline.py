@@ -21,7 +21,7 @@ from .detection import detect_spikes
 from .device import resolve_device, seed_everything, thread_summary, torch_threads
 from .inference import encode, predict_proba
 from .models import build_model
-from .params import sorter_job_kwargs
+from .params import matching_job_kwargs, sorter_job_kwargs
 from .preprocessing import cache_recording, estimate_motion, preprocess, seeded_noise_levels
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks
@@ -616,7 +616,8 @@ def _clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter
 
     if params["matching_method"] != "none" and num_units:
         peaks, labels, kept, templates_object = _match(
-            recording, templates, noise_levels, nbefore, params["matching_method"], job_kwargs
+            recording, templates, noise_levels, nbefore, params["matching_method"],
+            matching_job_kwargs(params["job_kwargs"], job_kwargs),
         )
         num_units = int(kept.sum())
         if params["auto_merge"] and num_units > 1:

@@ -266,6 +266,30 @@ def test_chunked_stages_use_every_core_in_threads_unless_told_otherwise():
     assert given["n_jobs"] == 1 and given["chunk_duration"] == "500ms"
 
 
+def test_template_matching_runs_in_forked_processes_unless_told_otherwise(monkeypatch):
+    import multiprocessing
+    import sys
+
+    from spikeinterface_elvisort.params import matching_job_kwargs, sorter_job_kwargs
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    two = sorter_job_kwargs({"n_jobs": 2}, verbose=False)
+    matching = matching_job_kwargs({"n_jobs": 2}, two)
+    assert matching["pool_engine"] == "process" and matching["mp_context"] == "fork"
+    assert matching["max_threads_per_worker"] == 1 and matching["n_jobs"] == 2
+    assert two["pool_engine"] == "thread"  # the other stages keep their threads
+    # the user's pool_engine, one job, or a platform or process that cannot fork: the stages' job kwargs as they are
+    chosen = sorter_job_kwargs({"n_jobs": 2, "pool_engine": "thread"}, verbose=False)
+    assert matching_job_kwargs({"n_jobs": 2, "pool_engine": "thread"}, chosen) == chosen
+    one = sorter_job_kwargs({"n_jobs": 1}, verbose=False)
+    assert matching_job_kwargs({"n_jobs": 1}, one) == one
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    assert matching_job_kwargs({"n_jobs": 2}, two) == two
+    monkeypatch.undo()
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert matching_job_kwargs({"n_jobs": 2}, two) == two
+
+
 def test_a_plain_process_gets_every_core_and_torch_threads_none_caps_torch_at_the_share(monkeypatch):
     import torch
 

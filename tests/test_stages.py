@@ -657,3 +657,35 @@ def test_auto_whitening_from_eight_channels(num_channels, whitened):
     assert isinstance(preprocess(recording, whitening="auto", seed=0), WhitenRecording) is whitened
     assert isinstance(preprocess(recording, whitening=True, seed=0), WhitenRecording)
     assert not isinstance(preprocess(recording, whitening=False, seed=0), WhitenRecording)
+
+
+def test_template_matching_finds_the_same_spikes_in_forked_processes_as_in_threads():
+    """Matching runs in forked processes by default (params.matching_job_kwargs), after torch has trained in this
+    process: the spikes must be those that threads and a single worker find."""
+    import sys
+
+    import torch
+    from spikeinterface.core import generate_ground_truth_recording
+
+    from spikeinterface_elvisort.curation import compute_templates
+    from spikeinterface_elvisort.pipeline import _match
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("forked workers are used on Linux only")
+    torch.nn.functional.conv1d(torch.randn(8, 4, 200), torch.randn(4, 4, 9)).sum()  # torch's thread pool is up
+    recording, sorting = generate_ground_truth_recording(num_channels=8, durations=[10.0], num_units=4, seed=0)
+    recording = recording.save(format="memory", sharedmem=True, progress_bar=False)
+    spikes = sorting.to_spike_vector()
+    peaks = np.zeros(spikes.size, dtype=base_peak_dtype)
+    peaks["sample_index"] = spikes["sample_index"]
+    templates = compute_templates(recording, peaks, spikes["unit_index"], 4, 30, 45, {"n_jobs": 1})
+    noise_levels = np.ones(8, dtype=np.float32)
+    base = {"chunk_duration": "1s", "progress_bar": False, "n_jobs": 2}
+    found = [
+        _match(recording, templates, noise_levels, 30, "circus-omp", base | extra)[:2]
+        for extra in ({"pool_engine": "process", "mp_context": "fork"}, {"pool_engine": "thread"}, {"n_jobs": 1})
+    ]
+    assert found[0][0].size > 0.9 * spikes.size
+    for events, labels in found[1:]:
+        np.testing.assert_array_equal(events, found[0][0])
+        np.testing.assert_array_equal(labels, found[0][1])
