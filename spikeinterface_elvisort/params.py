@@ -122,7 +122,7 @@ PARAMS = {
     "model_kwargs": Param(
         {},
         "Overrides of the beta-VAE config (spikeinterface_elvisort.models.BetaVAEConfig), e.g. {'beta': 4.0}. "
-        "Fields: latent_dim (32), upper_latent_dim (8), beta (15.0, weight of the KL term), samples_per_step (3), "
+        "Fields: latent_dim (32), upper_latent_dim (8), beta (15.0, weight of the KL term), samples_per_step (5), "
         "lstm_hidden (32), conv_channels (16), num_inception_blocks (4), decoder_hidden (48), attention_heads (4), "
         "dropout (0.5), classifier_hidden (64), dec_alpha (1.0), position_scale_um (40.0).",
         "model",

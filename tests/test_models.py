@@ -9,7 +9,7 @@ import torch
 from spikeinterface_elvisort.models import MODELS, BetaVAEConfig, build_model
 
 BATCH = 8
-NUM_SAMPLES = 31  # odd, and not a multiple of samples_per_step (3)
+NUM_SAMPLES = 31  # odd, and not a multiple of samples_per_step (5 by default, nor of 3)
 NUM_CHANNELS = 4
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
