@@ -289,7 +289,7 @@ PARAMS = {
         "n_jobs, pool_engine, chunk_duration, ...). Unless given here, they run in one thread per core "
         "(pool_engine='thread'; in a worker process, one per core of its share, as for torch_threads), "
         "whatever SpikeInterface's global job kwargs say, except template matching, which runs in as many forked "
-        "worker processes on Linux (its per-spike loop holds Python's GIL; in threads it ran 1.7x slower); a "
+        "worker processes on Linux (its per-spike loop holds Python's GIL; in threads it ran up to 2.2x slower); a "
         "pool_engine given here applies to every stage. The result does not depend on n_jobs or pool_engine. "
         "progress_bar follows verbose.",
         "run",
