@@ -10,8 +10,8 @@ preprocessed traces, and ``pipeline._match`` (circus-omp by default) finds the s
 * ``one worker``: ``n_jobs=1``.
 
 It prints the wall time of each (the best of ``--repeats``) and checks that all three find the same spikes.
-Generated recordings are those of ``bench_sorters.py`` (32 channels, 15 units); MEArec ones come from
-``bench_sorters.MEAREC_FOLDER``.
+The recordings are those of ``bench_sorters.py`` (``bench_sorters.datasets``: generated ones with 32 channels and 15
+units, MEArec ones from ``bench_sorters.MEAREC_FOLDER``).
 
 Examples
 --------
@@ -29,21 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_sorters import MEAREC_FOLDER, generated, versions  # noqa: E402
-
-
-def recordings(sets, seeds, duration):
-    for name in sets:
-        if name == "mearec":
-            import spikeinterface.extractors as se
-
-            for path in sorted(MEAREC_FOLDER.glob("*.h5")):
-                recording, sorting = se.read_mearec(path)
-                yield path.stem, recording, sorting
-            continue
-        for seed in seeds:
-            recording, sorting = generated(seed, duration, 5.0 if name == "static" else 10.0)
-            yield f"{name}_seed{seed}", recording, sorting
+from bench_sorters import datasets, versions  # noqa: E402
 
 
 def time_matching(recording, sorting, method, repeats, work):
@@ -100,7 +86,7 @@ def main(argv=None):
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as work:
-        for name, recording, sorting in recordings(args.sets, args.seeds, args.duration):
+        for _, name, recording, sorting in datasets(args.sets, args.seeds, args.duration, Path(work) / "recordings"):
             times, num_spikes, same, engine = time_matching(recording, sorting, args.method, args.repeats,
                                                             Path(work) / name)
             if engine != "process":
