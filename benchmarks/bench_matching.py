@@ -38,12 +38,12 @@ def time_matching(recording, sorting, method, repeats, work):
     from spikeinterface_elvisort.curation import compute_templates
     from spikeinterface_elvisort.params import DEFAULT_PARAMS, matching_job_kwargs, sorter_job_kwargs
     from spikeinterface_elvisort.pipeline import _drop_cache, _front_end, _Stages, _match
+    from spikeinterface_elvisort.snippets import window_samples
 
     params = dict(DEFAULT_PARAMS)
     job_kwargs = sorter_job_kwargs({}, verbose=False)
     preprocessed, cache_info, noise_levels, _ = _front_end(recording, params, work, job_kwargs, _Stages())
-    nbefore = int(round(params["ms_before"] * recording.sampling_frequency / 1000.0))
-    nafter = int(round(params["ms_after"] * recording.sampling_frequency / 1000.0))
+    nbefore, nafter = window_samples(params["ms_before"], params["ms_after"], recording.sampling_frequency)
     spikes = sorting.to_spike_vector()
     events = np.zeros(spikes.size, dtype=base_peak_dtype)
     events["sample_index"], events["segment_index"] = spikes["sample_index"], spikes["segment_index"]

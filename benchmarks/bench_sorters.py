@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 DEFAULT_SORTERS = ["elvisort", "ssae", "tridesclous2", "spykingcircus2", "lupin", "kilosort4"]
 OURS = ("elvisort", "ssae")  # the sorters --sorter-seeds applies to

@@ -24,7 +24,7 @@ from .models import build_model
 from .params import matching_job_kwargs, sorter_job_kwargs
 from .preprocessing import cache_recording, estimate_motion, preprocess, seeded_noise_levels
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
-from .snippets import channel_neighbours, extract_snippets, noise_peaks
+from .snippets import channel_neighbours, extract_snippets, noise_peaks, window_samples
 from .training import TrainConfig, train_model
 
 logger = logging.getLogger("spikeinterface_elvisort")
@@ -100,8 +100,7 @@ def _run(recording, params, folder, verbose, device, rng):
     job_kwargs = sorter_job_kwargs(params["job_kwargs"], verbose)
     sampling_frequency = recording.sampling_frequency
     num_segments = recording.get_num_segments()
-    nbefore = int(round(params["ms_before"] * sampling_frequency / 1000.0))
-    nafter = int(round(params["ms_after"] * sampling_frequency / 1000.0))
+    nbefore, nafter = window_samples(params["ms_before"], params["ms_after"], sampling_frequency)
     channel_locations = recording.get_channel_locations()[:, :2]
     logger.info(
         "elvisort on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s, %s",
@@ -184,8 +183,7 @@ def _front_end(recording, params, folder, job_kwargs, stages):
     """Preprocessing (cached), noise levels and detection: the stages every sorter of the package shares.
     Returns (preprocessed recording, cache info, noise levels, peaks)."""
     seed = int(params["seed"])
-    nbefore = int(round(params["ms_before"] * recording.sampling_frequency / 1000.0))
-    nafter = int(round(params["ms_after"] * recording.sampling_frequency / 1000.0))
+    nbefore, nafter = window_samples(params["ms_before"], params["ms_after"], recording.sampling_frequency)
 
     # preprocessing, with the drift estimated on the filtered, referenced traces (before whitening) when asked
     filtering = dict(

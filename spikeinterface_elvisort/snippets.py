@@ -5,6 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def window_samples(ms_before: float, ms_after: float, sampling_frequency: float) -> tuple[int, int]:
+    """The snippet window in samples: (nbefore, nafter) for ``ms_before`` / ``ms_after`` milliseconds at
+    ``sampling_frequency`` Hz, each rounded to the nearest sample (SpikeInterface's convention)."""
+    return (
+        int(round(ms_before * sampling_frequency / 1000.0)),
+        int(round(ms_after * sampling_frequency / 1000.0)),
+    )
+
+
 def channel_neighbours(channel_locations: np.ndarray, num_neighbours: int) -> np.ndarray:
     """For each channel, its ``num_neighbours`` nearest channels (itself included), sorted in spatial order.
 

@@ -30,8 +30,9 @@ def unit_extremum_channels(
     from spikeinterface.core import estimate_templates
     from spikeinterface.core.sorting_tools import random_spikes_selection
 
-    nbefore = int(round(ms_before * recording.sampling_frequency / 1000.0))
-    nafter = int(round(ms_after * recording.sampling_frequency / 1000.0))
+    from ..snippets import window_samples
+
+    nbefore, nafter = window_samples(ms_before, ms_after, recording.sampling_frequency)
     spikes = sorting.to_spike_vector()
     selected = random_spikes_selection(sorting, method="uniform", max_spikes_per_unit=max_spikes_per_unit, seed=seed)
     templates = estimate_templates(
@@ -78,7 +79,7 @@ def extract_spike_waveforms(
     channel_indices : (num_spikes, num_channels) int64
         The channels of each waveform, in order.
     """
-    from ..snippets import channel_neighbours, extract_snippets
+    from ..snippets import channel_neighbours, extract_snippets, window_samples
 
     if (sorting is None) == (peaks is None):
         raise ValueError("give exactly one of sorting= (spikes at ground-truth or sorted times) or peaks=")
@@ -88,8 +89,7 @@ def extract_spike_waveforms(
         raise ValueError(
             f"num_channels={num_channels} but the recording has only {recording.get_num_channels()} channels"
         )
-    nbefore = int(round(ms_before * recording.sampling_frequency / 1000.0))
-    nafter = int(round(ms_after * recording.sampling_frequency / 1000.0))
+    nbefore, nafter = window_samples(ms_before, ms_after, recording.sampling_frequency)
     if nbefore < 0 or nafter < 1:
         raise ValueError(f"ms_before must be >= 0 and ms_after > 0, got {ms_before}, {ms_after}")
     neighbours = channel_neighbours(recording.get_channel_locations(), num_channels)

@@ -23,7 +23,7 @@ from ..params import sorter_job_kwargs
 from ..preprocessing import preprocess
 from ..pipeline import LABEL_CHUNK, _clean_up, _front_end, _merge_near_identical, _Stages
 from ..results import save_arrays, save_checkpoint, save_history, to_sorting
-from ..snippets import channel_neighbours, extract_snippets
+from ..snippets import channel_neighbours, extract_snippets, window_samples
 from ..training import TrainConfig, train_model
 from .cleaning import reject_noise, train_cleaner
 from .clustering import BicEnsembleClustering, probe_regions
@@ -66,8 +66,7 @@ def _run(recording, params, folder, verbose, device, rng):
     job_kwargs = sorter_job_kwargs(params["job_kwargs"], verbose)
     sampling_frequency = recording.sampling_frequency
     num_segments = recording.get_num_segments()
-    nbefore = int(round(params["ms_before"] * sampling_frequency / 1000.0))
-    nafter = int(round(params["ms_after"] * sampling_frequency / 1000.0))
+    nbefore, nafter = window_samples(params["ms_before"], params["ms_after"], sampling_frequency)
     channel_locations = recording.get_channel_locations()[:, :2]
     logger.info(
         "ssae on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s, %s",
