@@ -127,6 +127,27 @@ def thread_summary(n_jobs: int) -> str:
 
 
 @contextmanager
+def blas_threads(num_threads: int | None):
+    """Limit numpy's and scipy's BLAS (OpenBLAS, MKL) to ``num_threads`` threads inside the block, once for the
+    whole block (None: no limit); the previous limits come back afterwards.
+
+    The sorters' chunked stages run in threads with SpikeInterface's ``max_threads_per_worker`` off
+    (:func:`~spikeinterface_elvisort.params.sorter_job_kwargs`) and this limit around the whole run instead.
+    SpikeInterface applies ``max_threads_per_worker`` per chunk with ``threadpool_limits``, a process-wide setting,
+    from every worker thread at once: one thread leaving its block restores the limit while another computes, so
+    chunks ran with one or two BLAS threads at random, and OpenBLAS's matrix products round differently with each.
+    The whitened traces, and from them the training set and the sorting, then changed from run to run with the same
+    seed (MEArec dev_rec3: 0.942, 0.947, 0.995 and 0.996 in four runs)."""
+    from threadpoolctl import threadpool_limits
+
+    if num_threads is None:
+        yield
+        return
+    with threadpool_limits(limits=int(num_threads), user_api="blas"):
+        yield
+
+
+@contextmanager
 def torch_threads(num_threads: int | None):
     """Let torch use ``num_threads`` CPU threads inside the block (None: this process's share of the cores,
     :func:`cpu_share`, or fewer when torch was already set to fewer); the caller's process gets its own setting

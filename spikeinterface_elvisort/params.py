@@ -290,7 +290,9 @@ PARAMS = {
         "(pool_engine='thread'; in a worker process, one per core of its share, as for torch_threads), "
         "whatever SpikeInterface's global job kwargs say, except template matching, which runs in as many forked "
         "worker processes on Linux (its per-spike loop holds Python's GIL; in threads it ran up to 2.2x slower); a "
-        "pool_engine given here applies to every stage. The result does not depend on n_jobs or pool_engine. "
+        "pool_engine given here applies to every stage. In threads, max_threads_per_worker (default 1) limits "
+        "numpy's BLAS once for the whole run rather than per chunk (per chunk, the threads reset each other's limit "
+        "and the same seed gave different sortings). The result does not depend on n_jobs or pool_engine. "
         "progress_bar follows verbose.",
         "run",
     ),
@@ -301,13 +303,33 @@ def sorter_job_kwargs(job_kwargs: dict, verbose: bool) -> dict:
     """The job kwargs the chunked stages run with: one thread per core of this process's share
     (:func:`~spikeinterface_elvisort.device.cpu_share`: all the cores, except in a worker of a process pool) unless
     ``job_kwargs`` says otherwise (the sorter parameter), SpikeInterface's defaults for the rest, progress bars when
-    ``verbose``."""
+    ``verbose``.
+
+    In threads, ``max_threads_per_worker`` is turned off: the pipelines limit BLAS threads once for the whole run to
+    :func:`blas_thread_limit` instead (see :func:`~spikeinterface_elvisort.device.blas_threads`, why)."""
     from spikeinterface.core.job_tools import fix_job_kwargs
 
     from .device import cpu_share
 
     defaults = {"n_jobs": cpu_share(), "pool_engine": "thread"}
-    return fix_job_kwargs(defaults | dict(job_kwargs)) | {"progress_bar": verbose}
+    fixed = fix_job_kwargs(defaults | dict(job_kwargs)) | {"progress_bar": verbose}
+    if fixed["pool_engine"] == "thread":
+        fixed["max_threads_per_worker"] = None
+    return fixed
+
+
+def blas_thread_limit(job_kwargs: dict) -> int | None:
+    """The BLAS threads a run gets (:func:`~spikeinterface_elvisort.device.blas_threads`): the user's
+    ``max_threads_per_worker`` (SpikeInterface's default, 1) when the chunked stages run in threads on more than one
+    job, else no limit."""
+    from spikeinterface.core.job_tools import fix_job_kwargs
+
+    from .device import cpu_share
+
+    fixed = fix_job_kwargs({"n_jobs": cpu_share(), "pool_engine": "thread"} | dict(job_kwargs))
+    if fixed["pool_engine"] != "thread" or fixed["n_jobs"] <= 1:
+        return None
+    return fixed["max_threads_per_worker"]
 
 
 def matching_job_kwargs(user_job_kwargs: dict, job_kwargs: dict) -> dict:

@@ -18,10 +18,10 @@ from .curation import (
     split_multimodal, template_snr,
 )
 from .detection import detect_spikes
-from .device import resolve_device, seed_everything, thread_summary, torch_threads
+from .device import blas_threads, resolve_device, seed_everything, thread_summary, torch_threads
 from .inference import encode, predict_proba
 from .models import build_model
-from .params import matching_job_kwargs, sorter_job_kwargs
+from .params import blas_thread_limit, matching_job_kwargs, sorter_job_kwargs
 from .preprocessing import cache_recording, estimate_motion, preprocess, seeded_noise_levels
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks, window_samples
@@ -83,7 +83,8 @@ def run_elvisort(recording, params: dict, folder: Path, verbose: bool = False):
     check_recording(recording, params)  # cheap; run_sorter already ran it, direct callers need it too
     device = resolve_device(params["device"])
     rng = seed_everything(params["seed"])
-    with torch_threads(params["torch_threads"]):  # the caller's process keeps its own setting
+    # the caller's process keeps its own settings
+    with torch_threads(params["torch_threads"]), blas_threads(blas_thread_limit(params["job_kwargs"])):
         return _run(recording, params, folder, verbose, device, rng)
 
 

@@ -266,6 +266,20 @@ def test_chunked_stages_use_every_core_in_threads_unless_told_otherwise():
     assert given["n_jobs"] == 1 and given["chunk_duration"] == "500ms"
 
 
+def test_blas_threads_are_limited_once_per_run_not_per_chunk():
+    """In threads, SpikeInterface's per-chunk BLAS limit is off and the run limits BLAS once (device.blas_threads):
+    the user's max_threads_per_worker, SpikeInterface's default 1; processes and one job keep SpikeInterface's way."""
+    from spikeinterface_elvisort.params import blas_thread_limit, sorter_job_kwargs
+
+    assert sorter_job_kwargs({"n_jobs": 2}, verbose=False)["max_threads_per_worker"] is None
+    assert blas_thread_limit({"n_jobs": 2}) == 1
+    assert blas_thread_limit({"n_jobs": 2, "max_threads_per_worker": 2}) == 2
+    process = {"n_jobs": 2, "pool_engine": "process"}
+    assert sorter_job_kwargs(process, verbose=False)["max_threads_per_worker"] == 1
+    assert blas_thread_limit(process) is None
+    assert blas_thread_limit({"n_jobs": 1}) is None
+
+
 def test_template_matching_runs_in_forked_processes_unless_told_otherwise(monkeypatch):
     import multiprocessing
     import sys

@@ -689,3 +689,33 @@ def test_template_matching_finds_the_same_spikes_in_forked_processes_as_in_threa
     for events, labels in found[1:]:
         np.testing.assert_array_equal(events, found[0][0])
         np.testing.assert_array_equal(labels, found[0][1])
+
+
+def test_whitened_cache_is_the_same_in_every_run(tmp_path):
+    """The memory cache of whitened traces, written by two threads, equals the one written chunk by chunk in one
+    thread with one BLAS thread, every time. SpikeInterface's per-chunk BLAS limit (max_threads_per_worker, a
+    process-wide setting toggled by both threads at once) made chunks run with one or two BLAS threads at random,
+    and OpenBLAS rounds the whitening product differently with each: the sorting then changed from run to run with
+    the same seed (with that limit, this comparison failed in one attempt of three here, and in every run on MEArec
+    dev_rec3). Chunks of 1 s: OpenBLAS computes smaller products in one thread anyway."""
+    from threadpoolctl import threadpool_limits
+
+    from spikeinterface.core import generate_ground_truth_recording
+
+    from spikeinterface_elvisort.device import blas_threads
+    from spikeinterface_elvisort.params import blas_thread_limit, sorter_job_kwargs
+    from spikeinterface_elvisort.preprocessing import cache_recording, preprocess
+
+    recording, _ = generate_ground_truth_recording(durations=[20.0], num_channels=32, num_units=10, seed=0)
+    preprocessed = preprocess(recording, whitening=True, seed=0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        one_job = sorter_job_kwargs({"n_jobs": 1, "chunk_duration": "1s"}, verbose=False)
+        # the cache's traces live in shared memory that goes with the cached recording: keep it
+        one_job_cache, _ = cache_recording(preprocessed, "memory", tmp_path / "one", one_job)
+        reference = one_job_cache.get_traces()
+    job_kwargs = sorter_job_kwargs({"n_jobs": 2, "chunk_duration": "1s"}, verbose=False)
+    assert job_kwargs["max_threads_per_worker"] is None and blas_thread_limit({"n_jobs": 2}) == 1
+    for attempt in range(4):
+        with blas_threads(blas_thread_limit({"n_jobs": 2})):
+            cached, _ = cache_recording(preprocessed, "memory", tmp_path / str(attempt), job_kwargs)
+            np.testing.assert_array_equal(cached.get_traces(), reference)

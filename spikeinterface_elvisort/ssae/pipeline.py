@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..checks import check_recording
-from ..device import resolve_device, seed_everything, thread_summary, torch_threads
+from ..device import blas_threads, resolve_device, seed_everything, thread_summary, torch_threads
 from ..inference import encode
 from ..models import build_model
-from ..params import sorter_job_kwargs
+from ..params import blas_thread_limit, sorter_job_kwargs
 from ..preprocessing import preprocess
 from ..pipeline import LABEL_CHUNK, _clean_up, _front_end, _merge_near_identical, _Stages
 from ..results import save_arrays, save_checkpoint, save_history, to_sorting
@@ -57,7 +57,8 @@ def run_ssae(recording, params: dict, folder: Path, verbose: bool = False):
     folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device(params["device"])
     rng = seed_everything(params["seed"])
-    with torch_threads(params["torch_threads"]):  # the caller's process keeps its own setting
+    # the caller's process keeps its own settings
+    with torch_threads(params["torch_threads"]), blas_threads(blas_thread_limit(params["job_kwargs"])):
         return _run(recording, params, folder, verbose, device, rng)
 
 
