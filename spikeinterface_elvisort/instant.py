@@ -297,7 +297,8 @@ def _check_sorting(sorting, recording) -> None:
 
 
 def measure_noise_levels(engine: BlockEngine, recording, scale: bool, num_blocks: int = 20, seed: int = 0):
-    """Median absolute deviation / 0.6745 per channel of the engine's preprocessed traces, on random blocks."""
+    """Median absolute deviation / 0.6745 per channel of the traces the engine detects on (its preprocessed
+    traces, or those before whitening: :meth:`BlockEngine.detection_traces`), on random blocks."""
     rng = np.random.default_rng(seed)
     pieces = []
     for _ in range(num_blocks):
@@ -306,7 +307,7 @@ def measure_noise_levels(engine: BlockEngine, recording, scale: bool, num_blocks
         length = min(engine.block_samples, num_samples)
         start = int(rng.integers(0, max(num_samples - length, 0) + 1))
         raw = read_block(recording, segment_index, start, start + length, engine.margin, scale)
-        pieces.append(engine.preprocess(raw)[engine.inner_margin : engine.inner_margin + length])
+        pieces.append(engine.detection_traces(raw)[0][engine.inner_margin : engine.inner_margin + length])
     traces = np.concatenate(pieces)
     return (np.median(np.abs(traces - np.median(traces, axis=0)), axis=0) / 0.6744897501960817).astype(np.float32)
 
@@ -333,8 +334,10 @@ def collect_events(engine: BlockEngine, recording, scale: bool, sorting, max_eve
         num_samples = recording.get_num_samples(segment_index)
         for start in range(0, num_samples, engine.block_samples):
             end = min(start + engine.block_samples, num_samples)
-            traces = engine.preprocess(read_block(recording, segment_index, start, end, engine.margin, scale))
-            samples, channels = engine.detect(traces, start, end - start)
+            detection, traces = engine.detection_traces(
+                read_block(recording, segment_index, start, end, engine.margin, scale)
+            )
+            samples, channels = engine.detect(detection, start, end - start)
             block = dict(
                 sample_index=samples - engine.inner_margin + start,
                 segment_index=np.full(samples.size, segment_index, dtype=np.int64),

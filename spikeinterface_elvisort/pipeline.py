@@ -126,6 +126,8 @@ def _run(recording, params, folder, verbose, device, rng):
         "nbefore": nbefore,
         "nafter": nafter,
         "whitening": whitening,
+        # detection thresholds on the traces before whitening (None: detection on the preprocessed traces)
+        "detection_noise_levels": cache_info.get("detection_noise_levels"),
     }
     if labelled is not None:
         model, history, training_set = _learn_from_labels(
@@ -227,12 +229,20 @@ def _front_end(recording, params, folder, job_kwargs, stages):
             "(spikeinterface.preprocessing.silence_periods(recording, list_periods, mode='zeros')) or remove the "
             "channels (recording.remove_channels)"
         )
+    # detection, on the traces before whitening unless asked otherwise (see the parameter's description)
+    detection_recording, detection_noise_levels = preprocessed, noise_levels
+    if whitening is not None and params["detect_before_whitening"]:
+        detection_recording = preprocess(
+            recording, **filtering, whitening=False, motion=motion, interpolate_motion_kwargs=interpolate_kwargs,
+            seed=seed,
+        )
+        detection_noise_levels = seeded_noise_levels(detection_recording, seed, job_kwargs)
+        cache_info["detection_noise_levels"] = detection_noise_levels  # saved with the model, for instant sorting
     stages.done("preprocessing", "cache: %s", cache_info["mode"])
 
-    # detection
     peaks = detect_spikes(
-        preprocessed,
-        noise_levels,
+        detection_recording,
+        detection_noise_levels,
         method=params["detection_method"],
         peak_sign=params["peak_sign"],
         detect_threshold=params["detect_threshold"],
@@ -241,9 +251,28 @@ def _front_end(recording, params, folder, job_kwargs, stages):
         snippet_samples=nbefore + nafter,
         job_kwargs=job_kwargs,
     )
-    stages.done("detection", "%d events (%.1f per channel per s)", peaks.size,
-                peaks.size / max(recording.get_num_channels() * recording.get_total_duration(), 1e-9))
+    if detection_recording is not preprocessed:
+        # amplitudes on the traces everything after detection reads, in the units of ``noise_levels``
+        peaks["amplitude"] = _values_at(preprocessed, peaks)
+    stages.done("detection", "%d events (%.1f per channel per s)%s", peaks.size,
+                peaks.size / max(recording.get_num_channels() * recording.get_total_duration(), 1e-9),
+                ", before whitening" if detection_recording is not preprocessed else "")
     return preprocessed, cache_info, noise_levels, peaks
+
+
+def _values_at(recording, peaks, chunk_samples: int = 1_000_000) -> np.ndarray:
+    """``recording``'s sample at each peak's (segment, sample, channel), read chunk by chunk."""
+    values = np.zeros(peaks.size, dtype=np.float32)
+    for segment_index in range(recording.get_num_segments()):
+        in_segment = np.flatnonzero(peaks["segment_index"] == segment_index)
+        samples = peaks["sample_index"][in_segment]
+        for start in range(0, recording.get_num_samples(segment_index), chunk_samples):
+            inside = in_segment[(samples >= start) & (samples < start + chunk_samples)]
+            if inside.size:
+                traces = recording.get_traces(segment_index=segment_index, start_frame=start,
+                                              end_frame=start + chunk_samples)
+                values[inside] = traces[peaks["sample_index"][inside] - start, peaks["channel_index"][inside]]
+    return values
 
 
 def _train_vae(preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,

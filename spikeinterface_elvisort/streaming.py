@@ -3,9 +3,11 @@
 A recording (or a stream) is cut into consecutive blocks of ``block_samples`` samples, counted from the start of
 the segment. Each block is processed from the raw traces of the block plus fixed margins (zeros outside the
 recording): band-pass filter (SpikeInterface's Butterworth design, forward-backward), common median reference,
-whitening with the matrix learned at training, peak detection, snippets, and one batched classifier pass. Because
-the grid and the margins do not depend on how the data arrive, a stream cut into blocks of any size gives exactly
-the offline result, and a spike is reported at most one block plus the margins after it happened.
+whitening with the matrix learned at training, peak detection (on the traces before whitening, as the training run
+detected, unless it ran with ``detect_before_whitening=False``), snippets of the whitened traces, and one batched
+classifier pass. Because the grid and the margins do not depend on how the data arrive, a stream cut into blocks of
+any size gives exactly the offline result, and a spike is reported at most one block plus the margins after it
+happened.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class BlockEngine:
     block_ms : float
         Block length; latency of a stream is at most one block plus the margins.
     noise_levels : array or None
-        Noise level per channel (after preprocessing) for the detection threshold; the model's when None.
+        Noise level per channel of the traces events are detected on (see :meth:`detection_traces`), for the
+        detection threshold; the model's when None.
     """
 
     def __init__(self, model, settings: dict, device, block_ms: float = DEFAULT_BLOCK_MS, noise_levels=None):
@@ -50,13 +53,19 @@ class BlockEngine:
         self.locations = np.asarray(settings["channel_locations"], dtype=np.float64)[:, :2]
         self.num_channels = self.locations.shape[0]
         self.neighbours = channel_neighbours(self.locations, params["snippet_channels"])
-        self.noise_levels = np.asarray(settings["noise_levels"] if noise_levels is None else noise_levels, "float32")
-        if self.noise_levels.shape != (self.num_channels,):
-            raise ValueError(f"noise_levels must have one value per channel ({self.num_channels})")
         self.block_samples = max(int(round(block_ms * fs / 1000.0)), 1)
         whitening = settings.get("whitening")
         self.W = None if not whitening else np.asarray(whitening["W"], dtype=np.float32)
         self.M = None if not whitening or whitening.get("M") is None else np.asarray(whitening["M"], dtype=np.float32)
+        # models saved with detect_before_whitening carry the noise levels of the unwhitened traces; older models
+        # (and models without whitening) detect on the preprocessed traces
+        detection_noise_levels = settings.get("detection_noise_levels")
+        self.detect_before_whitening = self.W is not None and detection_noise_levels is not None
+        if noise_levels is None:
+            noise_levels = detection_noise_levels if self.detect_before_whitening else settings["noise_levels"]
+        self.noise_levels = np.asarray(noise_levels, "float32")
+        if self.noise_levels.shape != (self.num_channels,):
+            raise ValueError(f"noise_levels must have one value per channel ({self.num_channels})")
 
         self.filter = params["apply_preprocessing"]
         if self.filter:
@@ -65,7 +74,7 @@ class BlockEngine:
             self.filter_margin = int(adjust_margin_ms_for_highpass(params["freq_min"]) * fs / 1000.0)
         else:
             self.filter_margin = 0
-        self.reference = self.filter and params["common_reference"] and self.num_channels > 1
+        self.common_reference = self.filter and params["common_reference"] and self.num_channels > 1
 
         self.detection = params["detection_method"]
         self.peak_sign = params["peak_sign"]
@@ -90,6 +99,23 @@ class BlockEngine:
     # -- one block -----------------------------------------------------------------------------------------------
     def preprocess(self, raw: np.ndarray) -> np.ndarray:
         """Raw block with ``margin`` samples on each side -> preprocessed block with ``inner_margin`` on each side."""
+        return self.whiten(self.reference(raw))
+
+    def detection_traces(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(traces events are detected on, preprocessed traces) of a raw block: the filtered, referenced traces
+        before whitening when the model was trained so, else the preprocessed ones twice."""
+        referenced = self.reference(raw)
+        traces = self.whiten(referenced)
+        return (referenced if self.detect_before_whitening else traces), traces
+
+    def whiten(self, traces: np.ndarray) -> np.ndarray:
+        """The whitening learned at training (no-op without it)."""
+        if self.W is not None:
+            traces = (traces - self.M) @ self.W if self.M is not None else traces @ self.W
+        return np.ascontiguousarray(traces, dtype=np.float32)
+
+    def reference(self, raw: np.ndarray) -> np.ndarray:
+        """Band-pass filter and common median reference, without whitening; ``inner_margin`` on each side."""
         from scipy.signal import sosfiltfilt
 
         traces = np.asarray(raw, dtype=np.float32)
@@ -97,10 +123,8 @@ class BlockEngine:
             traces = sosfiltfilt(self.sos, traces, axis=0).astype(np.float32)
             if self.filter_margin:
                 traces = traces[self.filter_margin : traces.shape[0] - self.filter_margin]
-        if self.reference:
+        if self.common_reference:
             traces = traces - np.median(traces, axis=1, keepdims=True)
-        if self.W is not None:
-            traces = (traces - self.M) @ self.W if self.M is not None else traces @ self.W
         return np.ascontiguousarray(traces, dtype=np.float32)
 
     def detect(self, traces: np.ndarray, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,8 +159,8 @@ class BlockEngine:
     def front(self, raw: np.ndarray, start: int, length: int):
         """The model-free part of a block (thread-safe for the locally exclusive detector): returns samples
         (absolute), channels, amplitudes and snippets."""
-        traces = self.preprocess(raw)
-        samples, channels = self.detect(traces, start, length)
+        detection, traces = self.detection_traces(raw)
+        samples, channels = self.detect(detection, start, length)
         snippets = self.snippets(traces, samples, channels)
         amplitudes = traces[samples, channels]
         return samples - self.inner_margin + start, channels, amplitudes, snippets

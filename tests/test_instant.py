@@ -194,6 +194,35 @@ def test_pretrained_model_from_another_probe_is_refused(trained, tmp_path):
 
 
 # -- streaming -----------------------------------------------------------------------------------------------------
+def test_a_whitened_model_detects_before_whitening_as_its_training_run_did(supervised_transfer, transfer_pair):
+    """8 channels: whitened. The model keeps the noise levels of the unwhitened traces and its engine detects on
+    those traces (snippets still come from the whitened ones); a model saved before detect_before_whitening
+    existed has no such levels and detects on the whitened traces, as it did."""
+    from spikeinterface_elvisort import load_model
+    from spikeinterface_elvisort.streaming import BlockEngine, read_block
+
+    folder, _ = supervised_transfer
+    recording_b = transfer_pair[2]
+    model = load_model(folder, device="cpu")
+    checkpoint = model.checkpoint
+    assert checkpoint["whitening"] is not None and checkpoint["detection_noise_levels"] is not None
+    engine = model._engine()
+    assert engine.detect_before_whitening
+    np.testing.assert_array_equal(engine.noise_levels, np.asarray(checkpoint["detection_noise_levels"], "float32"))
+    raw = read_block(recording_b, 0, 0, engine.block_samples, engine.margin, scale=False)
+    detection, traces = engine.detection_traces(raw)
+    np.testing.assert_allclose(engine.whiten(detection), traces, atol=1e-5)
+    np.testing.assert_allclose(engine.preprocess(raw), traces, atol=1e-5)
+    assert not np.allclose(detection, traces)
+
+    older = {key: value for key, value in checkpoint.items() if key != "detection_noise_levels"}
+    engine = BlockEngine(model.network, older, "cpu")
+    assert not engine.detect_before_whitening
+    np.testing.assert_array_equal(engine.noise_levels, np.asarray(checkpoint["noise_levels"], "float32"))
+    detection, traces = engine.detection_traces(raw)
+    assert detection is traces
+
+
 @pytest.mark.parametrize("block_sizes", ["one-block", "small-random", "large-random", "odd"])
 def test_stream_equals_offline_for_any_block_size(model, trained, block_sizes):
     from spikeinterface_elvisort import OnlineSorter

@@ -15,7 +15,8 @@ from ..params import PARAMS, Param, check_declared
 SHARED = (
     "apply_preprocessing", "freq_min", "freq_max", "common_reference", "whitening", "motion_correction",
     "motion_correction_kwargs", "cache_preprocessing",
-    "detection_method", "peak_sign", "detect_threshold", "detect_exclude_sweep_ms", "detect_radius_um",
+    "detection_method", "peak_sign", "detect_threshold", "detect_before_whitening", "detect_exclude_sweep_ms",
+    "detect_radius_um",
     "ms_before", "ms_after", "snippet_channels",
     "train_max_snippets", "train_batch_size", "train_learning_rate", "mixed_precision",
     "clustering_min_cluster_size",
