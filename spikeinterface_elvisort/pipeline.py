@@ -22,7 +22,7 @@ from .device import blas_threads, resolve_device, seed_everything, thread_summar
 from .inference import encode, predict_proba
 from .models import build_model
 from .params import blas_thread_limit, matching_job_kwargs, sorter_job_kwargs
-from .preprocessing import cache_recording, estimate_motion, preprocess, seeded_noise_levels
+from .preprocessing import cache_recording, estimate_motion, preprocess, seeded_noise_levels, whiten, whitens
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks, window_samples
 from .training import TrainConfig, train_model
@@ -204,11 +204,24 @@ def _front_end(recording, params, folder, job_kwargs, stages):
         displacement = np.concatenate([np.ravel(d) for d in motion.displacement])
         stages.done("motion", "%s: displacement %.1f to %.1f um, saved in motion/", params["motion_correction"],
                     displacement.min(), displacement.max())
+    # detection on the traces before whitening (see the parameter's description): without motion correction those
+    # traces are cached and whitened as they are read (one filtering pass in all), else they are filtered again
+    cache_before_whitening = motion is None and params["detect_before_whitening"] and whitens(
+        recording, params["apply_preprocessing"], params["whitening"]
+    )
+    detection_recording = None
     try:
-        preprocessed = preprocess(
-            recording, **filtering, whitening=params["whitening"], motion=motion,
-            interpolate_motion_kwargs=interpolate_kwargs, seed=seed,
-        )
+        if cache_before_whitening:
+            detection_recording, cache_info = cache_recording(
+                preprocess(recording, **filtering, whitening=False), params["cache_preprocessing"],
+                folder / "cache_preprocessing", job_kwargs,
+            )
+            preprocessed = whiten(detection_recording, seed)
+        else:
+            preprocessed = preprocess(
+                recording, **filtering, whitening=params["whitening"], motion=motion,
+                interpolate_motion_kwargs=interpolate_kwargs, seed=seed,
+            )
     except np.linalg.LinAlgError as error:  # the whitening matrix's SVD, on random chunks of the filtered traces
         raise ValueError(
             f"whitening failed ({error}), as it does when the recording holds NaN or Inf samples: replace them "
@@ -216,9 +229,10 @@ def _front_end(recording, params, folder, job_kwargs, stages):
             "recording.remove_channels), or sort with whitening=False"
         ) from None
     whitening = _whitening_matrix(preprocessed)  # saved with the model; the cache loses the chain
-    preprocessed, cache_info = cache_recording(
-        preprocessed, params["cache_preprocessing"], folder / "cache_preprocessing", job_kwargs
-    )
+    if not cache_before_whitening:
+        preprocessed, cache_info = cache_recording(
+            preprocessed, params["cache_preprocessing"], folder / "cache_preprocessing", job_kwargs
+        )
     cache_info["whitening"] = whitening
     noise_levels = seeded_noise_levels(preprocessed, seed, job_kwargs)
     if not np.all(np.isfinite(noise_levels)):
@@ -229,15 +243,17 @@ def _front_end(recording, params, folder, job_kwargs, stages):
             "(spikeinterface.preprocessing.silence_periods(recording, list_periods, mode='zeros')) or remove the "
             "channels (recording.remove_channels)"
         )
-    # detection, on the traces before whitening unless asked otherwise (see the parameter's description)
-    detection_recording, detection_noise_levels = preprocessed, noise_levels
+    detection_noise_levels = noise_levels
     if whitening is not None and params["detect_before_whitening"]:
-        detection_recording = preprocess(
-            recording, **filtering, whitening=False, motion=motion, interpolate_motion_kwargs=interpolate_kwargs,
-            seed=seed,
-        )
+        if detection_recording is None:  # motion correction: the interpolated, unwhitened traces
+            detection_recording = preprocess(
+                recording, **filtering, whitening=False, motion=motion, interpolate_motion_kwargs=interpolate_kwargs,
+                seed=seed,
+            )
         detection_noise_levels = seeded_noise_levels(detection_recording, seed, job_kwargs)
         cache_info["detection_noise_levels"] = detection_noise_levels  # saved with the model, for instant sorting
+    else:
+        detection_recording = preprocessed
     stages.done("preprocessing", "cache: %s", cache_info["mode"])
 
     peaks = detect_spikes(

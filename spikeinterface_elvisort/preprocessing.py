@@ -46,10 +46,8 @@ def preprocess(
         recording = spre.bandpass_filter(recording, freq_min=freq_min, freq_max=freq_max, dtype="float32")
         if common_reference and recording.get_num_channels() > 1:
             recording = spre.common_reference(recording, reference="global", operator="median")
-        if whitening == "auto":
-            whitening = recording.get_num_channels() >= AUTO_WHITENING_MIN_CHANNELS
-        if whitening and recording.get_num_channels() > 1:
-            recording = spre.whiten(recording, mode="local", radius_um=100.0, dtype="float32", seed=seed)
+        if whitens(recording, True, whitening):
+            recording = whiten(recording, seed)
     if motion is not None:
         from spikeinterface.sortingcomponents.motion import interpolate_motion
 
@@ -59,6 +57,22 @@ def preprocess(
         # bump recording of seed 0 rose from 0.893 to 0.963). The motion is still estimated on unwhitened traces.
         recording = interpolate_motion(recording, motion, **(interpolate_motion_kwargs or {}))
     return recording
+
+
+def whitens(recording, apply_preprocessing: bool, whitening: bool | str) -> bool:
+    """Whether :func:`preprocess` whitens ``recording`` with these settings (``whitening="auto"``: from
+    ``AUTO_WHITENING_MIN_CHANNELS`` channels on; never without preprocessing or with one channel)."""
+    if whitening == "auto":
+        whitening = recording.get_num_channels() >= AUTO_WHITENING_MIN_CHANNELS
+    return bool(apply_preprocessing and whitening and recording.get_num_channels() > 1)
+
+
+def whiten(recording, seed: int | None = None):
+    """The local whitening of :func:`preprocess`: SpikeInterface's ``whiten`` (mode "local", radius 100 um,
+    float32), its matrix from random chunks drawn with ``seed``."""
+    import spikeinterface.preprocessing as spre
+
+    return spre.whiten(recording, mode="local", radius_um=100.0, dtype="float32", seed=seed)
 
 
 MAX_MEMORY_CACHE_BYTES = 2**30  # "auto" caches in memory only below this: memory must not grow with duration

@@ -736,6 +736,10 @@ def test_detection_before_whitening_finds_the_spikes_whitening_flattens(tmp_path
     the whitened traces that everything after detection uses."""
     from spikeinterface.core import generate_ground_truth_recording
 
+    from spikeinterface.preprocessing.common_reference import CommonReferenceRecording
+    from spikeinterface.preprocessing.filter import FilterRecording
+    from spikeinterface.preprocessing.whiten import WhitenRecording
+
     from spikeinterface_elvisort.params import DEFAULT_PARAMS
     from spikeinterface_elvisort.pipeline import _front_end, _Stages, _values_at
 
@@ -753,6 +757,10 @@ def test_detection_before_whitening_finds_the_spikes_whitening_flattens(tmp_path
         )
         assert cache_info["whitening"] is not None
         assert ("detection_noise_levels" in cache_info) is before
+        # before whitening, the unwhitened traces are what is cached (filtered once) and whitened as they are read
+        assert isinstance(preprocessed, WhitenRecording) is before
+        if before:
+            assert not isinstance(preprocessed._kwargs["recording"], (CommonReferenceRecording, FilterRecording))
         np.testing.assert_array_equal(peaks["amplitude"], _values_at(preprocessed, peaks))
         found[before] = _detected_fraction(peaks, sorting)
     # measured: 0.823 of the spikes before whitening, 0.695 on the whitened traces
