@@ -150,6 +150,9 @@ def _alternating_batches(labels, batch_size: int, generator) -> list:
     return [batch for pair in zip(*streams) for batch in pair]
 
 
+MIN_HEAD_BATCH = 16  # the classifier head's smallest batch (see _train_classifier_head)
+
+
 def _train_classifier_head(model, snippets, labels, positions, config: TrainConfig, device, verbose: bool) -> list[dict]:
     """Classifier branch only, everything else frozen: the encoder runs once (eval mode, no gradients) and the
     head trains on the cached embeddings, so many epochs cost about as much as one encoder pass."""
@@ -174,13 +177,16 @@ def _train_classifier_head(model, snippets, labels, positions, config: TrainConf
         class_weights = torch.as_tensor(weights, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam(model.classifier.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
+    # at least four steps per epoch: with fewer targets than one batch the head took one step per epoch and, on a
+    # small recording (251 confident events, batch 256), labelled every event with one class
+    batch_size = min(config.batch_size, max(MIN_HEAD_BATCH, -(-known.size // 4)))
     history = []
     for epoch in tqdm(range(config.epochs), desc=f"elvisort {config.stage}", disable=not verbose, leave=False):
         model.classifier.train()
         order = torch.randperm(known.size, generator=generator).to(device)
         total, count = 0.0, 0
-        for start in range(0, known.size, config.batch_size):
-            batch = order[start : start + config.batch_size]
+        for start in range(0, known.size, batch_size):
+            batch = order[start : start + batch_size]
             loss = F.cross_entropy(model.classifier(features[batch]), target[batch], weight=class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
