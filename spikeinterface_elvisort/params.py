@@ -316,26 +316,27 @@ def sorter_job_kwargs(job_kwargs: dict, verbose: bool) -> dict:
 
     In threads, ``max_threads_per_worker`` is turned off: the pipelines limit BLAS threads once for the whole run to
     :func:`blas_thread_limit` instead (see :func:`~spikeinterface_elvisort.device.blas_threads`, why)."""
+    fixed = _with_defaults(job_kwargs) | {"progress_bar": verbose}
+    if fixed["pool_engine"] == "thread":
+        fixed["max_threads_per_worker"] = None
+    return fixed
+
+
+def _with_defaults(job_kwargs: dict) -> dict:
+    """``job_kwargs`` over the sorters' defaults (threads, one per core of this process's share), completed by
+    SpikeInterface's ``fix_job_kwargs``."""
     from spikeinterface.core.job_tools import fix_job_kwargs
 
     from .device import cpu_share
 
-    defaults = {"n_jobs": cpu_share(), "pool_engine": "thread"}
-    fixed = fix_job_kwargs(defaults | dict(job_kwargs)) | {"progress_bar": verbose}
-    if fixed["pool_engine"] == "thread":
-        fixed["max_threads_per_worker"] = None
-    return fixed
+    return fix_job_kwargs({"n_jobs": cpu_share(), "pool_engine": "thread"} | dict(job_kwargs))
 
 
 def blas_thread_limit(job_kwargs: dict) -> int | None:
     """The BLAS threads a run gets (:func:`~spikeinterface_elvisort.device.blas_threads`): the user's
     ``max_threads_per_worker`` (SpikeInterface's default, 1) when the chunked stages run in threads on more than one
     job, else no limit."""
-    from spikeinterface.core.job_tools import fix_job_kwargs
-
-    from .device import cpu_share
-
-    fixed = fix_job_kwargs({"n_jobs": cpu_share(), "pool_engine": "thread"} | dict(job_kwargs))
+    fixed = _with_defaults(job_kwargs)
     if fixed["pool_engine"] != "thread" or fixed["n_jobs"] <= 1:
         return None
     return fixed["max_threads_per_worker"]
