@@ -217,6 +217,14 @@ PARAMS = {
         "union of their channels) is below this value and the split test (merge_split_test) does not object.",
         "cleanup",
     ),
+    "merge_noise_corrected": Param(
+        True,
+        "Take the noise of the template means out of that distance: each template, the mean of n waveforms, "
+        "carries noise of power sum(noise_levels**2) / n per sample, which adds to the squared distance and norms. "
+        "Without the correction, two halves of one unit of a few hundred spikes on a noisy 32-channel probe measure "
+        "about 0.3 apart from that noise alone and stay split. False: the plain distance.",
+        "cleanup",
+    ),
     "merge_split_test": Param(
         True,
         "Before two units with close templates merge, project a sample of their spikes (on their strongest "
@@ -372,8 +380,8 @@ _CHOICES = {
     "features": ("vae", "pca", "raw"),
     "matching_method": ("circus-omp", "tdc-peeler", "none"),
 }
-_BOOLS = ("apply_preprocessing", "common_reference", "detect_before_whitening", "clustering_split", "merge_split_test",
-          "auto_merge", "save_arrays")
+_BOOLS = ("apply_preprocessing", "common_reference", "detect_before_whitening", "clustering_split",
+          "merge_noise_corrected", "merge_split_test", "auto_merge", "save_arrays")
 # name -> (minimum, maximum, integer?); bounds are inclusive
 _NUMBERS = {
     "freq_min": (0.0, None, False),

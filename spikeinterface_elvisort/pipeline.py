@@ -627,7 +627,10 @@ def _merge_near_identical(recording, peaks, labels, num_units, nbefore, nafter, 
     if params["merge_split_test"]:
         distinct = SplitTest(recording, peaks, labels, nbefore, nafter, noise_levels, max_lag=max_lag,
                              seed=int(params["seed"]))
-    merged = merge_similar_units(templates, counts, params["merge_threshold"], max_lag=max_lag, distinct=distinct)
+    merged = merge_similar_units(
+        templates, counts, params["merge_threshold"], max_lag=max_lag, distinct=distinct,
+        noise_levels=noise_levels if params.get("merge_noise_corrected", False) else None,
+    )
     return np.where(labels >= 0, merged[np.maximum(labels, 0)], -1), int(merged.max()) + 1
 
 

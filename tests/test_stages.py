@@ -378,6 +378,31 @@ def test_merge_similar_units():
     assert merge_similar_units(np.stack([a, a, a]), np.array([1, 2, 3]), 0.25, 3).tolist() == [0, 0, 0]
 
 
+def test_noise_corrected_merge_joins_the_halves_of_a_noisy_unit():
+    """Two halves of one unit (200 spikes each, 32 channels, noise level 1): the noise of their means alone puts the
+    plain distance above the merge threshold; without that noise they merge, and a distinct unit on the same
+    channels stays apart."""
+    rng = np.random.default_rng(0)
+    num_samples, num_channels, count = 80, 32, 200
+    shape = np.zeros((num_samples, num_channels))
+    shape[:, 10:13] = _pulse(num_samples, 32)[:, None] * np.array([4.0, 6.0, 4.0])
+    other = np.zeros_like(shape)
+    other[:, 10:13] = _pulse(num_samples, 36, width=4.0)[:, None] * np.array([2.0, 6.0, 5.0])
+    means = [template + rng.normal(size=(count, num_samples, num_channels)).mean(axis=0)
+             for template in (shape, shape, other)]
+    noise_power = (num_channels / count, num_channels / count)
+    assert template_distance(means[0], means[1], max_lag=3) > 0.3
+    assert template_distance(means[0], means[1], max_lag=3, noise_power=noise_power) < 0.15
+    assert template_distance(means[0], means[2], max_lag=3, noise_power=noise_power) > 0.5
+    # the correction only removes noise: noise-free templates measure as before
+    assert template_distance(shape, other, 3, noise_power=(0.0, 0.0)) == template_distance(shape, other, 3)
+
+    counts = np.full(3, count)
+    assert merge_similar_units(np.stack(means), counts, 0.3, 3).tolist() == [0, 1, 2]
+    corrected = merge_similar_units(np.stack(means), counts, 0.3, 3, noise_levels=np.ones(num_channels))
+    assert corrected.tolist() == [0, 0, 1]
+
+
 
 def _two_unit_recording(seed=0, amplitudes_b=(8, 10, 6, 3)):
     """Unit A (amplitudes 10, 8, 5, 3 noise levels on channels 0-3) and unit B (by default 8, 10, 6, 3) fire 400
