@@ -200,6 +200,8 @@ def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
+    from .snippets import extract_snippets
+
     noise_levels = np.maximum(np.asarray(noise_levels, dtype=np.float64), 1e-12)
     templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter)
 
@@ -221,16 +223,28 @@ def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units
         return [part for half in (0, 1)
                 for part in parts(members[halves.labels_ == half], waveforms[halves.labels_ == half], depth + 1)]
 
-    new_labels = np.full(labels.shape, -1, dtype=np.int64)
-    num_new = 0
+    # every unit's events in one pass over the traces (one read per unit would whiten the recording once per unit)
     rng = np.random.default_rng(seed)
+    units, rows = [], []  # (everyone, the sample tested) per non-empty unit; its strongest channels
     for unit in range(num_units):
         everyone = np.flatnonzero(labels == unit)
-        if everyone.size == 0:
-            continue
-        members = _sample(everyone, max_events, rng)
-        channels = _strongest_channels(np.abs(templates[unit]).max(axis=0) / noise_levels, num_channels)
-        found = parts(members, _cut(recording, peaks, members, channels, nbefore, nafter, noise_levels), 0)
+        if everyone.size:
+            units.append((everyone, _sample(everyone, max_events, rng)))
+            rows.append(_strongest_channels(np.abs(templates[unit]).max(axis=0) / noise_levels, num_channels))
+    if not units:
+        return np.full(labels.shape, -1, dtype=np.int64), 0
+    sizes = [members.size for _, members in units]
+    events = peaks[np.concatenate([members for _, members in units])].copy()
+    events["channel_index"] = np.repeat(np.arange(len(units)), sizes)  # row of `channels` to cut on
+    channels = np.stack(rows)
+    snippets = extract_snippets(recording, events, channels, nbefore, nafter)
+    starts = np.cumsum([0] + sizes)
+
+    new_labels = np.full(labels.shape, -1, dtype=np.int64)
+    num_new = 0
+    for index, (everyone, members) in enumerate(units):
+        waveforms = snippets[starts[index] : starts[index + 1]] / noise_levels[channels[index]]  # as _cut does
+        found = parts(members, waveforms, 0)
         if len(found) == 1:
             found = [everyone]
         for part in found:
