@@ -88,13 +88,37 @@ def _sample(members: np.ndarray, max_events: int | None, rng: np.random.Generato
     return np.sort(rng.choice(members, max_events, replace=False))
 
 
+# events cut per pass over the traces by _cut_groups: about 130 MB of float32 snippets at 80 samples x 8 channels
+CUT_EVENTS_PER_PASS = 50_000
+
+
 def _cut(recording, peaks, members, channels, nbefore, nafter, noise_levels):
     """Waveforms (num, nbefore + nafter, len(channels)) of ``peaks[members]`` on ``channels``, in noise units."""
+    return next(_cut_groups(recording, peaks, [(members, channels)], nbefore, nafter, noise_levels))
+
+
+def _cut_groups(recording, peaks, groups, nbefore, nafter, noise_levels, max_events: int = CUT_EVENTS_PER_PASS):
+    """``_cut`` of each ``(members, channels)`` of ``groups`` (every ``channels`` of the same length), yielded group
+    by group. Consecutive groups share a pass over the traces up to ``max_events`` events: a pass over a lazily
+    whitened recording whitens all of it, so one pass per group would whiten it once per group."""
     from .snippets import extract_snippets
 
-    events = peaks[members].copy()
-    events["channel_index"] = 0
-    return extract_snippets(recording, events, channels[None, :], nbefore, nafter) / noise_levels[channels]
+    start = 0
+    while start < len(groups):
+        stop, total = start + 1, groups[start][0].size
+        while stop < len(groups) and total + groups[stop][0].size <= max_events:
+            total += groups[stop][0].size
+            stop += 1
+        batch = groups[start:stop]
+        sizes = [members.size for members, _ in batch]
+        events = peaks[np.concatenate([members for members, _ in batch])].copy()
+        events["channel_index"] = np.repeat(np.arange(len(batch)), sizes)  # row of `channels` to cut on
+        channels = np.stack([group_channels for _, group_channels in batch])
+        snippets = extract_snippets(recording, events, channels, nbefore, nafter)
+        offsets = np.cumsum([0] + sizes)
+        for index, group_channels in enumerate(channels):
+            yield snippets[offsets[index] : offsets[index + 1]] / noise_levels[group_channels]
+        start = stop
 
 
 def _separation(first: np.ndarray, second: np.ndarray) -> float:
@@ -200,8 +224,6 @@ def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
-    from .snippets import extract_snippets
-
     noise_levels = np.maximum(np.asarray(noise_levels, dtype=np.float64), 1e-12)
     templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter)
 
@@ -223,27 +245,20 @@ def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units
         return [part for half in (0, 1)
                 for part in parts(members[halves.labels_ == half], waveforms[halves.labels_ == half], depth + 1)]
 
-    # every unit's events in one pass over the traces (one read per unit would whiten the recording once per unit)
     rng = np.random.default_rng(seed)
-    units, rows = [], []  # (everyone, the sample tested) per non-empty unit; its strongest channels
+    units, groups = [], []  # per non-empty unit: (all its events, the sample tested); (that sample, its channels)
     for unit in range(num_units):
         everyone = np.flatnonzero(labels == unit)
         if everyone.size:
-            units.append((everyone, _sample(everyone, max_events, rng)))
-            rows.append(_strongest_channels(np.abs(templates[unit]).max(axis=0) / noise_levels, num_channels))
-    if not units:
-        return np.full(labels.shape, -1, dtype=np.int64), 0
-    sizes = [members.size for _, members in units]
-    events = peaks[np.concatenate([members for _, members in units])].copy()
-    events["channel_index"] = np.repeat(np.arange(len(units)), sizes)  # row of `channels` to cut on
-    channels = np.stack(rows)
-    snippets = extract_snippets(recording, events, channels, nbefore, nafter)
-    starts = np.cumsum([0] + sizes)
+            members = _sample(everyone, max_events, rng)
+            units.append((everyone, members))
+            groups.append((members, _strongest_channels(np.abs(templates[unit]).max(axis=0) / noise_levels,
+                                                        num_channels)))
 
     new_labels = np.full(labels.shape, -1, dtype=np.int64)
     num_new = 0
-    for index, (everyone, members) in enumerate(units):
-        waveforms = snippets[starts[index] : starts[index + 1]] / noise_levels[channels[index]]  # as _cut does
+    cuts = _cut_groups(recording, peaks, groups, nbefore, nafter, noise_levels)  # all units in few passes
+    for (everyone, members), waveforms in zip(units, cuts):
         found = parts(members, waveforms, 0)
         if len(found) == 1:
             found = [everyone]

@@ -404,6 +404,26 @@ def test_noise_corrected_merge_joins_the_halves_of_a_noisy_unit():
 
 
 
+def test_cut_groups_reads_several_groups_per_pass_as_one_at_a_time():
+    """The split test cuts every unit's events together (few passes over the traces); each group's waveforms are
+    those of cutting it alone, whether the groups share one pass or are spread over several."""
+    from spikeinterface_elvisort.curation import _cut, _cut_groups
+
+    rng = np.random.default_rng(0)
+    recording = _probe_recording([rng.normal(size=(90_000, 6))])
+    peaks = _peaks(np.sort(rng.choice(np.arange(50, 89_900), 300, replace=False)), 0)
+    noise_levels = rng.uniform(0.5, 2.0, 6)
+    groups = [(np.sort(rng.choice(300, size, replace=False)), np.sort(rng.choice(6, 3, replace=False)))
+              for size in (40, 0, 120, 75)]
+    alone = [_cut(recording, peaks, members, channels, 20, 40, noise_levels) for members, channels in groups]
+    assert alone[2].shape == (120, 60, 3)
+    for max_events in (1000, 100, 1):  # one pass; two; one per group
+        together = list(_cut_groups(recording, peaks, groups, 20, 40, noise_levels, max_events=max_events))
+        assert len(together) == len(groups)
+        for waveforms, expected in zip(together, alone):
+            np.testing.assert_array_equal(waveforms, expected)
+
+
 def _two_unit_recording(seed=0, amplitudes_b=(8, 10, 6, 3)):
     """Unit A (amplitudes 10, 8, 5, 3 noise levels on channels 0-3) and unit B (by default 8, 10, 6, 3) fire 400
     spikes each; A's amplitude varies uniformly by +-20%. By default the templates lie at distance ~0.2: close, but
