@@ -130,8 +130,8 @@ class SplitTest:
     """Are two groups of events two units, although their templates are close? The ``distinct`` test of
     ``merge_similar_units``.
 
-    A sample of each group's events is cut on the pair's strongest channels, in units of each channel's noise
-    level, and projected on the difference of the two (aligned) templates. One unit split in two gives one mode
+    A sample of each group's events is cut on the pair's strongest channels (both groups in one pass over the
+    traces), in units of each channel's noise level, and projected on the difference of the two (aligned) templates. One unit split in two gives one mode
     along that axis; two units give two modes. The pair is called distinct when Hartigan's dip test (the
     ``diptest`` package) rejects a unimodal pooled projection at ``max_p_value``, and, when ``min_separation`` is
     above 0, the two groups' projections are that many pooled standard deviations apart.
@@ -179,13 +179,10 @@ class SplitTest:
         axis = (template_a[in_a][:, channels] - template_b[in_b][:, channels]) / scale
         axis = axis / max(np.linalg.norm(axis), 1e-12)
         rng = np.random.default_rng(self.seed)
-        out = []
-        for units, window in ((units_a, in_a), (units_b, in_b)):
-            members = _sample(np.flatnonzero(np.isin(self.labels, units)), self.max_events, rng)
-            waveforms = _cut(self.recording, self.peaks, members, channels, self.nbefore, self.nafter,
-                             self.noise_levels)
-            out.append(np.einsum("nsc,sc->n", waveforms[:, window], axis))
-        return out
+        groups = [(_sample(np.flatnonzero(np.isin(self.labels, units)), self.max_events, rng), channels)
+                  for units in (units_a, units_b)]
+        cuts = _cut_groups(self.recording, self.peaks, groups, self.nbefore, self.nafter, self.noise_levels)
+        return [np.einsum("nsc,sc->n", waveforms[:, window], axis) for waveforms, window in zip(cuts, (in_a, in_b))]
 
     def __call__(self, units_a, units_b, template_a, template_b) -> bool:
         import diptest

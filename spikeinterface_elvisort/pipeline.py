@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from .detection import detect_spikes
 from .device import blas_threads, resolve_device, seed_everything, thread_summary, torch_threads
 from .inference import encode, predict_proba
 from .models import build_model
+from .numpy_kernels import numpy_kernels
 from .params import blas_thread_limit, matching_job_kwargs, sorter_job_kwargs
 from .preprocessing import cache_recording, estimate_motion, preprocess, seeded_noise_levels, whiten, whitens
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
@@ -792,7 +792,7 @@ def _merged_sorting(recording, sorting, templates, amplitudes, noise_levels, min
     from spikeinterface.sortingcomponents.tools import create_sorting_analyzer_with_existing_templates
 
     job_kwargs = job_kwargs | {"progress_bar": False}
-    with _numpy_template_similarity(templates.unit_ids.size):
+    with numpy_kernels(templates.unit_ids.size):
         analyzer = create_sorting_analyzer_with_existing_templates(
             sorting, recording, templates, noise_levels=noise_levels, amplitude_scalings=amplitudes
         )
@@ -812,27 +812,3 @@ def _merged_sorting(recording, sorting, templates, amplitudes, noise_levels, min
             censor_ms=3.0, sparsity_overlap=0.5, **job_kwargs,
         )
     return analyzer.sorting
-
-
-# beyond this many units, SpikeInterface's compiled kernel pays back its compilation time
-NUMPY_SIMILARITY_MAX_UNITS = 200
-
-
-@contextmanager
-def _numpy_template_similarity(num_units):
-    """SpikeInterface's template similarity, computed with its NumPy implementation instead of its numba kernel
-    (``parallel=True``, not cached), which spends 20-40 s compiling in every new process to compare a few dozen
-    templates that NumPy compares in a tenth of a second (the two agree within 1e-6). Left as it is for large unit
-    counts, or when SpikeInterface no longer has these private functions."""
-    from spikeinterface.postprocessing import template_similarity as module
-
-    numpy_version = getattr(module, "_compute_similarity_matrix_numpy", None)
-    original = getattr(module, "_compute_similarity_matrix", None)
-    if numpy_version is None or original is None or num_units > NUMPY_SIMILARITY_MAX_UNITS:
-        yield
-        return
-    module._compute_similarity_matrix = numpy_version
-    try:
-        yield
-    finally:
-        module._compute_similarity_matrix = original

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -655,22 +658,97 @@ def test_cached_locally_exclusive_kernel_equals_spikeinterface(peak_sign):
 
 
 def test_template_similarity_runs_without_compiling_and_is_restored():
+    from spikeinterface.core import sorting_tools
+    from spikeinterface.curation import auto_merge
     from spikeinterface.postprocessing import template_similarity as module
 
-    from spikeinterface_elvisort.pipeline import NUMPY_SIMILARITY_MAX_UNITS, _numpy_template_similarity
+    from spikeinterface_elvisort.numpy_kernels import NUMPY_SIMILARITY_MAX_UNITS, numpy_kernels
 
     original = module._compute_similarity_matrix
+    originals = (sorting_tools.HAVE_NUMBA, auto_merge.compute_nb_coincidence, auto_merge.compute_nb_violations)
     templates = np.random.default_rng(0).normal(size=(5, 40, 6)).astype(np.float32)
     with pytest.raises(RuntimeError):
-        with _numpy_template_similarity(5):
+        with numpy_kernels(5):
             assert module._compute_similarity_matrix is module._compute_similarity_matrix_numpy
+            assert not sorting_tools.HAVE_NUMBA
             similarity, lags = module.compute_similarity_with_templates_array(templates, templates, "l1", num_shifts=3)
-            raise RuntimeError("the original must come back whatever happens inside")
+            raise RuntimeError("the originals must come back whatever happens inside")
     assert module._compute_similarity_matrix is original
+    assert (sorting_tools.HAVE_NUMBA, auto_merge.compute_nb_coincidence, auto_merge.compute_nb_violations) == originals
     np.testing.assert_allclose(np.diag(similarity), 1.0, atol=1e-6)
     assert np.all(similarity < 1.0 - 1e-3, where=~np.eye(5, dtype=bool))
-    with _numpy_template_similarity(NUMPY_SIMILARITY_MAX_UNITS + 1):  # many units: SpikeInterface's kernel
+    with numpy_kernels(NUMPY_SIMILARITY_MAX_UNITS + 1):  # many units: SpikeInterface's kernel
         assert module._compute_similarity_matrix is original
+
+
+def test_numpy_kernels_count_as_spikeinterface_numba_kernels():
+    """The NumPy counts of refractory-period violations and coincidences equal SpikeInterface's numba kernels',
+    bit for bit, at integer and fractional windows, with repeated spike times and empty trains."""
+    pytest.importorskip("numba")
+    from spikeinterface.curation import auto_merge
+    from spikeinterface.metrics.quality import misc_metrics
+
+    from spikeinterface_elvisort import numpy_kernels as ours
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        span = int(rng.integers(50, 20_000))
+        train1, train2 = (np.sort(rng.integers(0, span, int(rng.integers(0, 300)))).astype(np.int64) for _ in "12")
+        for max_time in (0.0, 0.5, 1.0, 9.0, 9.6, 44.99, float(rng.uniform(0, 60))):
+            assert ours.compute_nb_violations(train1, max_time) == auto_merge.compute_nb_violations(train1, max_time)
+            assert ours.compute_nb_coincidence(train1, train2, max_time) == auto_merge.compute_nb_coincidence(
+                train1, train2, max_time
+            )
+        for t_r in (0, 1, 30):
+            assert ours.compute_rp_violations(train1, 9, t_r) == misc_metrics._compute_rp_violations_numba(
+                train1, 9, t_r
+            )
+
+
+AUTO_MERGE_COMPILES = """
+import subprocess
+import sys
+
+import numpy as np
+from spikeinterface.core import Templates, generate_ground_truth_recording, get_noise_levels, sorting_tools
+from spikeinterface.core.node_pipeline import base_peak_dtype
+from spikeinterface.curation import auto_merge
+from spikeinterface.metrics.quality import misc_metrics
+from spikeinterface.postprocessing import template_similarity
+from spikeinterface_elvisort.curation import compute_templates
+from spikeinterface_elvisort.pipeline import _auto_merge
+
+recording, gt = generate_ground_truth_recording(num_channels=4, num_units=3, durations=[20.0], seed=0)
+spikes = gt.to_spike_vector()
+events = np.zeros(spikes.size, dtype=base_peak_dtype)
+events["sample_index"], events["amplitude"] = spikes["sample_index"], 1.0
+labels = spikes["unit_index"].astype(np.int64)
+array = compute_templates(recording, events, labels, 3, 30, 45, {"n_jobs": 1, "progress_bar": False})
+templates = Templates(templates_array=array, sampling_frequency=recording.sampling_frequency, nbefore=30,
+                      sparsity_mask=np.ones((3, 4), dtype=bool), channel_ids=recording.channel_ids,
+                      unit_ids=np.arange(3), probe=recording.get_probe(), is_in_uV=False)
+noise_levels = get_noise_levels(recording, return_in_uV=False, random_slices_kwargs={"seed": 0})
+_, count = _auto_merge(recording, events, labels, templates, noise_levels, {"n_jobs": 1}, min_spikes=10)
+compiled = [name for name, kernel in [
+    ("compute_nb_violations", auto_merge.compute_nb_violations),
+    ("compute_nb_coincidence", auto_merge.compute_nb_coincidence),
+    ("_compute_rp_violations_numba", misc_metrics._compute_rp_violations_numba),
+    ("_compute_similarity_matrix", template_similarity._compute_similarity_matrix),
+] if getattr(kernel, "signatures", None)]
+compiled += [name for name in ("get_numba_reorder_spike_vector", "get_numba_vector_to_list_of_spiketrain")
+             if hasattr(getattr(sorting_tools, name), "_cached_numba_function")]
+print("UNITS", count, "COMPILED", compiled)
+"""
+
+
+def test_auto_merge_compiles_no_numba_kernel():
+    """In a new process, the auto-merge after matching (its analyzer, contamination and similarity steps) compiles
+    none of SpikeInterface's numba kernels: each of them would cost that process a second or more."""
+    pytest.importorskip("numba")
+    result = subprocess.run([sys.executable, "-c", AUTO_MERGE_COMPILES], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [line for line in result.stdout.splitlines() if line.startswith("UNITS")][-1]
+    assert line == "UNITS 3 COMPILED []"
 
 
 def test_templates_do_not_depend_on_the_workers():
