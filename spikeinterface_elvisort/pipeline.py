@@ -22,7 +22,9 @@ from .inference import encode, predict_proba
 from .models import build_model
 from .numpy_kernels import numpy_kernels
 from .params import blas_thread_limit, matching_job_kwargs, sorter_job_kwargs
-from .preprocessing import cache_recording, estimate_motion, preprocess, seeded_noise_levels, whiten, whitens
+from .preprocessing import (
+    cache_recording, estimate_motion, preprocess, seeded_noise_levels, whiten, whiten_in_place, whitens,
+)
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks, window_samples
 from .training import TrainConfig, train_model
@@ -267,12 +269,17 @@ def _front_end(recording, params, folder, job_kwargs, stages):
         snippet_samples=nbefore + nafter,
         job_kwargs=job_kwargs,
     )
-    if detection_recording is not preprocessed:
+    before_whitening = detection_recording is not preprocessed
+    if cache_before_whitening and whiten_in_place(detection_recording, preprocessed):
+        # the unwhitened traces are not read again: whitening them once, in their memory, spares every later pass
+        # (training, labelling, clean-up, the matching workers) its own matrix product over the traces
+        preprocessed = detection_recording
+    if before_whitening:
         # amplitudes on the traces everything after detection reads, in the units of ``noise_levels``
         peaks["amplitude"] = _values_at(preprocessed, peaks)
     stages.done("detection", "%d events (%.1f per channel per s)%s", peaks.size,
                 peaks.size / max(recording.get_num_channels() * recording.get_total_duration(), 1e-9),
-                ", before whitening" if detection_recording is not preprocessed else "")
+                ", before whitening" if before_whitening else "")
     return preprocessed, cache_info, noise_levels, peaks
 
 

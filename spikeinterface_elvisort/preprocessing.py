@@ -75,6 +75,29 @@ def whiten(recording, seed: int | None = None):
     return spre.whiten(recording, mode="local", radius_um=100.0, dtype="float32", seed=seed)
 
 
+def whiten_in_place(cached, whitened, block_samples: int = 65_536) -> bool:
+    """Overwrite the shared-memory traces of ``cached`` (a recording cached by :func:`cache_recording` in memory)
+    with those of ``whitened`` (a lazy whitening of ``cached``, :func:`whiten`), block by block, so that every later
+    read is a plain read instead of a matrix product over the traces. Returns False, and changes nothing, when
+    ``cached`` is not in shared memory (a folder cache, or none): the whitening then stays lazy.
+
+    From then on ``cached`` holds the whitened traces (its provenance still names the unwhitened chain): it is the
+    pipeline's own cache, read by its worker processes through the shared buffer."""
+    from spikeinterface.core.numpyextractors import SharedMemoryRecording
+
+    if not isinstance(cached, SharedMemoryRecording) or len(getattr(cached, "shms", ())) != cached.get_num_segments():
+        return False
+    num_channels, dtype = cached.get_num_channels(), cached.get_dtype()
+    for segment_index, shm in enumerate(cached.shms):
+        num_samples = cached.get_num_samples(segment_index)
+        traces = np.ndarray((num_samples, num_channels), dtype=dtype, buffer=shm.buf)  # writable view
+        for start in range(0, num_samples, block_samples):
+            end = min(start + block_samples, num_samples)
+            # the block is read (and whitened into a new array) before it is overwritten; rows do not mix
+            traces[start:end] = whitened.get_traces(segment_index=segment_index, start_frame=start, end_frame=end)
+    return True
+
+
 MAX_MEMORY_CACHE_BYTES = 2**30  # "auto" caches in memory only below this: memory must not grow with duration
 
 

@@ -865,6 +865,7 @@ def test_detection_before_whitening_finds_the_spikes_whitening_flattens(tmp_path
 
     from spikeinterface_elvisort.params import DEFAULT_PARAMS
     from spikeinterface_elvisort.pipeline import _front_end, _Stages, _values_at
+    from spikeinterface_elvisort.preprocessing import preprocess
 
     recording, sorting = generate_ground_truth_recording(
         durations=[20.0], sampling_frequency=30000.0, num_channels=32, num_units=8, seed=3,
@@ -880,12 +881,41 @@ def test_detection_before_whitening_finds_the_spikes_whitening_flattens(tmp_path
         )
         assert cache_info["whitening"] is not None
         assert ("detection_noise_levels" in cache_info) is before
-        # before whitening, the unwhitened traces are what is cached (filtered once) and whitened as they are read
-        assert isinstance(preprocessed, WhitenRecording) is before
+        # before whitening, the unwhitened traces are what is cached (filtered once, in memory here); after the
+        # detection they are whitened there, once: what follows reads plain whitened traces
+        assert not isinstance(preprocessed, (WhitenRecording, CommonReferenceRecording, FilterRecording))
         if before:
-            assert not isinstance(preprocessed._kwargs["recording"], (CommonReferenceRecording, FilterRecording))
+            filtered = preprocess(recording, freq_min=params["freq_min"], freq_max=params["freq_max"],
+                                  common_reference=params["common_reference"]).get_traces(end_frame=30_000)
+            np.testing.assert_allclose(preprocessed.get_traces(end_frame=30_000),
+                                       filtered @ cache_info["whitening"]["W"], rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(peaks["amplitude"], _values_at(preprocessed, peaks))
         found[before] = _detected_fraction(peaks, sorting)
     # measured: 0.823 of the spikes before whitening, 0.695 on the whitened traces
     assert found[True] >= 0.8, found
     assert found[True] >= found[False] + 0.1, found
+
+
+def test_whiten_in_place_whitens_the_memory_cache_once_and_leaves_other_caches_lazy(tmp_path):
+    """The shared-memory cache ends up holding exactly what the lazy whitening reads (same blocks); a folder cache
+    is left as it is (False); the user's recording is untouched."""
+    from spikeinterface.core import generate_ground_truth_recording
+
+    from spikeinterface_elvisort.preprocessing import cache_recording, preprocess, whiten, whiten_in_place
+
+    recording, _ = generate_ground_truth_recording(num_channels=8, durations=[5.0], num_units=4, seed=0)
+    original = recording.get_traces().copy()
+    job_kwargs = {"n_jobs": 1, "progress_bar": False}
+    cached, _ = cache_recording(preprocess(recording), "memory", tmp_path / "memory", job_kwargs)
+    whitened = whiten(cached, seed=0)
+    expected = [whitened.get_traces(start_frame=start, end_frame=start + 40_000) for start in (0, 40_000, 80_000, 120_000)]
+    unwhitened = cached.get_traces().copy()  # (a view of the shared buffer otherwise)
+    assert whiten_in_place(cached, whitened, block_samples=40_000)
+    np.testing.assert_array_equal(cached.get_traces(), np.concatenate(expected))
+    assert not np.allclose(cached.get_traces(), unwhitened)
+    np.testing.assert_array_equal(recording.get_traces(), original)
+
+    on_disk, _ = cache_recording(preprocess(recording), "folder", tmp_path / "folder", job_kwargs)
+    before = on_disk.get_traces().copy()
+    assert not whiten_in_place(on_disk, whiten(on_disk, seed=0))
+    np.testing.assert_array_equal(on_disk.get_traces(), before)
