@@ -120,6 +120,16 @@ OWN = {
         "it off.",
         "clustering",
     ),
+    # clean-up: elvisort's parameter (declared here as well so that ssae's description gives its own measurements)
+    "merge_noise_corrected": Param(
+        True,
+        "Take the noise of the template means out of the template distance of the merge (as elvisort does): each "
+        "template, the mean of n waveforms, carries noise of power sum(noise_levels**2) / n per sample, enough to "
+        "keep two halves of one noisy unit apart. On the ten benchmark recordings (generated static and low-SNR "
+        "seeds 0-2, MEArec rec1-rec4) it changed no score for the worse and raised static seed 2 from 0.962 to "
+        "0.997, MEArec rec2 from 0.934 to 0.996 and rec4 from 0.296 to 0.470. False: the plain distance.",
+        "cleanup",
+    ),
 }
 
 _SSAE_CHOICES: dict = {}
