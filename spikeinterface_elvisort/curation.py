@@ -131,8 +131,8 @@ class SplitTest:
     ``merge_similar_units``.
 
     A sample of each group's events is cut on the pair's strongest channels (both groups in one pass over the
-    traces), in units of each channel's noise level, and projected on the difference of the two (aligned) templates. One unit split in two gives one mode
-    along that axis; two units give two modes. The pair is called distinct when Hartigan's dip test (the
+    traces), in units of each channel's noise level, and projected on the difference of the two (aligned)
+    templates. One unit split in two gives one mode along that axis; two units give two modes. The pair is called distinct when Hartigan's dip test (the
     ``diptest`` package) rejects a unimodal pooled projection at ``max_p_value``, and, when ``min_separation`` is
     above 0, the two groups' projections are that many pooled standard deviations apart.
 

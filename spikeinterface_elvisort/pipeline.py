@@ -636,7 +636,7 @@ def _merge_near_identical(recording, peaks, labels, num_units, nbefore, nafter, 
                              seed=int(params["seed"]))
     merged = merge_similar_units(
         templates, counts, params["merge_threshold"], max_lag=max_lag, distinct=distinct,
-        noise_levels=noise_levels if params.get("merge_noise_corrected", False) else None,
+        noise_levels=noise_levels if params["merge_noise_corrected"] else None,
     )
     return np.where(labels >= 0, merged[np.maximum(labels, 0)], -1), int(merged.max()) + 1
 

@@ -117,7 +117,7 @@ def test_good_values_pass(name, value):
 
 
 def test_merge_noise_corrected_is_on_for_ssae_and_reaches_the_merge(monkeypatch):
-    """ssae declares elvisort's merge_noise_corrected, on by default; when True the merge of near-identical units
+    """ssae shares elvisort's merge_noise_corrected, on by default; when True the merge of near-identical units
     gets the noise levels, as elvisort's does, and when False it measures the plain distance."""
     import numpy as np
     from spikeinterface.core import generate_ground_truth_recording

@@ -706,9 +706,6 @@ def test_numpy_kernels_count_as_spikeinterface_numba_kernels():
 
 
 AUTO_MERGE_COMPILES = """
-import subprocess
-import sys
-
 import numpy as np
 from spikeinterface.core import Templates, generate_ground_truth_recording, get_noise_levels, sorting_tools
 from spikeinterface.core.node_pipeline import base_peak_dtype

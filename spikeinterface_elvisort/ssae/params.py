@@ -19,7 +19,8 @@ SHARED = (
     "ms_before", "ms_after", "snippet_channels",
     "train_max_snippets", "train_batch_size", "train_learning_rate", "mixed_precision",
     "clustering_min_cluster_size",
-    "merge_threshold", "merge_split_test", "duplicate_ms", "min_spikes_per_unit", "max_isi_violations_ratio",
+    "merge_threshold", "merge_noise_corrected", "merge_split_test", "duplicate_ms", "min_spikes_per_unit",
+    "max_isi_violations_ratio",
     "matching_method", "auto_merge", "auto_merge_min_spikes",
     "device", "seed", "torch_threads", "save_arrays", "job_kwargs",
 )  # fmt: skip
@@ -119,16 +120,6 @@ OWN = {
         "over one (and both halves keep clustering_min_cluster_size events), at most this many times; 0 turns "
         "it off.",
         "clustering",
-    ),
-    # clean-up: elvisort's parameter (declared here as well so that ssae's description gives its own measurements)
-    "merge_noise_corrected": Param(
-        True,
-        "Take the noise of the template means out of the template distance of the merge (as elvisort does): each "
-        "template, the mean of n waveforms, carries noise of power sum(noise_levels**2) / n per sample, enough to "
-        "keep two halves of one noisy unit apart. On the ten benchmark recordings (generated static and low-SNR "
-        "seeds 0-2, MEArec rec1-rec4) it changed no score for the worse and raised static seed 2 from 0.962 to "
-        "0.997, MEArec rec2 from 0.934 to 0.996 and rec4 from 0.296 to 0.470. False: the plain distance.",
-        "cleanup",
     ),
 }
 
