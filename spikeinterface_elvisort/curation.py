@@ -289,22 +289,17 @@ def merge_similar_units(templates: np.ndarray, counts: np.ndarray, threshold: fl
     templates = templates.astype(np.float64).copy()
     counts = counts.astype(np.float64).copy()
     alive = np.ones(num_units, dtype=bool)
-    # only pairs whose peak channels are neighbours can be near-identical: skip the others cheaply
-    peak_channel = np.argmax(np.abs(templates).max(axis=1), axis=1)
-    footprint = np.abs(templates).max(axis=1)  # (num_units, num_channels)
     per_spike = 0.0 if noise_levels is None else float(np.sum(np.asarray(noise_levels, dtype=np.float64) ** 2))
 
     def noise(i, j):
         return per_spike / max(counts[i], 1.0), per_spike / max(counts[j], 1.0)
 
+    # only neighbours can be near-identical: a pair is compared when one unit reaches half the other's peak
+    # amplitude on that unit's peak channel (units that share no channel never are); the others stay at inf
+    footprint = np.abs(templates).max(axis=1)  # (num_units, num_channels)
     distance = np.full((num_units, num_units), np.inf)
-    for i in range(num_units):
-        for j in range(i + 1, num_units):
-            if footprint[j, peak_channel[i]] < 0.5 * footprint[i, peak_channel[i]] and footprint[
-                i, peak_channel[j]
-            ] < 0.5 * footprint[j, peak_channel[j]]:
-                continue
-            distance[i, j] = template_distance(templates[i], templates[j], max_lag, noise(i, j))
+    for i, j in np.argwhere(np.triu(_neighbouring(footprint), k=1)):
+        distance[i, j] = template_distance(templates[i], templates[j], max_lag, noise(i, j))
     while True:
         i, j = np.unravel_index(np.argmin(distance), distance.shape)
         if not distance[i, j] < threshold:
@@ -320,12 +315,30 @@ def merge_similar_units(templates: np.ndarray, counts: np.ndarray, threshold: fl
         group[group == j] = i
         distance[j, :] = np.inf
         distance[:, j] = np.inf
-        for k in np.flatnonzero(alive):
-            if k != i:
-                pair = (min(i, k), max(i, k))
-                distance[pair] = template_distance(templates[pair[0]], templates[pair[1]], max_lag, noise(*pair))
+        footprint[i] = np.abs(templates[i]).max(axis=0)
+        distance[i, :] = np.inf
+        distance[:, i] = np.inf
+        near = _neighbouring(footprint, i) & alive
+        near[i] = False
+        for k in np.flatnonzero(near):
+            pair = (min(i, k), max(i, k))
+            distance[pair] = template_distance(templates[pair[0]], templates[pair[1]], max_lag, noise(*pair))
     _, new_index = np.unique(group, return_inverse=True)
     return new_index
+
+
+def _neighbouring(footprint: np.ndarray, unit: int | None = None) -> np.ndarray:
+    """Which units can be near-identical: ``u`` and ``v`` are neighbours when one reaches at least half of the
+    other's peak amplitude on that other's peak channel. ``footprint`` (num_units, num_channels) is each template's
+    largest absolute value per channel. Returns the symmetric (num_units, num_units) mask, or, with ``unit``, its
+    row (num_units,)."""
+    peak_channel = np.argmax(footprint, axis=1)
+    peak = footprint[np.arange(footprint.shape[0]), peak_channel]
+    if unit is not None:
+        # v reaches half of unit's peak on unit's peak channel, or unit reaches half of v's peak on v's
+        return (footprint[:, peak_channel[unit]] >= 0.5 * peak[unit]) | (footprint[unit, peak_channel] >= 0.5 * peak)
+    reaches = footprint[:, peak_channel].T >= 0.5 * peak[:, None]  # [u, v]: v reaches half of u's peak on u's
+    return reaches | reaches.T
 
 
 def _spike_trains(sample_index: np.ndarray, unit_index: np.ndarray, segment_index: np.ndarray):

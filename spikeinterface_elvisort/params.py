@@ -73,7 +73,8 @@ PARAMS = {
         '"auto" | "memory" | "folder" | "no": where the preprocessed traces are cached. "auto" keeps them in memory '
         "when they take less than 1 GiB and less than a quarter of the available RAM, otherwise in sorter_output/, "
         "so that memory does not grow with the recording's duration; 'no' recomputes the filter at every pass. In "
-        "memory, the traces are whitened in place once detection has read them; elsewhere as they are read.",
+        "memory and in a folder, the traces are whitened in place once detection has read them; with 'no', as they "
+        "are read.",
         "preprocessing",
     ),
     # detection

@@ -32,6 +32,8 @@ from .training import TrainConfig, train_model
 logger = logging.getLogger("spikeinterface_elvisort")
 
 MIN_TEMPLATE_SNR = 3.0  # units whose template peaks below this many noise levels are noise, not neurons
+# a noise window must be a snippet's length away from every detection within this distance of its channel
+NOISE_WINDOW_RADIUS_UM = 150.0
 LABEL_CHUNK = 20_000  # events labelled per pass: memory of the labelling pass does not grow with the recording
 
 
@@ -283,9 +285,11 @@ def _front_end(recording, params, folder, job_kwargs, stages):
     return preprocessed, cache_info, noise_levels, peaks
 
 
-def _values_at(recording, peaks, chunk_samples: int = 1_000_000) -> np.ndarray:
-    """``recording``'s sample at each peak's (segment, sample, channel), read chunk by chunk."""
+def _values_at(recording, peaks, chunk_bytes: int = 2**26) -> np.ndarray:
+    """``recording``'s sample at each peak's (segment, sample, channel), read in chunks of at most ``chunk_bytes``
+    of float32 traces (about 64 MB whatever the number of channels)."""
     values = np.zeros(peaks.size, dtype=np.float32)
+    chunk_samples = max(chunk_bytes // (4 * recording.get_num_channels()), 1)
     for segment_index in range(recording.get_num_segments()):
         in_segment = np.flatnonzero(peaks["segment_index"] == segment_index)
         samples = peaks["sample_index"][in_segment]
@@ -305,7 +309,8 @@ def _train_vae(preprocessed, peaks, noise_levels, neighbours, channel_locations,
     seed = int(params["seed"])
     num_train = min(params["train_max_snippets"], peaks.size)
     train_indices = np.sort(rng.choice(peaks.size, size=num_train, replace=False))
-    noise = noise_peaks(peaks, preprocessed, int(params["train_noise_fraction"] * num_train), nbefore + nafter, rng)
+    noise = noise_peaks(peaks, preprocessed, int(params["train_noise_fraction"] * num_train), nbefore + nafter, rng,
+                        radius_um=NOISE_WINDOW_RADIUS_UM)
     train_snippets = extract_snippets(preprocessed, peaks[train_indices], neighbours, nbefore, nafter)
     noise_snippets = extract_snippets(preprocessed, noise, neighbours, nbefore, nafter)
     stages.done("snippets", "%d training events, %d noise windows, snippet %s",

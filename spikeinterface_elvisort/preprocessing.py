@@ -76,26 +76,61 @@ def whiten(recording, seed: int | None = None):
 
 
 def whiten_in_place(cached, whitened, block_samples: int = 65_536) -> bool:
-    """Overwrite the shared-memory traces of ``cached`` (a recording cached by :func:`cache_recording` in memory)
-    with those of ``whitened`` (a lazy whitening of ``cached``, :func:`whiten`), block by block, so that every later
-    read is a plain read instead of a matrix product over the traces. Returns False, and changes nothing, when
-    ``cached`` is not in shared memory (a folder cache, or none): the whitening then stays lazy.
+    """Overwrite the traces of ``cached`` (a recording cached by :func:`cache_recording`, in shared memory or in a
+    binary folder) with those of ``whitened`` (a lazy whitening of ``cached``, :func:`whiten`), block by block, so
+    that every later read is a plain read instead of a matrix product over all the channels. Returns False, and
+    changes nothing, when ``cached`` is neither (no cache, or a lazy chain): the whitening then stays lazy.
 
     From then on ``cached`` holds the whitened traces (its provenance still names the unwhitened chain): it is the
-    pipeline's own cache, read by its worker processes through the shared buffer."""
-    from spikeinterface.core.numpyextractors import SharedMemoryRecording
-
-    if not isinstance(cached, SharedMemoryRecording) or len(getattr(cached, "shms", ())) != cached.get_num_segments():
+    pipeline's own cache, read by its worker processes through the shared buffer or the same file."""
+    blocks = _writable_blocks(cached)
+    if blocks is None:
         return False
-    num_channels, dtype = cached.get_num_channels(), cached.get_dtype()
-    for segment_index, shm in enumerate(cached.shms):
+    for segment_index in range(cached.get_num_segments()):
         num_samples = cached.get_num_samples(segment_index)
-        traces = np.ndarray((num_samples, num_channels), dtype=dtype, buffer=shm.buf)  # writable view
         for start in range(0, num_samples, block_samples):
             end = min(start + block_samples, num_samples)
             # the block is read (and whitened into a new array) before it is overwritten; rows do not mix
-            traces[start:end] = whitened.get_traces(segment_index=segment_index, start_frame=start, end_frame=end)
+            whitened_block = whitened.get_traces(segment_index=segment_index, start_frame=start, end_frame=end)
+            with blocks(segment_index, start, end) as traces:
+                traces[:] = whitened_block
     return True
+
+
+def _writable_blocks(cached):
+    """For a memory or binary-folder cache, a context manager ``blocks(segment_index, start, end)`` giving a
+    writable (end - start, num_channels) view of those samples; None for any other recording. A file is mapped one
+    block at a time, so that its written pages do not all count in the process's memory."""
+    from contextlib import contextmanager
+
+    from spikeinterface.core.binaryfolder import BinaryFolderRecording
+    from spikeinterface.core.numpyextractors import SharedMemoryRecording
+
+    num_segments, num_channels, dtype = cached.get_num_segments(), cached.get_num_channels(), cached.get_dtype()
+    segments = cached._recording_segments
+    if isinstance(cached, SharedMemoryRecording) and len(getattr(cached, "shms", ())) == num_segments:
+        shape = [(cached.get_num_samples(segment), num_channels) for segment in range(num_segments)]
+        views = [np.ndarray(shape[segment], dtype=dtype, buffer=shm.buf) for segment, shm in enumerate(cached.shms)]
+
+        @contextmanager
+        def blocks(segment_index, start, end):
+            yield views[segment_index][start:end]
+
+        return blocks
+    if isinstance(cached, BinaryFolderRecording) and all(segment.time_axis == 0 for segment in segments):
+        row_bytes = num_channels * np.dtype(dtype).itemsize
+
+        @contextmanager
+        def blocks(segment_index, start, end):
+            segment = segments[segment_index]
+            traces = np.memmap(segment.file_path, dtype=dtype, mode="r+", shape=(end - start, num_channels),
+                               offset=int(segment.file_offset) + start * row_bytes)
+            yield traces
+            traces.flush()
+            del traces
+
+        return blocks
+    return None
 
 
 MAX_MEMORY_CACHE_BYTES = 2**30  # "auto" caches in memory only below this: memory must not grow with duration

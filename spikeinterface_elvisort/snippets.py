@@ -41,12 +41,15 @@ def extract_snippets(
     nbefore: int,
     nafter: int,
     chunk_samples: int = 30_000,
+    max_gap_samples: int = 1_000,
 ) -> np.ndarray:
     """Cut (num_peaks, nbefore + nafter, K) float32 snippets around ``peaks`` on each peak channel's neighbours.
 
-    Traces are read chunk by chunk (peaks need not fit a single read), so memory is that of the snippets. Samples
-    falling outside a segment are zeros: an event in the first or last milliseconds still gets a full snippet.
-    ``peaks`` needs fields sample_index, channel_index and segment_index.
+    Traces are read span by span: consecutive events share a read unless they lie more than ``max_gap_samples``
+    apart or the read would cross a multiple of ``chunk_samples``, so memory is that of the snippets and a sparse
+    sample of events (a split test's few hundred) reads only the samples around them, not the whole recording.
+    Samples falling outside a segment are zeros: an event in the first or last milliseconds still gets a full
+    snippet. ``peaks`` needs fields sample_index, channel_index and segment_index.
     """
     num_samples = nbefore + nafter
     snippets = np.zeros((peaks.size, num_samples, neighbours.shape[1]), dtype=np.float32)
@@ -57,54 +60,77 @@ def extract_snippets(
         segment_length = recording.get_num_samples(int(segment_index))
         indices = np.flatnonzero(peaks["segment_index"] == segment_index)
         indices = indices[np.argsort(peaks["sample_index"][indices], kind="stable")]
-        times = peaks["sample_index"][indices]
-        # chunk boundaries over the sorted event times
-        bounds = np.searchsorted(times, np.arange(0, segment_length + chunk_samples, chunk_samples))
+        times = peaks["sample_index"][indices].astype(np.int64)
+        # a new read at each multiple of chunk_samples and after each gap of more than max_gap_samples
+        bounds = np.union1d(np.searchsorted(times, np.arange(0, segment_length + chunk_samples, chunk_samples)),
+                            np.flatnonzero(np.diff(times) > max_gap_samples) + 1)
+        bounds = np.union1d(bounds, [0, times.size])
         for left, right in zip(bounds[:-1], bounds[1:]):
             if left == right:
                 continue
             chunk_indices = indices[left:right]
-            start = max(int(times[left]) - nbefore, 0)
-            end = min(int(times[right - 1]) + nafter, segment_length)
+            start = min(max(int(times[left]) - nbefore, 0), segment_length - 1)
+            end = max(min(int(times[right - 1]) + nafter, segment_length), start + 1)
             traces = recording.get_traces(segment_index=int(segment_index), start_frame=start, end_frame=end)
-            traces = np.pad(traces, ((1, 0), (0, 0)))  # row 0 = zeros, for samples outside the segment
-            sample = peaks["sample_index"][chunk_indices][:, None] + offsets[None, :] - start + 1
-            sample[(sample < 1) | (sample > end - start)] = 0
+            sample = times[left:right, None] + offsets[None, :]
+            outside = (sample < start) | (sample >= end)  # beyond the segment's edges: zeros
+            sample = np.clip(sample - start, 0, end - start - 1)
             channels = neighbours[peaks["channel_index"][chunk_indices]]
-            snippets[chunk_indices] = traces[sample[:, :, None], channels[:, None, :]]
+            cut = traces[sample[:, :, None], channels[:, None, :]]
+            cut[outside] = 0.0
+            snippets[chunk_indices] = cut
     return snippets
 
 
-def noise_peaks(peaks: np.ndarray, recording, count: int, margin: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw ``count`` pseudo-events at random times at least ``margin`` samples away from every detected peak, on
-    random channels: the non-spike windows of the classifier (the NeuralSorter "cleaner" idea)."""
+def noise_peaks(peaks: np.ndarray, recording, count: int, margin: int, rng: np.random.Generator,
+                radius_um: float | None = None) -> np.ndarray:
+    """Draw ``count`` pseudo-events at random times and on random channels, at least ``margin`` samples away from
+    every detected peak: the non-spike windows of the classifier (the NeuralSorter "cleaner" idea).
+
+    ``radius_um``: only peaks on channels within this distance of the window's channel must be ``margin`` away (a
+    spike 200 um along the probe leaves no trace in the window). On a long probe the global rule (None) finds
+    almost no window: at 384 channels there is a detection somewhere every millisecond."""
     from spikeinterface.core.node_pipeline import base_peak_dtype
 
     num_segments = recording.get_num_segments()
+    num_channels = recording.get_num_channels()
     lengths = np.array([recording.get_num_samples(s) for s in range(num_segments)])
+    near = None
+    if radius_um is not None:
+        locations = recording.get_channel_locations()[:, :2]
+        near = np.linalg.norm(locations[:, None] - locations[None, :], axis=2) <= radius_um
     chosen = []
     for _ in range(4):  # a few rounds of rejection sampling are plenty unless the recording is saturated
         draw = 4 * count
         segments = rng.choice(num_segments, size=draw, p=lengths / lengths.sum())
         times = (rng.random(draw) * (lengths[segments] - 2 * margin)).astype(np.int64) + margin
+        # (without a radius the channels are drawn last, as they always were: the same seed, the same windows)
+        channels = rng.integers(0, num_channels, size=draw) if near is not None else np.zeros(draw, np.int64)
         keep = np.ones(draw, dtype=bool)
         for segment_index in range(num_segments):
-            mask = segments == segment_index
-            spike_times = np.sort(peaks["sample_index"][peaks["segment_index"] == segment_index])
+            mask = np.flatnonzero(segments == segment_index)
+            in_segment = peaks[peaks["segment_index"] == segment_index]
+            order = np.argsort(in_segment["sample_index"], kind="stable")
+            spike_times = in_segment["sample_index"][order].astype(np.int64)
             if spike_times.size == 0:
                 continue
-            position = np.searchsorted(spike_times, times[mask])
-            before = spike_times[np.clip(position - 1, 0, spike_times.size - 1)]
-            after = spike_times[np.clip(position, 0, spike_times.size - 1)]
-            distance = np.minimum(np.abs(times[mask] - before), np.abs(after - times[mask]))
-            keep[mask] = distance >= margin
-        chosen.append((segments[keep], times[keep]))
+            # the peaks less than `margin` from each window: positions lo..hi-1 of the sorted times
+            lo = np.searchsorted(spike_times, times[mask] - margin, side="right")
+            hi = np.searchsorted(spike_times, times[mask] + margin, side="left")
+            if near is None:
+                keep[mask] = hi <= lo
+                continue
+            width = int((hi - lo).max(initial=0))
+            position = lo[:, None] + np.arange(width)[None, :]
+            valid = position < hi[:, None]
+            spike_channels = in_segment["channel_index"][order][np.minimum(position, spike_times.size - 1)]
+            keep[mask] = ~np.any(valid & near[channels[mask, None], spike_channels], axis=1)
+        chosen.append((segments[keep], times[keep], channels[keep]))
         if sum(c[0].size for c in chosen) >= count:
             break
-    segments = np.concatenate([c[0] for c in chosen])[:count]
-    times = np.concatenate([c[1] for c in chosen])[:count]
-    noise = np.zeros(segments.size, dtype=base_peak_dtype)
-    noise["sample_index"] = times
-    noise["segment_index"] = segments
-    noise["channel_index"] = rng.integers(0, recording.get_num_channels(), size=segments.size)
+    noise = np.zeros(min(count, sum(c[0].size for c in chosen)), dtype=base_peak_dtype)
+    noise["segment_index"] = np.concatenate([c[0] for c in chosen])[:noise.size]
+    noise["sample_index"] = np.concatenate([c[1] for c in chosen])[:noise.size]
+    noise["channel_index"] = (np.concatenate([c[2] for c in chosen])[:noise.size] if near is not None
+                              else rng.integers(0, num_channels, size=noise.size))
     return noise[np.lexsort((noise["sample_index"], noise["segment_index"]))]

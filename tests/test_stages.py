@@ -253,6 +253,23 @@ def test_noise_peaks_stay_away_from_every_peak():
     assert noise["channel_index"].min() >= 0 and noise["channel_index"].max() < 4
 
 
+def test_noise_peaks_with_a_radius_stay_away_from_nearby_peaks_only():
+    """On a long probe with a detection somewhere at nearly every instant, the global rule finds almost no window;
+    with a radius, windows sit beside distant spikes but never within ``margin`` of a spike near their channel."""
+    recording = _probe_recording([np.zeros((30_000, 40))])  # linear, 20 um pitch: 780 um
+    rng = np.random.default_rng(0)
+    samples = np.sort(rng.choice(30_000, 3000, replace=False))  # one every 10 samples, on the top 10 channels
+    peaks = _peaks(samples, rng.integers(30, 40, samples.size))
+    margin = 50
+    assert noise_peaks(peaks, recording, count=200, margin=margin, rng=np.random.default_rng(1)).size < 10
+    noise = noise_peaks(peaks, recording, count=200, margin=margin, rng=np.random.default_rng(1), radius_um=100.0)
+    assert noise.size == 200
+    distance_um = 20.0 * np.abs(noise["channel_index"][:, None] - peaks["channel_index"][None, :])
+    close_in_time = np.abs(noise["sample_index"][:, None] - peaks["sample_index"][None, :]) < margin
+    assert not np.any(close_in_time & (distance_um <= 100.0))
+    assert np.any(close_in_time)  # the distant spikes did not stop them
+
+
 def test_noise_peaks_are_reproducible():
     recording = _probe_recording([np.zeros((10_000, 4))])
     peaks = _peaks([1000, 5000], [0, 1])
@@ -893,26 +910,30 @@ def test_detection_before_whitening_finds_the_spikes_whitening_flattens(tmp_path
     assert found[True] >= found[False] + 0.1, found
 
 
-def test_whiten_in_place_whitens_the_memory_cache_once_and_leaves_other_caches_lazy(tmp_path):
-    """The shared-memory cache ends up holding exactly what the lazy whitening reads (same blocks); a folder cache
-    is left as it is (False); the user's recording is untouched."""
-    from spikeinterface.core import generate_ground_truth_recording
+@pytest.mark.parametrize("mode", ["memory", "folder"])
+def test_whiten_in_place_whitens_the_cache_once_and_leaves_a_lazy_chain_lazy(tmp_path, mode):
+    """A shared-memory or binary-folder cache ends up holding exactly what the lazy whitening reads (same blocks),
+    and a recording read back from the folder (as the matching workers do) reads the whitened traces; without a
+    cache nothing is written (False); the user's recording is untouched."""
+    from spikeinterface.core import generate_ground_truth_recording, load
 
     from spikeinterface_elvisort.preprocessing import cache_recording, preprocess, whiten, whiten_in_place
 
     recording, _ = generate_ground_truth_recording(num_channels=8, durations=[5.0], num_units=4, seed=0)
     original = recording.get_traces().copy()
     job_kwargs = {"n_jobs": 1, "progress_bar": False}
-    cached, _ = cache_recording(preprocess(recording), "memory", tmp_path / "memory", job_kwargs)
+    cached, _ = cache_recording(preprocess(recording), mode, tmp_path / mode, job_kwargs)
     whitened = whiten(cached, seed=0)
     expected = [whitened.get_traces(start_frame=start, end_frame=start + 40_000) for start in (0, 40_000, 80_000, 120_000)]
     unwhitened = cached.get_traces().copy()  # (a view of the shared buffer otherwise)
     assert whiten_in_place(cached, whitened, block_samples=40_000)
     np.testing.assert_array_equal(cached.get_traces(), np.concatenate(expected))
     assert not np.allclose(cached.get_traces(), unwhitened)
+    if mode == "folder":
+        np.testing.assert_array_equal(load(tmp_path / mode).get_traces(), np.concatenate(expected))
     np.testing.assert_array_equal(recording.get_traces(), original)
 
-    on_disk, _ = cache_recording(preprocess(recording), "folder", tmp_path / "folder", job_kwargs)
-    before = on_disk.get_traces().copy()
-    assert not whiten_in_place(on_disk, whiten(on_disk, seed=0))
-    np.testing.assert_array_equal(on_disk.get_traces(), before)
+    lazy, _ = cache_recording(preprocess(recording), "no", tmp_path / "no", job_kwargs)
+    before = lazy.get_traces().copy()
+    assert not whiten_in_place(lazy, whiten(lazy, seed=0))
+    np.testing.assert_array_equal(lazy.get_traces(), before)
