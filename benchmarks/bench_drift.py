@@ -94,7 +94,7 @@ def main(argv=None):
         params = params | (args.elvisort_params if sorter == "elvisort" else {})
         work = args.out / "work" / f"{name}_{case}"
         try:
-            sorting, wall = run_one(sorter, recording, work, params)
+            sorting, wall, _ = run_one(sorter, recording, work, params)
         except Exception as error:  # a failing case must not lose the other rows
             print(f"# {case} failed: {error!r}", flush=True)
             continue

@@ -11,6 +11,11 @@ Examples
 python benchmarks/bench_sorters.py --sets static --seeds 0 1 --sorters elvisort ssae tridesclous2
 python benchmarks/bench_sorters.py --sets static lowsnr mearec --out benchmarks/results
 python benchmarks/bench_sorters.py --sets static lowsnr --seeds 0 1 2 --sorters elvisort --sorter-seeds 0 1 2
+python benchmarks/bench_sorters.py --sets neuropixels --seeds 2026 --sorters elvisort lupin tridesclous2 \
+    spykingcircus2 kilosort4 --time-limit 1800 --out /data/bench_np
+
+The neuropixels set is the package's (``spikeinterface_elvisort.benchmarks.datasets.neuropixels_set``): 384 contacts
+in four staggered columns, 100 units, static or drifting (--np-drift-modes), --np-durations seconds long.
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ def generated(seed: int, duration: float, noise_level: float, num_channels: int 
     )
 
 
-def datasets(sets, seeds, duration, folder):
-    """Yield (set name, dataset name, recording, ground-truth sorting)."""
+def datasets(sets, seeds, duration, folder, np_options=None):
+    """Yield (set name, dataset name, recording, ground-truth sorting). ``np_options``: durations, units and
+    drift_modes of the neuropixels set."""
     for name in sets:
         if name in ("static", "lowsnr"):
             noise = 5.0 if name == "static" else 10.0
@@ -61,6 +67,13 @@ def datasets(sets, seeds, duration, folder):
             for file_path in files:
                 recording, sorting = se.read_mearec(file_path)
                 yield name, file_path.stem, recording, sorting
+        elif name == "neuropixels":
+            from spikeinterface_elvisort.benchmarks.datasets import neuropixels_set
+
+            study_set = neuropixels_set(folder / "neuropixels", seeds, np_options["durations"], np_options["units"],
+                                        np_options["drift_modes"])
+            for dataset, (recording, sorting) in study_set.datasets.items():
+                yield name, dataset, recording, sorting
         else:
             raise ValueError(f"unknown set {name!r}")
 
@@ -86,11 +99,15 @@ recording = si.load(recording_file)
 start = time.perf_counter()
 ss.run_sorter(sorter, recording, folder=folder, remove_existing_folder=True, verbose=False, **params)
 print("WALL", time.perf_counter() - start)
+import resource
+print("PEAK_RSS_MIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 """
 
 
-def run_one(sorter, recording, folder, params, fresh_process=True):
-    """Run ``sorter``; returns (sorting, wall seconds of the ``run_sorter`` call). With ``fresh_process`` the call
+def run_one(sorter, recording, folder, params, fresh_process=True, time_limit=None):
+    """Run ``sorter``; returns (sorting, wall seconds of the ``run_sorter`` call, peak RSS in MiB of the sorter's
+    process and of the largest of its child processes, NaN in-process). With ``fresh_process`` the call
     runs in a new Python process (recording and spikeinterface already loaded, the sorter's own imports and any
     just-in-time compilation counted), as in a user's script: in one shared process the first sorter would pay the
     compilation of SpikeInterface's numba kernels for every sorter after it."""
@@ -102,18 +119,23 @@ def run_one(sorter, recording, folder, params, fresh_process=True):
         start = time.perf_counter()
         sorting = ss.run_sorter(sorter, recording, folder=folder, remove_existing_folder=True, verbose=False,
                                 **params)
-        return sorting, time.perf_counter() - start
+        return sorting, time.perf_counter() - start, (float("nan"), float("nan"))
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     recording_file = folder.parent / f"{folder.name}_recording.json"
     recording.dump_to_json(recording_file)
-    result = subprocess.run([sys.executable, "-c", CHILD, sorter, str(recording_file), str(folder), json.dumps(params)],
-                            capture_output=True, text=True)
-    recording_file.unlink()
+    try:
+        result = subprocess.run([sys.executable, "-c", CHILD, sorter, str(recording_file), str(folder),
+                                 json.dumps(params)], capture_output=True, text=True, timeout=time_limit)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{sorter} did not finish within the time limit of {time_limit:.0f} s") from None
+    finally:
+        recording_file.unlink()
     if result.returncode != 0:
         raise RuntimeError(f"{sorter} exited with {result.returncode}: {result.stderr[-2000:]}")
     wall = float([line for line in result.stdout.splitlines() if line.startswith("WALL ")][-1].split()[1])
-    return ss.read_sorter_folder(folder), wall
+    peaks = [line for line in result.stdout.splitlines() if line.startswith("PEAK_RSS_MIB ")][-1].split()[1:]
+    return ss.read_sorter_folder(folder), wall, tuple(map(float, peaks))
 
 
 def versions():
@@ -130,7 +152,13 @@ def versions():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", nargs="+", default=["static"], choices=["static", "lowsnr", "mearec"])
+    parser.add_argument("--sets", nargs="+", default=["static"], choices=["static", "lowsnr", "mearec", "neuropixels"])
+    parser.add_argument("--np-durations", nargs="+", type=float, default=[60.0],
+                        help="seconds of each recording of the neuropixels set")
+    parser.add_argument("--np-units", type=int, default=100, help="units of each neuropixels recording")
+    parser.add_argument("--np-drift-modes", nargs="+", default=["static"], choices=["static", "zigzag", "bump"])
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds a sorter may take on one recording; a sorter past it is stopped and reported")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--sorters", nargs="+", default=DEFAULT_SORTERS)
@@ -164,7 +192,9 @@ def main(argv=None):
             for seed in ((args.sorter_seeds or [None]) if sorter in OURS else [None])]
     rows = []
     recordings_folder = args.out / "recordings"
-    for set_name, dataset, recording, gt_sorting in datasets(args.sets, args.seeds, args.duration, recordings_folder):
+    np_options = {"durations": args.np_durations, "units": args.np_units, "drift_modes": args.np_drift_modes}
+    for set_name, dataset, recording, gt_sorting in datasets(args.sets, args.seeds, args.duration, recordings_folder,
+                                                             np_options):
         snr = unit_snr(recording, gt_sorting)
         selected = snr.index[snr.values >= args.min_snr]
         for sorter, sorter_seed in runs:
@@ -173,12 +203,14 @@ def main(argv=None):
                 params = dict(params, seed=sorter_seed)
             folder = args.out / "work" / f"{dataset}_{sorter}"
             try:
-                sorting, wall = run_one(sorter, recording, folder, params, fresh_process=not args.in_process)
+                sorting, wall, (peak_rss, children_rss) = run_one(sorter, recording, folder, params,
+                                                                  fresh_process=not args.in_process,
+                                                                  time_limit=args.time_limit)
             except Exception as error:  # a peer failing must not lose the other rows
                 print(f"# {sorter} failed on {dataset}: {error!r}")
                 continue
-            performance = compare_sorter_to_ground_truth(gt_sorting, sorting, exhaustive_gt=True).get_performance()
-            performance = performance.loc[selected]
+            comparison = compare_sorter_to_ground_truth(gt_sorting, sorting, exhaustive_gt=True)
+            performance = comparison.get_performance().loc[selected]
             rows.append(
                 {
                     "set": set_name,
@@ -190,8 +222,14 @@ def main(argv=None):
                     "accuracy": performance["accuracy"].astype(float).mean(),
                     "precision": performance["precision"].astype(float).mean(),
                     "recall": performance["recall"].astype(float).mean(),
+                    "well_detected": int((performance["accuracy"].astype(float) >= 0.8).sum()),
+                    "false_positive": len(comparison.get_false_positive_units()),
+                    "redundant": len(comparison.get_redundant_units()),
+                    "overmerged": len(comparison.get_overmerged_units()),
                     "wall_s": wall,
                     "xspeed": recording.get_total_duration() / wall,
+                    "peak_rss_mib": peak_rss,
+                    "children_peak_rss_mib": children_rss,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)

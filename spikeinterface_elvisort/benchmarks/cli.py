@@ -10,6 +10,7 @@ Examples
 --------
 elvisort-benchmark --sets static --seeds 0 1 --channels 32 128
 elvisort-benchmark --sets lowsnr drift --cases elvisort kilosort4 --out /tmp/bench
+elvisort-benchmark --sets neuropixels --seeds 2026 --np-drift-modes static zigzag --cases elvisort lupin tridesclous2
 elvisort-benchmark --sets static --cases elvisort elvisort-fast=elvisort --params 'elvisort-fast={"train_epochs": 5}'
 elvisort-benchmark --sets spikeforest --spikeforest-folders ~/spikeforest/hybrid_janelia
 """
@@ -24,12 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-from .datasets import (MEAREC_FOLDER, drift_set, lowsnr_set, mearec_set, spikeforest_set, static_set,
-                       transfer_set)
+from .datasets import (MEAREC_FOLDER, drift_set, lowsnr_set, mearec_set, neuropixels_set, spikeforest_set,
+                       static_set, transfer_set)
 from .study import CASES, SPIKEFOREST, ground_truth_analyzer, open_study, run_study, select_cases
 from .tables import markdown_report, plot_accuracy_vs_snr, plot_f1_vs_xspeed, study_tables, summary_table
 
-STUDY_SETS = ("static", "lowsnr", "drift", "mearec", "spikeforest", "transfer")
+STUDY_SETS = ("static", "lowsnr", "drift", "neuropixels", "mearec", "spikeforest", "transfer")
 TRANSFER_CASE = "elvisort-transfer"
 
 
@@ -63,6 +64,9 @@ def build_study_set(name: str, folder: Path, args, cases: dict):
         return lowsnr_set(folder, args.seeds, args.channels, args.duration)
     if name == "drift":
         return drift_set(folder, args.seeds, args.duration, args.drift_modes, args.drift_units)
+    if name == "neuropixels":
+        return neuropixels_set(folder, args.seeds, args.np_durations, args.np_units, args.np_drift_modes,
+                               args.np_contacts)
     if name == "mearec":
         return mearec_set(args.mearec_folder)
     if name == "spikeforest":
@@ -112,6 +116,12 @@ def make_parser():
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of each generated recording")
     parser.add_argument("--drift-modes", nargs="+", default=["zigzag", "bump"], choices=["zigzag", "bump"])
     parser.add_argument("--drift-units", type=int, default=100, help="units of the drifting Neuropixels recordings")
+    parser.add_argument("--np-durations", nargs="+", type=float, default=[60.0],
+                        help="seconds of each recording of the neuropixels set (60 to 1800)")
+    parser.add_argument("--np-units", type=int, default=100, help="units of each recording of the neuropixels set")
+    parser.add_argument("--np-drift-modes", nargs="+", default=["static"], choices=["static", "zigzag", "bump"],
+                        help="recordings of the neuropixels set: static, or drifting (zigzag, bump)")
+    parser.add_argument("--np-contacts", type=int, default=384, help="contacts of the neuropixels set's probe")
     parser.add_argument("--mearec-folder", type=Path, default=MEAREC_FOLDER, help="folder of MEArec *.h5 files")
     parser.add_argument("--spikeforest-folders", nargs="+", type=Path, default=[],
                         help="folders in SpikeForest's MDA layout, or folders holding such folders")

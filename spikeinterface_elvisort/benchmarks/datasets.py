@@ -46,13 +46,14 @@ def _save(recording, sorting, folder: Path):
     """Write a generated recording (binary) and its ground truth (numpy folder) once; reload them afterwards."""
     from spikeinterface.core import load
 
-    if (folder / "gt_sorting").exists():
+    if (folder / "gt_sorting").exists():  # written by an earlier run (``recording`` and ``sorting`` may be None)
         return load(folder / "recording"), load(folder / "gt_sorting")
     with warnings.catch_warnings():
         # a generated recording has no provenance to save beside the binary copy; SpikeInterface warns about it
         warnings.filterwarnings("ignore", message="The extractor is not serializable")
-        recording = recording.save(folder=folder / "recording", format="binary", overwrite=True, n_jobs=1,
-                                   progress_bar=False, verbose=False)
+        recording = recording.save(folder=folder / "recording", format="binary", overwrite=True,
+                                   n_jobs=1 if recording.get_num_channels() < 128 else -1, progress_bar=False,
+                                   verbose=False)
     sorting = sorting.save(folder=folder / "gt_sorting", format="numpy_folder", overwrite=True)
     return recording, sorting
 
@@ -141,11 +142,7 @@ def drift_set(folder: Path, seeds=(0,), duration: float = 120.0, drift_modes=("z
     for drift_mode in drift_modes:
         if drift_mode not in ("zigzag", "bump"):
             raise ValueError(f"drift mode {drift_mode!r}: choose 'zigzag' or 'bump'")
-        motion = dict(drift_mode=drift_mode, non_rigid_gradient=None, t_start_drift=0.1 * duration, t_end_drift=None)
-        if drift_mode == "zigzag":
-            motion["period_s"] = duration / 2
-        else:
-            motion["bump_interval_s"] = (duration / 12, duration / 4)
+        motion = _drift_motion(drift_mode, duration)
         for seed in seeds:
             dataset = f"drift_{drift_mode}_seed{seed}"
             _, recording, sorting = generate_drifting_recording(
@@ -158,6 +155,75 @@ def drift_set(folder: Path, seeds=(0,), duration: float = 120.0, drift_modes=("z
             )
             study_set.datasets[dataset] = _save(recording, sorting, folder / dataset)
     return study_set
+
+
+def neuropixels_probe(num_contacts: int = 384):
+    """A Neuropixels-1.0-like probe that builds offline: four staggered columns of ``num_contacts / 4`` contacts,
+    16 um apart across and 40 um along the shank (rows of two 20 um apart), 3.84 mm for 384 contacts
+    (``probeinterface.generate_multi_columns_probe``)."""
+    import numpy as np
+    from probeinterface import generate_multi_columns_probe
+
+    if num_contacts % 4:
+        raise ValueError(f"num_contacts={num_contacts}: the probe has four columns, give a multiple of 4")
+    probe = generate_multi_columns_probe(num_columns=4, num_contact_per_column=num_contacts // 4, xpitch=16,
+                                         ypitch=40, y_shift_per_column=[0, 20, 0, 20])
+    probe.set_device_channel_indices(np.arange(num_contacts))
+    return probe
+
+
+def neuropixels_set(folder: Path, seeds=(2026,), durations=(60.0,), num_units: int = 100,
+                    drift_modes=("static",), num_contacts: int = 384) -> StudySet:
+    """Neuropixels-scale recordings on :func:`neuropixels_probe`: for each drift mode, seed and duration, one
+    recording of ``num_units`` units, noise level 5.
+
+    "static" is ``generate_ground_truth_recording`` (the recording of the package's 384-channel benchmark with seed
+    2026 and 60 s); "zigzag" and "bump" are ``generate_drifting_recording`` on the same probe, rigid drift of 40 um
+    peak to peak as in :func:`drift_set`. Recordings are written once as binary folders (60 s of 384 channels
+    take 2.8 GB in float32; 30 minutes, 83 GB).
+    """
+    from spikeinterface.core import generate_ground_truth_recording
+    from spikeinterface.generation import generate_drifting_recording
+
+    study_set = StudySet("neuropixels")
+    for drift_mode in drift_modes:
+        if drift_mode not in ("static", "zigzag", "bump"):
+            raise ValueError(f"drift mode {drift_mode!r}: choose 'static', 'zigzag' or 'bump'")
+        for duration in durations:
+            for seed in seeds:
+                dataset = f"np{num_contacts}_{drift_mode}_{int(duration)}s_seed{seed}"
+                if (folder / dataset / "gt_sorting").exists():
+                    study_set.datasets[dataset] = _save(None, None, folder / dataset)
+                    continue
+                if drift_mode == "static":
+                    recording, sorting = generate_ground_truth_recording(
+                        durations=[duration], sampling_frequency=SAMPLING_FREQUENCY,
+                        probe=neuropixels_probe(num_contacts), num_units=num_units, seed=seed,
+                        noise_kwargs=dict(noise_levels=5.0, strategy="on_the_fly"),
+                    )
+                else:
+                    _, recording, sorting = generate_drifting_recording(
+                        num_units=num_units, duration=duration, sampling_frequency=SAMPLING_FREQUENCY,
+                        probe=neuropixels_probe(num_contacts), seed=seed,
+                        generate_displacement_vector_kwargs=dict(
+                            displacement_sampling_frequency=5.0, drift_start_um=[0, 20], drift_stop_um=[0, -20],
+                            drift_step_um=1, motion_list=[_drift_motion(drift_mode, duration)],
+                        ),
+                    )
+                study_set.datasets[dataset] = _save(recording, sorting, folder / dataset)
+    return study_set
+
+
+def _drift_motion(drift_mode: str, duration: float) -> dict:
+    """The rigid drift of :func:`drift_set` and :func:`neuropixels_set`: 40 um peak to peak from 10% of the
+    recording on, a triangle of period ``duration / 2`` ("zigzag") or jumps at random intervals of ``duration / 12``
+    to ``duration / 4`` ("bump")."""
+    motion = dict(drift_mode=drift_mode, non_rigid_gradient=None, t_start_drift=0.1 * duration, t_end_drift=None)
+    if drift_mode == "zigzag":
+        motion["period_s"] = duration / 2
+    else:
+        motion["bump_interval_s"] = (duration / 12, duration / 4)
+    return motion
 
 
 def mearec_set(mearec_folder: Path = MEAREC_FOLDER) -> StudySet:

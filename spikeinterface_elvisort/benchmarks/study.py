@@ -25,6 +25,7 @@ CASES = {
     "kilosort4": ("kilosort4", {}),
     "spykingcircus2": ("spykingcircus2", {}),
     "tridesclous2": ("tridesclous2", {}),
+    "lupin": ("lupin", {}),
     "mountainsort5": ("mountainsort5", {}),
 }
 INSTALL_HINT = "pip install 'spikeinterface-elvisort[bench]'"
