@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .params import max_training_events
 from .streaming import DEFAULT_BLOCK_MS, BlockEngine, read_block, sort_segment
 
 LABEL_MATCH_MS = 0.4  # a detected event takes the label of a labelled spike at most this far away
@@ -117,7 +118,8 @@ class ElvisortModel:
         if block_ms <= 0:
             raise ValueError(f"block_ms must be > 0; got {block_ms}")
         device = self.device if device is None else resolve_device(device)
-        if self.params.get("motion_correction") is not None:
+        # models saved before motion_correction="auto" have no "motion_corrected": any preset meant a correction
+        if self.checkpoint.get("motion_corrected", self.params.get("motion_correction") not in (None, "auto")):
             warnings.warn(
                 f"this model was trained on motion-corrected traces (motion_correction="
                 f"{self.params['motion_correction']!r}) but inference corrects no motion: drift in the recording "
@@ -216,7 +218,8 @@ class ElvisortModel:
         engine = self._engine(noise_levels=self._noise_levels(recording, noise_levels, DEFAULT_BLOCK_MS))
         unit_ids = np.asarray(sorting.unit_ids)
         events, templates = collect_events(engine, recording, _scale_to_uV(recording), sorting,
-                                           self.params["train_max_snippets"] * 5, seed=int(self.params["seed"]))
+                                           max_training_events(self.params, recording.get_num_channels()) * 5,
+                                           seed=int(self.params["seed"]))
         labels = events["label"]
         if labels.size and (labels >= 0).sum() == 0:
             raise ValueError("no detected event lies near a spike of the labelled sorting: are they of this recording?")

@@ -47,16 +47,13 @@ PARAMS = {
         "preprocessing",
     ),
     "motion_correction": Param(
-        None,
-        'None (no motion correction) | the name of a SpikeInterface motion preset: "dredge_fast", "dredge", '
-        '"nonrigid_accurate", "nonrigid_fast_and_accurate", "rigid_fast", "kilosort_like" or "medicine" (which needs '
-        "the medicine package). The probe's drift is estimated on the filtered, referenced recording "
-        "(spikeinterface.preprocessing.compute_motion with this preset; its random noise-level chunks seeded by "
-        "seed) and the traces (whitened, when whitening is on) are interpolated to undo it (kriging, every channel "
-        "kept), as Tridesclous2 and SpykingCircus2 do, before detection and snippets; the motion is saved in "
-        'sorter_output/motion/. For drifting recordings on dense probes; "dredge_fast" is the preset both peers use '
-        "and elvisort's most accurate one on the drift study (zigzag and bump drift). A saved model does not "
-        "re-estimate motion when it sorts another recording.",
+        "auto",
+        '"auto" | None | a SpikeInterface motion preset ("dredge_fast", "dredge", "nonrigid_accurate", '
+        '"nonrigid_fast_and_accurate", "rigid_fast", "kilosort_like", "medicine"). "auto": on probes at least 600 um '
+        "long, the drift is estimated from the detected events (dredge_fast's localisation and estimate) and the "
+        "traces are interpolated only when some part of the probe moved by 10 um or more; shorter probes and static "
+        "recordings are not corrected. A preset always corrects; None never. The motion is saved in "
+        "sorter_output/motion/.",
         "preprocessing",
     ),
     "motion_correction_kwargs": Param(
@@ -64,8 +61,7 @@ PARAMS = {
         "Overrides of the motion preset's steps, each a dict: detect_kwargs, select_kwargs, localize_peaks_kwargs, "
         "estimate_motion_kwargs (compute_motion's arguments), interpolate_motion_kwargs (default: border_mode "
         "'force_extrapolate', kriging, sigma_um 20, p 2), e.g. {'estimate_motion_kwargs': {'win_step_um': 200.0}}. "
-        "select_kwargs (peak selection) fails inside SpikeInterface 0.105's compute_motion, and the sorter then says "
-        "so.",
+        "With motion_correction='auto' only interpolate_motion_kwargs applies.",
         "preprocessing",
     ),
     "cache_preprocessing": Param(
@@ -140,9 +136,10 @@ PARAMS = {
     ),
     # training
     "train_max_snippets": Param(
-        4000,
-        "Upper bound on the number of events the model is trained on (a uniform random subsample); bounds the "
-        "training time and memory whatever the recording's length.",
+        "auto",
+        'Most events the model is trained on (a uniform random subsample): an integer, or "auto" = 30 per channel '
+        "and at least 4000 (4000 up to 133 channels, 11520 at 384). Bounds training time and memory whatever the "
+        "recording's length; raise it when many units share the probe.",
         "training",
     ),
     "train_epochs": Param(10, "Epochs of unsupervised beta-VAE training (reconstruction + beta * KL).", "training"),
@@ -394,7 +391,7 @@ _NUMBERS = {
     "ms_before": (0.1, 10.0, False),
     "ms_after": (0.1, 10.0, False),
     "snippet_channels": (1, None, True),
-    "train_max_snippets": (100, None, True),
+    "train_max_snippets": (100, None, True),  # or "auto"
     "train_epochs": (1, None, True),
     "train_kl_warmup_epochs": (0, None, True),
     "train_dec_epochs": (0, None, True),
@@ -415,6 +412,21 @@ _NUMBERS = {
     "max_isi_violations_ratio": (0.0, None, False),
     "seed": (0, 2**32 - 1, True),
 }
+
+
+_AUTO_NUMBERS = ("train_max_snippets",)  # numbers that also take "auto"
+
+# train_max_snippets="auto": this many training events per channel, and at least the minimum
+TRAIN_SNIPPETS_PER_CHANNEL = 30
+MIN_TRAIN_SNIPPETS = 4000
+
+
+def max_training_events(params: dict, num_channels: int) -> int:
+    """The ``train_max_snippets`` of a run on ``num_channels`` channels ("auto": 30 per channel, at least 4000)."""
+    value = params["train_max_snippets"]
+    if value == "auto":
+        return max(MIN_TRAIN_SNIPPETS, TRAIN_SNIPPETS_PER_CHANNEL * int(num_channels))
+    return int(value)
 
 
 def _describe_range(low, high):
@@ -444,7 +456,7 @@ def check_params(params: dict) -> dict:
         if params[name] is not None and params["features"] != "vae":
             raise ValueError(f"features={params['features']!r} is an ablation without a network: {name} needs "
                              "features='vae'")
-        if params[name] is not None and params["motion_correction"] is not None:
+        if params[name] is not None and params["motion_correction"] not in (None, "auto"):
             # both sort with the block engine of instant sorting, which reads raw blocks and corrects no motion
             raise ValueError(f"motion_correction is not available with {name}: the saved model's inference does not "
                              "correct motion; use motion_correction=None")
@@ -488,7 +500,7 @@ def check_declared(params: dict, declared: dict, sorter_name: str, choices=None,
             raise ValueError(f"{name}={params[name]!r} must be True or False")
     for name, (low, high, integer) in all_numbers.items():
         value = params[name]
-        if name == "seed" and value is None:
+        if (name == "seed" and value is None) or (name in _AUTO_NUMBERS and value == "auto"):
             continue
         ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
         if isinstance(value, bool) or not ok_type:
@@ -525,10 +537,10 @@ def check_motion_correction(preset, kwargs) -> None:
 
     from .preprocessing import MOTION_STEPS
 
-    if preset is not None:
+    if preset not in (None, "auto"):
         presets = get_motion_presets()
         if not isinstance(preset, str) or preset not in presets:
-            raise ValueError(f"motion_correction={preset!r} is not valid; choose None or one of {presets}")
+            raise ValueError(f"motion_correction={preset!r} is not valid; choose None, 'auto' or one of {presets}")
         if preset == "medicine" and find_spec("medicine") is None:
             raise ValueError("motion_correction='medicine' needs the medicine package: pip install medicine-neuro")
     if not isinstance(kwargs, dict) or not all(isinstance(value, dict) for value in kwargs.values()):
@@ -539,6 +551,10 @@ def check_motion_correction(preset, kwargs) -> None:
         raise ValueError(f"motion_correction_kwargs has unknown key(s) {bad}; valid keys are {list(MOTION_STEPS)}")
     if kwargs and preset is None:
         raise ValueError("motion_correction_kwargs is given but motion_correction is None: choose a preset too")
+    if preset == "auto" and set(kwargs) - {"interpolate_motion_kwargs"}:
+        raise ValueError(f"motion_correction_kwargs {sorted(set(kwargs) - {'interpolate_motion_kwargs'})} apply to a "
+                         "preset; motion_correction='auto' takes only interpolate_motion_kwargs: choose a preset "
+                         "(e.g. 'dredge_fast') to change the estimate")
     border_mode = kwargs.get("interpolate_motion_kwargs", {}).get("border_mode", "force_extrapolate")
     if border_mode not in ("force_extrapolate", "force_zeros"):
         raise ValueError(f"motion_correction_kwargs: interpolate_motion_kwargs border_mode={border_mode!r} is not "

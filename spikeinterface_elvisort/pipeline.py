@@ -21,9 +21,11 @@ from .device import blas_threads, resolve_device, seed_everything, thread_summar
 from .inference import encode, predict_proba
 from .models import build_model
 from .numpy_kernels import numpy_kernels
-from .params import blas_thread_limit, matching_job_kwargs, sorter_job_kwargs
+from .params import blas_thread_limit, matching_job_kwargs, max_training_events, sorter_job_kwargs
 from .preprocessing import (
-    cache_recording, estimate_motion, preprocess, seeded_noise_levels, whiten, whiten_in_place, whitens,
+    AUTO_MOTION_MIN_DISPLACEMENT_UM, AUTO_MOTION_MIN_SPAN_UM, INTERPOLATE_MOTION_KWARGS, cache_recording,
+    displacement_range_um, estimate_drift, estimate_motion, preprocess, probe_span_um, seeded_noise_levels, whiten,
+    whiten_in_place, whitens,
 )
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks, window_samples
@@ -54,14 +56,24 @@ class _Stages:
     def __init__(self):
         self.start = self.last = time.perf_counter()
         self.times = {}
+        self.aside = 0.0  # seconds since `last` already logged by `timed`
 
     def done(self, stage: str, message: str, *args) -> None:
+        """Log ``stage`` with the time since the previous stage (less what ``timed`` logged meanwhile)."""
         now = time.perf_counter()
-        self.times[stage] = now - self.last
+        self._log(stage, now - self.last - self.aside, message, *args)
+        self.last, self.aside = now, 0.0
+
+    def timed(self, stage: str, seconds: float, message: str, *args) -> None:
+        """Log ``stage``, which took ``seconds`` inside the stage now running (not counted in that one)."""
+        self._log(stage, seconds, message, *args)
+        self.aside += seconds
+
+    def _log(self, stage, seconds, message, *args):
+        self.times[stage] = seconds
         peak = peak_rss_mib()
         memory = "" if peak is None else f"  (peak RSS {peak:.0f} MiB)"
-        logger.info(f"%-14s %6.1f s  {message}{memory}", stage, now - self.last, *args)
-        self.last = now
+        logger.info(f"%-14s %6.1f s  {message}{memory}", stage, seconds, *args)
 
 
 def run_elvisort(recording, params: dict, folder: Path, verbose: bool = False):
@@ -130,6 +142,8 @@ def _run(recording, params, folder, verbose, device, rng):
         "nbefore": nbefore,
         "nafter": nafter,
         "whitening": whitening,
+        # whether the traces were interpolated to undo the drift (motion_correction "auto" decides at run time)
+        "motion_corrected": bool(cache_info.get("motion_corrected")),
         # detection thresholds on the traces before whitening (None: detection on the preprocessed traces)
         "detection_noise_levels": cache_info.get("detection_noise_levels"),
     }
@@ -186,8 +200,9 @@ def _drop_cache(cache_info):
         clean_cache_preprocessing(cache_info)
 
 
-def _front_end(recording, params, folder, job_kwargs, stages):
+def _front_end(recording, params, folder, job_kwargs, stages, motion=None):
     """Preprocessing (cached), noise levels and detection: the stages every sorter of the package shares.
+    ``motion``: a drift to correct, already estimated (by ``motion_correction="auto"``).
     Returns (preprocessed recording, cache info, noise levels, peaks)."""
     seed = int(params["seed"])
     nbefore, nafter = window_samples(params["ms_before"], params["ms_after"], recording.sampling_frequency)
@@ -199,8 +214,9 @@ def _front_end(recording, params, folder, job_kwargs, stages):
         freq_max=params["freq_max"],
         common_reference=params["common_reference"],
     )
-    motion, interpolate_kwargs = None, None
-    if params["motion_correction"] is not None:
+    interpolate_kwargs = INTERPOLATE_MOTION_KWARGS | params["motion_correction_kwargs"].get(
+        "interpolate_motion_kwargs", {})
+    if motion is None and params["motion_correction"] not in (None, "auto"):
         motion, interpolate_kwargs = estimate_motion(
             preprocess(recording, **filtering), params["motion_correction"], folder / "motion",
             job_kwargs, params["motion_correction_kwargs"], seed=seed,
@@ -238,6 +254,7 @@ def _front_end(recording, params, folder, job_kwargs, stages):
             preprocessed, params["cache_preprocessing"], folder / "cache_preprocessing", job_kwargs
         )
     cache_info["whitening"] = whitening
+    cache_info["motion_corrected"] = motion is not None
     noise_levels = seeded_noise_levels(preprocessed, seed, job_kwargs)
     if not np.all(np.isfinite(noise_levels)):
         bad = np.asarray(recording.channel_ids)[~np.isfinite(noise_levels)].tolist()
@@ -271,6 +288,23 @@ def _front_end(recording, params, folder, job_kwargs, stages):
         snippet_samples=nbefore + nafter,
         job_kwargs=job_kwargs,
     )
+    if motion is None and _estimates_drift(recording, params):
+        start = time.perf_counter()
+        # the drift from the events just detected, on traces before whitening
+        unwhitened = detection_recording if detection_recording is not preprocessed else preprocess(recording,
+                                                                                                    **filtering)
+        drift = estimate_drift(unwhitened, peaks, detection_noise_levels, job_kwargs, seed=seed)
+        moved = 0.0 if drift is None else displacement_range_um(drift)
+        if moved >= AUTO_MOTION_MIN_DISPLACEMENT_UM:
+            drift.save(folder / "motion", overwrite=True)
+            stages.done("motion", "auto: the probe moved by up to %.1f um (>= %.0f um): traces interpolated, "
+                        "preprocessing and detection again; motion saved in motion/", moved,
+                        AUTO_MOTION_MIN_DISPLACEMENT_UM)
+            del preprocessed, detection_recording, unwhitened
+            _drop_cache(cache_info)
+            return _front_end(recording, params, folder, job_kwargs, stages, motion=drift)
+        stages.timed("motion", time.perf_counter() - start, "auto: the probe moved by up to %.1f um (< %.0f um): "
+                     "no correction", moved, AUTO_MOTION_MIN_DISPLACEMENT_UM)
     before_whitening = detection_recording is not preprocessed
     if cache_before_whitening and whiten_in_place(detection_recording, preprocessed):
         # the unwhitened traces are not read again: whitening them once, in their memory, spares every later pass
@@ -283,6 +317,14 @@ def _front_end(recording, params, folder, job_kwargs, stages):
                 peaks.size / max(recording.get_num_channels() * recording.get_total_duration(), 1e-9),
                 ", before whitening" if before_whitening else "")
     return preprocessed, cache_info, noise_levels, peaks
+
+
+def _estimates_drift(recording, params) -> bool:
+    """Whether ``motion_correction="auto"`` estimates the drift of ``recording``: on probes of at least
+    ``AUTO_MOTION_MIN_SPAN_UM``, when sorting from clustering (a model trained on labels sorts the recording with
+    instant sorting, which corrects no motion)."""
+    return (params["motion_correction"] == "auto" and params.get("training_sorting") is None
+            and params.get("pretrained_model") is None and probe_span_um(recording) >= AUTO_MOTION_MIN_SPAN_UM)
 
 
 def _values_at(recording, peaks, chunk_bytes: int = 2**26) -> np.ndarray:
@@ -307,7 +349,7 @@ def _train_vae(preprocessed, peaks, noise_levels, neighbours, channel_locations,
     """Training set (a bounded random subsample of the events plus noise windows for the non-spike class) and the
     unsupervised beta-VAE trained on it. Returns (model, history, training_set, base TrainConfig)."""
     seed = int(params["seed"])
-    num_train = min(params["train_max_snippets"], peaks.size)
+    num_train = min(max_training_events(params, preprocessed.get_num_channels()), peaks.size)
     train_indices = np.sort(rng.choice(peaks.size, size=num_train, replace=False))
     noise = noise_peaks(peaks, preprocessed, int(params["train_noise_fraction"] * num_train), nbefore + nafter, rng,
                         radius_um=NOISE_WINDOW_RADIUS_UM)
@@ -450,7 +492,7 @@ def _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbe
     from .models.config import BetaVAEConfig
 
     seed = int(params["seed"])
-    num_train = min(params["train_max_snippets"], peaks.size)
+    num_train = min(max_training_events(params, preprocessed.get_num_channels()), peaks.size)
     train_indices = np.sort(rng.choice(peaks.size, size=num_train, replace=False))
     train_events = peaks[train_indices]
     train_snippets = extract_snippets(preprocessed, train_events, neighbours, nbefore, nafter)

@@ -171,6 +171,53 @@ def seeded_noise_levels(recording, seed: int | None, job_kwargs: dict) -> np.nda
                             **(job_kwargs | {"progress_bar": False}))
 
 
+# motion_correction="auto": the drift is estimated when the probe spans at least this much along its depth (a
+# few of dredge_fast's 400 um windows; the 32-channel generated probes span 300 um, Neuropixels 1.0 3840 um) and
+# corrected only when the estimated displacement moves by at least this much in some part of the probe
+AUTO_MOTION_MIN_SPAN_UM = 600.0
+AUTO_MOTION_MIN_DISPLACEMENT_UM = 10.0
+AUTO_MOTION_PRESET = "dredge_fast"
+AUTO_MOTION_EVENTS_PER_S = 300
+
+
+def probe_span_um(recording) -> float:
+    """Extent of the recording's contacts along the probe's depth (y), in um."""
+    depth = recording.get_channel_locations()[:, 1]
+    return float(depth.max() - depth.min()) if depth.size else 0.0
+
+
+def displacement_range_um(motion) -> float:
+    """The largest movement of any part of the probe over the recording: max over segments and spatial windows of
+    (largest - smallest displacement over time), in um."""
+    return max((float(np.ptp(np.asarray(d), axis=0).max()) if np.size(d) else 0.0) for d in motion.displacement)
+
+
+def estimate_drift(recording, peaks: np.ndarray, noise_levels: np.ndarray, job_kwargs: dict,
+                   seed: int | None = None):
+    """The drift of ``recording`` (filtered, referenced, not whitened) estimated from events already detected on it,
+    as the ``dredge_fast`` preset of ``compute_motion`` would from its own detection: the events of at least the
+    preset's detection threshold (8 noise levels), at most ``AUTO_MOTION_EVENTS_PER_S`` per second drawn with
+    ``seed``, localised by ``grid_convolution`` (seeded), then DREDge's non-rigid estimate. Returns a ``Motion``, or None when fewer than 100 events are that strong."""
+    from spikeinterface.preprocessing.motion import motion_options_preset
+    from spikeinterface.sortingcomponents.motion import estimate_motion as si_estimate_motion
+    from spikeinterface.sortingcomponents.peak_localization import localize_peaks
+
+    preset = motion_options_preset[AUTO_MOTION_PRESET]
+    threshold = preset["detect_kwargs"]["detect_threshold"]
+    strong = peaks[np.abs(peaks["amplitude"]) >= threshold * np.asarray(noise_levels)[peaks["channel_index"]]]
+    if strong.size < 100:
+        return None
+    # localisation is the cost: at most AUTO_MOTION_EVENTS_PER_S events per second of recording, drawn at random
+    duration_s = sum(recording.get_num_samples(s) for s in range(recording.get_num_segments())) / (
+        recording.sampling_frequency)
+    most = max(int(AUTO_MOTION_EVENTS_PER_S * duration_s), 100)
+    if strong.size > most:
+        strong = strong[np.sort(np.random.default_rng(seed).choice(strong.size, most, replace=False))]
+    locations = localize_peaks(recording, strong, method_kwargs=dict(preset["localize_peaks_kwargs"]),
+                               job_kwargs=job_kwargs | {"progress_bar": False}, seed=seed)
+    return si_estimate_motion(recording, strong, locations, progress_bar=False, **preset["estimate_motion_kwargs"])
+
+
 def estimate_motion(recording, preset: str, folder: Path, job_kwargs: dict, kwargs: dict | None = None,
                     seed: int | None = None):
     """Estimate the probe's drift with SpikeInterface's ``compute_motion`` (``preset`` and ``kwargs``' overrides of

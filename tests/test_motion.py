@@ -124,3 +124,80 @@ def test_motion_peak_selection_works_or_says_why(drifting, tmp_path):
         assert "select_kwargs" in str(error)
     else:
         assert np.all(np.isfinite(motion.displacement[0]))
+
+
+def _long_probe_recording(folder, drift_um, seed=0):
+    """8 units on 64 channels (2 columns, 32 rows 20 um apart: 620 um), 15 s, zigzag drift of ``drift_um`` peak to
+    peak (0: static)."""
+    from spikeinterface.generation import generate_drifting_recording
+
+    _, recording, sorting = generate_drifting_recording(
+        num_units=8,
+        duration=15.0,
+        generate_probe_kwargs=dict(num_columns=2, num_contact_per_column=32, xpitch=16.0, ypitch=20.0,
+                                   contact_shapes="square", contact_shape_params={"width": 12}),
+        generate_displacement_vector_kwargs=dict(
+            displacement_sampling_frequency=5.0, drift_start_um=[0, drift_um / 2], drift_stop_um=[0, -drift_um / 2],
+            drift_step_um=1, motion_list=[dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0,
+                                               t_end_drift=None, period_s=6.0)],
+        ),
+        generate_sorting_kwargs=dict(firing_rates=(10.0, 15.0), refractory_period_ms=4.0),
+        generate_unit_locations_kwargs=dict(margin_um=20.0, minimum_z=5.0, maximum_z=20.0, minimum_distance=50.0,
+                                            max_iteration=100, distance_strict=False),
+        seed=seed,
+    )
+    return save_binary(recording, folder), sorting
+
+
+@pytest.mark.slow
+def test_auto_motion_correction_corrects_a_drifting_long_probe_and_leaves_a_static_one(tmp_path, sorter_device):
+    """The default (motion_correction="auto") estimates the drift on a 620 um probe, interpolates the drifting
+    recording (30 um zigzag) and sorts it as well as an explicit preset would, and leaves the static recording of
+    the same probe uncorrected; a 300 um probe is not even estimated."""
+    import spikeinterface.comparison as sc
+
+    from spikeinterface_elvisort.params import DEFAULT_PARAMS
+    from spikeinterface_elvisort.preprocessing import probe_span_um
+
+    assert DEFAULT_PARAMS["motion_correction"] == "auto"
+    params = fast_params(sorter_device, train_epochs=5, train_max_snippets=2000, model_kwargs={})
+    assert params["motion_correction"] == "auto"
+    results = {}
+    for drift_um in (30.0, 0.0):
+        recording, ground_truth = _long_probe_recording(tmp_path / f"drift{drift_um:.0f}", drift_um)
+        assert probe_span_um(recording) == 620.0
+        folder = tmp_path / f"run{drift_um:.0f}"
+        sorting = ss.run_sorter("elvisort", recording, folder=folder, **params)
+        log = (folder / "sorter_output" / "elvisort.log").read_text()
+        accuracy = sc.compare_sorter_to_ground_truth(ground_truth, sorting, exhaustive_gt=True).get_performance()[
+            "accuracy"].astype(float)
+        results[drift_um] = (log, (folder / "sorter_output" / "motion").exists(), accuracy.mean())
+        print(f"\ndrift {drift_um} um: accuracy {accuracy.mean():.3f}; " + [line for line in log.splitlines()
+                                                                          if "auto:" in line][0])
+    drifting_log, drifting_motion, drifting_accuracy = results[30.0]
+    static_log, static_motion, static_accuracy = results[0.0]
+    assert "traces interpolated" in drifting_log and drifting_motion
+    assert "no correction" in static_log and not static_motion
+
+    # the correction pays: the same drifting recording without it sorts worse
+    recording, ground_truth = _long_probe_recording(tmp_path / "drift30", 30.0)
+    sorting = ss.run_sorter("elvisort", recording, folder=tmp_path / "uncorrected", **(params | {
+        "motion_correction": None}))
+    uncorrected = sc.compare_sorter_to_ground_truth(ground_truth, sorting, exhaustive_gt=True).get_performance()[
+        "accuracy"].astype(float).mean()
+    print(f"drift 30 um without correction: accuracy {uncorrected:.3f}")
+    assert drifting_accuracy >= uncorrected + 0.05, (drifting_accuracy, uncorrected)
+    assert drifting_accuracy >= 0.75 and static_accuracy >= 0.8, results
+
+    # a 300 um probe: no estimate at all
+    short, _ = _short_probe(tmp_path / "short")
+    folder = tmp_path / "short_run"
+    ss.run_sorter("elvisort", short, folder=folder, **params)
+    assert "motion" not in (folder / "sorter_output" / "elvisort.log").read_text()
+
+
+def _short_probe(folder):
+    from spikeinterface.core import generate_ground_truth_recording
+
+    recording, sorting = generate_ground_truth_recording(num_channels=32, durations=[10.0], num_units=5, seed=0)
+    return save_binary(recording, folder), sorting

@@ -21,6 +21,7 @@ from ..inference import encode
 from ..models import build_model
 from ..params import blas_thread_limit, sorter_job_kwargs
 from ..preprocessing import preprocess
+from ..params import max_training_events
 from ..pipeline import LABEL_CHUNK, _clean_up, _front_end, _merge_near_identical, _Stages
 from ..results import save_arrays, save_checkpoint, save_history, to_sorting
 from ..snippets import channel_neighbours, extract_snippets, window_samples
@@ -107,6 +108,7 @@ def _run(recording, params, folder, verbose, device, rng):
             "unit_ids": unit_ids,
             "templates": templates,
             "cleaner_used": learned["cleaner_used"],
+            "motion_corrected": bool(cache_info.get("motion_corrected")),
         }
         save_checkpoint(folder / "model.pt", learned["model"], "ssae", learned["history"], extra=extra)
         if learned["cleaner"] is not None:
@@ -133,7 +135,7 @@ def _learn_and_label(recording, preprocessed, peaks, noise_levels, neighbours, c
     batch = params["train_batch_size"]
 
     # snippets: a bounded random subsample of the events
-    num_train = min(params["train_max_snippets"], peaks.size)
+    num_train = min(max_training_events(params, preprocessed.get_num_channels()), peaks.size)
     train_indices = np.sort(rng.choice(peaks.size, size=num_train, replace=False))
     train_snippets = extract_snippets(preprocessed, peaks[train_indices], neighbours, nbefore, nafter)
     stages.done("snippets", "%d training events, snippet %s", num_train, train_snippets.shape[1:])
