@@ -11,6 +11,7 @@ Examples
 --------
 python benchmarks/bench_long_recordings.py --minutes 10 60 --out benchmarks/results
 python benchmarks/bench_long_recordings.py --minutes 1 6 --params '{"matching_method": "none"}'
+python benchmarks/bench_long_recordings.py --minutes 1 3 --channels 384 --units 100 --neuropixels
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ import spikeinterface.sorters as ss
 from spikeinterface.core import generate_ground_truth_recording
 from spikeinterface.core.generate import InjectTemplatesRecording
 
-minutes, num_channels, num_units, folder, params = json.loads(sys.argv[1])
+minutes, num_channels, num_units, folder, params, neuropixels = json.loads(sys.argv[1])
+if neuropixels:
+    from spikeinterface_elvisort.benchmarks.datasets import neuropixels_probe
+    probe = dict(probe=neuropixels_probe(num_channels), noise_kwargs=dict(noise_levels=5.0, strategy="on_the_fly"))
+else:
+    probe = dict(num_channels=num_channels)
 generated, sorting = generate_ground_truth_recording(
-    durations=[minutes * 60.0], num_channels=num_channels, num_units=num_units, sampling_frequency=30000.0, seed=0,
+    durations=[minutes * 60.0], num_units=num_units, sampling_frequency=30000.0, seed=0, **probe,
 )
 # the generator's spike trains live in a NumpySorting, which run_sorter cannot dump: save them (a few MB), keep the
 # traces lazy (noise and templates are computed chunk by chunk, never held whole)
@@ -52,11 +58,12 @@ print(json.dumps({
 """
 
 
-def run_one(minutes, num_channels, num_units, folder, params, poll_s=0.2):
-    """Run one duration in a child process; returns its measurements (peak RSS of the process tree included)."""
+def run_one(minutes, num_channels, num_units, folder, params, poll_s=0.2, neuropixels=False):
+    """Run one duration in a child process; returns its measurements (peak RSS of the process tree included).
+    ``neuropixels``: on the Neuropixels-like probe of the benchmarks' neuropixels set (noise level 5)."""
     import psutil
 
-    argument = json.dumps([minutes, num_channels, num_units, str(folder), params])
+    argument = json.dumps([minutes, num_channels, num_units, str(folder), params, neuropixels])
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-c", CHILD, argument], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
@@ -100,6 +107,8 @@ def main():
     parser.add_argument("--minutes", type=float, nargs="+", default=[10.0, 60.0])
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--units", type=int, default=40)
+    parser.add_argument("--neuropixels", action="store_true",
+                        help="the Neuropixels-like probe of the neuropixels study set (--channels 384)")
     parser.add_argument("--params", default="{}", help="JSON sorter parameters over the defaults")
     parser.add_argument("--work", default="/tmp/bench_long_recordings", help="where the sorter folders go")
     parser.add_argument("--out", default=None, help="folder for long_recordings.json")
@@ -114,7 +123,7 @@ def main():
     results = []
     for minutes in args.minutes:
         folder = Path(args.work) / f"elvisort_{minutes:g}min"
-        result = run_one(minutes, args.channels, args.units, folder, params)
+        result = run_one(minutes, args.channels, args.units, folder, params, neuropixels=args.neuropixels)
         results.append(result)
         print(f"{minutes:g} min: wall {result['wall_s']:.0f} s, peak RSS {result['maxrss_self_mib']:.0f} MiB "
               f"(process tree {result['peak_tree_rss_mib']:.0f} MiB), {result['num_units']} units; stages "
