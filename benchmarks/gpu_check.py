@@ -3,7 +3,8 @@ CPU, on the same recordings; accuracy, stage times and peak GPU memory in one ta
 
 Recordings are generated (``generate_ground_truth_recording``, noise level 5, seed 0; nothing is downloaded) and saved
 once as binary folders. Each case is one ``run_sorter`` call in this process; ``torch.cuda.max_memory_allocated``
-is reset before each. Accuracy is ``compare_sorter_to_ground_truth`` averaged over ground-truth units with SNR >= 5.
+is reset before each. Accuracy is ``compare_sorter_to_ground_truth`` averaged over ground-truth units with SNR >= 5
+(the SNR of the benchmark studies, ``benchmarks.study.ground_truth_analyzer``).
 Cases that would start after ``--budget-s`` seconds are skipped (and listed), so the whole check stays inside it.
 
 Examples
@@ -57,16 +58,10 @@ def recording_for(num_channels: int, duration: float, folder: Path):
     return load(folder / "recording"), load(folder / "gt")
 
 
-def accuracy(recording, gt_sorting, sorting, min_snr=5.0) -> tuple[float, int, int]:
-    """(mean accuracy over ground-truth units with SNR >= min_snr, their number, well detected among them)."""
+def accuracy(gt_sorting, sorting, snr, min_snr=5.0) -> tuple[float, int, int]:
+    """(mean accuracy over ground-truth units with ``snr`` >= min_snr, their number, well detected among them)."""
     from spikeinterface.comparison import compare_sorter_to_ground_truth
-    from spikeinterface.core import create_sorting_analyzer
-    from spikeinterface.metrics import compute_quality_metrics
 
-    analyzer = create_sorting_analyzer(gt_sorting, recording, sparse=True, format="memory")
-    analyzer.compute(["random_spikes", "templates", "noise_levels"],
-                     extension_params={"random_spikes": {"seed": 0}, "noise_levels": {"random_slices_kwargs": {"seed": 0}}})
-    snr = compute_quality_metrics(analyzer, metric_names=["snr"])["snr"]
     performance = compare_sorter_to_ground_truth(gt_sorting, sorting, exhaustive_gt=True).get_performance()
     scores = performance.loc[snr.index[snr.values >= min_snr], "accuracy"].astype(float)
     return float(scores.mean()), int(scores.size), int((scores >= 0.8).sum())
@@ -86,6 +81,8 @@ def main(argv=None):
     import spikeinterface.sorters as ss
     import torch
 
+    from spikeinterface_elvisort.benchmarks.study import ground_truth_analyzer
+
     start = time.perf_counter()
     if any(CASES[case][0] == "cuda" for case in args.devices) and not torch.cuda.is_available():
         print("# torch sees no CUDA device: the cuda cases are skipped", flush=True)
@@ -93,6 +90,9 @@ def main(argv=None):
     rows, skipped = [], []
     for num_channels in args.channels:
         recording, gt_sorting = recording_for(num_channels, args.duration, args.out / "recordings")
+        # the benchmarks' SNR of each ground-truth unit (SpikeInterface's convention), once per recording
+        snr = ground_truth_analyzer(recording, gt_sorting, args.out / "analyzers" / f"ch{num_channels}").get_extension(
+            "quality_metrics").get_data()["snr"]
         for case in args.devices:
             if time.perf_counter() - start > args.budget_s:
                 skipped.append(f"{num_channels} channels, {case}")
@@ -105,7 +105,7 @@ def main(argv=None):
             sorting = ss.run_sorter("elvisort", recording, folder=folder, remove_existing_folder=True, verbose=False,
                                     **(args.params | {"device": device, "mixed_precision": mixed}))
             wall = time.perf_counter() - begin
-            mean, num_gt, well = accuracy(recording, gt_sorting, sorting)
+            mean, num_gt, well = accuracy(gt_sorting, sorting, snr)
             row = {"channels": num_channels, "case": case, "accuracy": round(mean, 4), "gt_units": num_gt,
                    "well_detected": well, "units": int(sorting.get_num_units()), "wall_s": round(wall, 1),
                    "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None}

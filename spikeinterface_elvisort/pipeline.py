@@ -23,9 +23,9 @@ from .models import build_model
 from .numpy_kernels import numpy_kernels
 from .params import blas_thread_limit, matching_job_kwargs, max_training_events, sorter_job_kwargs
 from .preprocessing import (
-    AUTO_MOTION_MIN_DISPLACEMENT_UM, AUTO_MOTION_MIN_SPAN_UM, INTERPOLATE_MOTION_KWARGS, cache_recording,
-    displacement_range_um, estimate_drift, estimate_motion, preprocess, probe_span_um, seeded_noise_levels, whiten,
-    whiten_in_place, whitens,
+    AUTO_MOTION_MIN_DISPLACEMENT_UM, AUTO_MOTION_MIN_SPAN_UM, cache_recording, displacement_range_um, estimate_drift,
+    estimate_motion, interpolation_kwargs, preprocess, probe_span_um, seeded_noise_levels, whiten, whiten_in_place,
+    whitens,
 )
 from .results import save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks, window_samples
@@ -214,8 +214,7 @@ def _front_end(recording, params, folder, job_kwargs, stages, motion=None):
         freq_max=params["freq_max"],
         common_reference=params["common_reference"],
     )
-    interpolate_kwargs = INTERPOLATE_MOTION_KWARGS | params["motion_correction_kwargs"].get(
-        "interpolate_motion_kwargs", {})
+    interpolate_kwargs = interpolation_kwargs(params["motion_correction_kwargs"])
     if motion is None and params["motion_correction"] not in (None, "auto"):
         motion, interpolate_kwargs = estimate_motion(
             preprocess(recording, **filtering), params["motion_correction"], folder / "motion",

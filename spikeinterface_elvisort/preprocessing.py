@@ -161,6 +161,12 @@ INTERPOLATE_MOTION_KWARGS = dict(border_mode="force_extrapolate", spatial_interp
                                  sigma_um=20.0, p=2)
 
 
+def interpolation_kwargs(motion_kwargs: dict) -> dict:
+    """The arguments of ``interpolate_motion`` for the sorter's ``motion_correction_kwargs``: kriging that keeps every
+    channel (``INTERPOLATE_MOTION_KWARGS``), updated by their ``interpolate_motion_kwargs``."""
+    return INTERPOLATE_MOTION_KWARGS | motion_kwargs.get("interpolate_motion_kwargs", {})
+
+
 def seeded_noise_levels(recording, seed: int | None, job_kwargs: dict) -> np.ndarray:
     """SpikeInterface's ``get_noise_levels`` (MAD, in the traces' units) from random chunks drawn with ``seed``,
     without a progress bar. SpikeInterface caches the result on ``recording``: later unseeded calls with the same
@@ -208,9 +214,7 @@ def estimate_drift(recording, peaks: np.ndarray, noise_levels: np.ndarray, job_k
     if strong.size < 100:
         return None
     # localisation is the cost: at most AUTO_MOTION_EVENTS_PER_S events per second of recording, drawn at random
-    duration_s = sum(recording.get_num_samples(s) for s in range(recording.get_num_segments())) / (
-        recording.sampling_frequency)
-    most = max(int(AUTO_MOTION_EVENTS_PER_S * duration_s), 100)
+    most = max(int(AUTO_MOTION_EVENTS_PER_S * recording.get_total_duration()), 100)
     if strong.size > most:
         strong = strong[np.sort(np.random.default_rng(seed).choice(strong.size, most, replace=False))]
     locations = localize_peaks(recording, strong, method_kwargs=dict(preset["localize_peaks_kwargs"]),
@@ -239,7 +243,8 @@ def estimate_motion(recording, preset: str, folder: Path, job_kwargs: dict, kwar
     kwargs = dict(kwargs or {})
     if kwargs.get("select_kwargs"):
         kwargs["select_kwargs"] = {"seed": seed} | kwargs["select_kwargs"]
-    interpolate_kwargs = INTERPOLATE_MOTION_KWARGS | kwargs.pop("interpolate_motion_kwargs", {})
+    interpolate_kwargs = interpolation_kwargs(kwargs)
+    kwargs.pop("interpolate_motion_kwargs", None)
     # compute_motion calls get_noise_levels(recording, return_in_uV=False) with unseeded random chunks; that call
     # returns the values cached on the recording, so compute them first, seeded
     seeded_noise_levels(recording, seed, job_kwargs)

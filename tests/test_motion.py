@@ -13,29 +13,36 @@ from conftest import fast_params, save_binary
 DRIFT_UM = 30.0  # peak to peak, a zigzag of period 6 s
 
 
-@pytest.fixture(scope="module")
-def drifting(tmp_path_factory):
-    """5 units at least 50 um apart on 32 channels (2 columns, 20 um pitch), 15 s drifting +-15 um: (recording, ground
-    truth, true displacement (num_steps,) in um, its times in s). Units far apart keep this a test of the motion
-    step, not of telling neighbouring units apart."""
+def _drifting_recording(num_units, rows, drift_um, drift_step_um, seed=0):
+    """``generate_drifting_recording`` on 2 columns of ``rows`` contacts 20 um apart, 15 s, a zigzag drift of
+    ``drift_um`` peak to peak (period 6 s), units at least 50 um apart: (recording, ground truth, extra outputs)."""
     from spikeinterface.generation import generate_drifting_recording
 
     _, recording, sorting, extra = generate_drifting_recording(
-        num_units=5,
+        num_units=num_units,
         duration=15.0,
-        generate_probe_kwargs=dict(num_columns=2, num_contact_per_column=16, xpitch=16.0, ypitch=20.0,
+        generate_probe_kwargs=dict(num_columns=2, num_contact_per_column=rows, xpitch=16.0, ypitch=20.0,
                                    contact_shapes="square", contact_shape_params={"width": 12}),
         generate_displacement_vector_kwargs=dict(
-            displacement_sampling_frequency=5.0, drift_start_um=[0, DRIFT_UM / 2], drift_stop_um=[0, -DRIFT_UM / 2],
-            drift_step_um=2, motion_list=[dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0,
-                                               t_end_drift=None, period_s=6.0)],
+            displacement_sampling_frequency=5.0, drift_start_um=[0, drift_um / 2], drift_stop_um=[0, -drift_um / 2],
+            drift_step_um=drift_step_um, motion_list=[dict(drift_mode="zigzag", non_rigid_gradient=None,
+                                                           t_start_drift=0.0, t_end_drift=None, period_s=6.0)],
         ),
         generate_sorting_kwargs=dict(firing_rates=(10.0, 15.0), refractory_period_ms=4.0),
         generate_unit_locations_kwargs=dict(margin_um=20.0, minimum_z=5.0, maximum_z=20.0, minimum_distance=50.0,
                                             max_iteration=100, distance_strict=False),
         extra_outputs=True,
-        seed=0,
+        seed=seed,
     )
+    return recording, sorting, extra
+
+
+@pytest.fixture(scope="module")
+def drifting(tmp_path_factory):
+    """5 units at least 50 um apart on 32 channels (2 columns, 20 um pitch), 15 s drifting +-15 um: (recording, ground
+    truth, true displacement (num_steps,) in um, its times in s). Units far apart keep this a test of the motion
+    step, not of telling neighbouring units apart."""
+    recording, sorting, extra = _drifting_recording(num_units=5, rows=16, drift_um=DRIFT_UM, drift_step_um=2)
     recording = save_binary(recording, tmp_path_factory.mktemp("drift") / "recording")
     displacement = extra["displacement_vectors"][:, 1, 0]  # (steps,) y displacement of the rigid drift
     times = np.arange(displacement.size) / extra["displacement_sampling_frequency"]
@@ -128,24 +135,8 @@ def test_motion_peak_selection_works_or_says_why(drifting, tmp_path):
 
 def _long_probe_recording(folder, drift_um, seed=0):
     """8 units on 64 channels (2 columns, 32 rows 20 um apart: 620 um), 15 s, zigzag drift of ``drift_um`` peak to
-    peak (0: static)."""
-    from spikeinterface.generation import generate_drifting_recording
-
-    _, recording, sorting = generate_drifting_recording(
-        num_units=8,
-        duration=15.0,
-        generate_probe_kwargs=dict(num_columns=2, num_contact_per_column=32, xpitch=16.0, ypitch=20.0,
-                                   contact_shapes="square", contact_shape_params={"width": 12}),
-        generate_displacement_vector_kwargs=dict(
-            displacement_sampling_frequency=5.0, drift_start_um=[0, drift_um / 2], drift_stop_um=[0, -drift_um / 2],
-            drift_step_um=1, motion_list=[dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0,
-                                               t_end_drift=None, period_s=6.0)],
-        ),
-        generate_sorting_kwargs=dict(firing_rates=(10.0, 15.0), refractory_period_ms=4.0),
-        generate_unit_locations_kwargs=dict(margin_um=20.0, minimum_z=5.0, maximum_z=20.0, minimum_distance=50.0,
-                                            max_iteration=100, distance_strict=False),
-        seed=seed,
-    )
+    peak (0: static), saved."""
+    recording, sorting, _ = _drifting_recording(num_units=8, rows=32, drift_um=drift_um, drift_step_um=1, seed=seed)
     return save_binary(recording, folder), sorting
 
 
@@ -162,9 +153,10 @@ def test_auto_motion_correction_corrects_a_drifting_long_probe_and_leaves_a_stat
     assert DEFAULT_PARAMS["motion_correction"] == "auto"
     params = fast_params(sorter_device, train_epochs=5, train_max_snippets=2000, model_kwargs={})
     assert params["motion_correction"] == "auto"
-    results = {}
+    results, recordings = {}, {}
     for drift_um in (30.0, 0.0):
-        recording, ground_truth = _long_probe_recording(tmp_path / f"drift{drift_um:.0f}", drift_um)
+        recording, ground_truth = recordings[drift_um] = _long_probe_recording(tmp_path / f"drift{drift_um:.0f}",
+                                                                               drift_um)
         assert probe_span_um(recording) == 620.0
         folder = tmp_path / f"run{drift_um:.0f}"
         sorting = ss.run_sorter("elvisort", recording, folder=folder, **params)
@@ -180,7 +172,7 @@ def test_auto_motion_correction_corrects_a_drifting_long_probe_and_leaves_a_stat
     assert "no correction" in static_log and not static_motion
 
     # the correction pays: the same drifting recording without it sorts worse
-    recording, ground_truth = _long_probe_recording(tmp_path / "drift30", 30.0)
+    recording, ground_truth = recordings[30.0]
     sorting = ss.run_sorter("elvisort", recording, folder=tmp_path / "uncorrected", **(params | {
         "motion_correction": None}))
     uncorrected = sc.compare_sorter_to_ground_truth(ground_truth, sorting, exhaustive_gt=True).get_performance()[
