@@ -67,8 +67,9 @@ PARAMS = {
     "cache_preprocessing": Param(
         "auto",
         '"auto" | "memory" | "folder" | "no": where the preprocessed traces are cached. "auto" keeps them in memory '
-        "when they take less than 1 GiB and less than a quarter of the available RAM, otherwise in sorter_output/, "
-        "so that memory does not grow with the recording's duration; 'no' recomputes the filter at every pass. In "
+        "when they take less than 1 GiB and less than a quarter of the available RAM, otherwise in sorter_output/ "
+        "when they take less than 80 % of the free disk, otherwise nowhere, so that memory does not grow with the "
+        "recording's duration and hours of recording sort on a small disk; 'no' recomputes the filter at every pass. In "
         "memory and in a folder, the traces are whitened in place once detection has read them; with 'no', as they "
         "are read.",
         "preprocessing",

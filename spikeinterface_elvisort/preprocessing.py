@@ -134,22 +134,54 @@ def _writable_blocks(cached):
 
 
 MAX_MEMORY_CACHE_BYTES = 2**30  # "auto" caches in memory only below this: memory must not grow with duration
+MAX_DISK_CACHE_FRACTION = 0.8  # "auto" caches in a folder only when the traces take less of the free disk than this
+
+
+def free_disk_bytes(folder: Path) -> int:
+    """The free bytes of the file system that ``folder`` (or its nearest existing parent) lies on."""
+    import shutil
+
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def cache_mode(recording, mode: str, folder: Path) -> str:
+    """The cache a run gets for ``cache_preprocessing=mode``: "memory", "folder" or "no".
+
+    "auto" uses memory when the traces take less than 1 GiB and less than a quarter of the available RAM, else a
+    binary folder when they take less than 80 % of the free disk, else no cache (the filter is recomputed at every
+    pass: slower, but a recording of hours sorts on a small disk).
+
+    Raises
+    ------
+    ValueError
+        For "folder" when the traces do not fit on the free disk (before anything is written).
+    """
+    import psutil
+
+    size = recording.get_total_memory_size()
+    if mode == "auto":
+        if size < min(MAX_MEMORY_CACHE_BYTES, 0.25 * psutil.virtual_memory().available):
+            return "memory"
+        return "folder" if size < MAX_DISK_CACHE_FRACTION * free_disk_bytes(folder) else "no"
+    if mode == "folder" and size >= free_disk_bytes(folder):
+        raise ValueError(
+            f"cache_preprocessing='folder' needs {size / 2**30:.1f} GiB for the preprocessed traces but only "
+            f"{free_disk_bytes(folder) / 2**30:.1f} GiB are free under {Path(folder).absolute().parent}: free disk "
+            "space, sort into a folder on a larger disk, or use cache_preprocessing='auto' or 'no' (no cache)"
+        )
+    return mode
 
 
 def cache_recording(recording, mode: str, folder: Path, job_kwargs: dict):
-    """Cache preprocessed traces ("memory", "folder", "no" or "auto") with SpikeInterface's ``cache_preprocessing``.
-
-    "auto" uses memory when the traces take less than 1 GiB and less than a quarter of the available RAM, otherwise a
-    binary folder, so that the memory of a run does not grow with the recording's duration.
-    Returns the cached recording and the info needed to remove the cache afterwards.
-    """
-    import psutil
+    """Cache preprocessed traces ("memory", "folder", "no" or "auto", see :func:`cache_mode`) with SpikeInterface's
+    ``cache_preprocessing``. Returns the cached recording and the info needed to remove the cache afterwards."""
     from spikeinterface.sortingcomponents.tools import cache_preprocessing
 
-    if mode == "auto":
-        limit = min(MAX_MEMORY_CACHE_BYTES, 0.25 * psutil.virtual_memory().available)
-        mode = "memory" if recording.get_total_memory_size() < limit else "folder"
-    si_mode = {"no": "no-cache"}.get(mode, mode)
+    mode = cache_mode(recording, mode, folder)
+    si_mode = "no-cache" if mode == "no" else mode
     return cache_preprocessing(recording, mode=si_mode, memory_limit=0.25, folder=Path(folder), job_kwargs=job_kwargs)
 
 

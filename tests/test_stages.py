@@ -11,6 +11,8 @@ import pytest
 from spikeinterface.core import NumpyRecording
 from spikeinterface.core.node_pipeline import base_peak_dtype
 
+from conftest import fast_params
+
 from spikeinterface_elvisort.clustering import cluster_latents, gmm_bic
 from spikeinterface_elvisort.curation import (
     SplitTest, compute_templates, isi_violations_ratio, merge_similar_units, remove_duplicate_spikes, split_multimodal,
@@ -937,3 +939,36 @@ def test_whiten_in_place_whitens_the_cache_once_and_leaves_a_lazy_chain_lazy(tmp
     before = lazy.get_traces().copy()
     assert not whiten_in_place(lazy, whiten(lazy, seed=0))
     np.testing.assert_array_equal(lazy.get_traces(), before)
+
+
+def test_auto_cache_falls_back_to_no_cache_when_the_disk_is_too_small(tmp_path, monkeypatch, small_recording):
+    """cache_preprocessing="auto": memory below the memory limit, a folder when the traces fit in 80 % of the free
+    disk, no cache beyond (the sort still runs, to the same sorting); "folder" on a disk too small is refused before
+    anything is written."""
+    import spikeinterface.sorters as ss
+
+    from spikeinterface_elvisort import preprocessing
+    from spikeinterface_elvisort.preprocessing import cache_mode
+
+    recording, _ = small_recording
+    size = recording.get_total_memory_size()
+    assert cache_mode(recording, "auto", tmp_path) == "memory"
+    monkeypatch.setattr(preprocessing, "MAX_MEMORY_CACHE_BYTES", 0)
+    monkeypatch.setattr(preprocessing, "free_disk_bytes", lambda folder: 2 * size)
+    assert cache_mode(recording, "auto", tmp_path) == "folder"
+    monkeypatch.setattr(preprocessing, "free_disk_bytes", lambda folder: size)
+    assert cache_mode(recording, "auto", tmp_path) == "no"
+    assert cache_mode(recording, "memory", tmp_path) == "memory"
+    with pytest.raises(ValueError, match="cache_preprocessing='auto' or 'no'"):
+        cache_mode(recording, "folder", tmp_path / "output")
+    assert not (tmp_path / "output").exists()
+
+    sorted_ = ss.run_sorter("elvisort", recording, folder=tmp_path / "sort", verbose=False, **fast_params())
+    log = (tmp_path / "sort" / "sorter_output" / "elvisort.log").read_text()
+    assert "cache: no-cache" in log
+    assert not (tmp_path / "sort" / "sorter_output" / "cache_preprocessing").exists()
+    # the same sorting as with the traces cached in memory (measured: identical, as with a folder)
+    monkeypatch.undo()
+    in_memory = ss.run_sorter("elvisort", recording, folder=tmp_path / "memory", verbose=False, **fast_params())
+    assert "cache: memory" in (tmp_path / "memory" / "sorter_output" / "elvisort.log").read_text()
+    np.testing.assert_array_equal(sorted_.to_spike_vector(), in_memory.to_spike_vector())
