@@ -147,16 +147,35 @@ def blas_threads(num_threads: int | None):
         yield
 
 
+def default_torch_threads() -> int:
+    """The torch threads a run gets on the CPU when the user chose none: all the cores of this process's share
+    (:func:`cpu_share`) but one, at least one.
+
+    A parallel region of torch (one per operation) waits for its slowest thread. When another program keeps one core
+    busy, a thread that shares that core gets half of it, and every operation waits for it: with one thread per core,
+    one CPU-bound process beside a sort on two cores made training 3.5x and the whole run 2.6x slower; with one
+    core left over, the run took 1.2x its idle time. The chunked stages (a queue of chunks that the free threads
+    take) and the batched passes of a trained model (:func:`inference_workers`) still use every core."""
+    return max(cpu_share() - 1, 1)
+
+
+def inference_workers() -> int:
+    """Threads for a batched pass of a trained model on the CPU: the cores of this process's share divided by
+    torch's threads per operation (each batch runs on one thread, whole: a busy core slows one batch, not all)."""
+    import torch
+
+    return max(cpu_share() // max(torch.get_num_threads(), 1), 1)
+
+
 @contextmanager
 def torch_threads(num_threads: int | None):
-    """Let torch use ``num_threads`` CPU threads inside the block (None: this process's share of the cores,
-    :func:`cpu_share`, or fewer when torch was already set to fewer); the caller's process gets its own setting
-    back afterwards."""
+    """Let torch use ``num_threads`` CPU threads inside the block (None: :func:`default_torch_threads`, or fewer
+    when torch was already set to fewer); the caller's process gets its own setting back afterwards."""
     import torch
 
     previous = torch.get_num_threads()
     if num_threads is None:
-        num_threads = min(previous, cpu_share())
+        num_threads = min(previous, default_torch_threads())
     if num_threads != previous:
         torch.set_num_threads(num_threads)
     try:

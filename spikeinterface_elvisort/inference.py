@@ -17,17 +17,31 @@ def _batched(model, method: str, snippets: np.ndarray, device, batch_size: int, 
 
 
 def _batched_once(model, method: str, snippets: np.ndarray, device, batch_size: int, positions=None) -> np.ndarray:
+    """One pass; on the CPU the batches run in :func:`~spikeinterface_elvisort.device.inference_workers` threads
+    (each batch on one thread, so the output does not depend on how many there are)."""
     import torch
+
+    from .device import inference_workers
 
     model.to(device)
     model.eval()
-    outputs = []
-    with torch.no_grad():
-        for start in range(0, len(snippets), batch_size):
-            batch = [torch.as_tensor(np.ascontiguousarray(snippets[start : start + batch_size]), device=device)]
-            if positions is not None:
-                batch.append(torch.as_tensor(positions[start : start + batch_size], dtype=torch.float32, device=device))
-            outputs.append(getattr(model, method)(*batch).float().cpu().numpy())
+
+    def run(start):
+        batch = [torch.as_tensor(np.ascontiguousarray(snippets[start : start + batch_size]), device=device)]
+        if positions is not None:
+            batch.append(torch.as_tensor(positions[start : start + batch_size], dtype=torch.float32, device=device))
+        with torch.no_grad():  # (per thread: grad mode is thread-local)
+            return getattr(model, method)(*batch).float().cpu().numpy()
+
+    starts = range(0, len(snippets), batch_size)
+    workers = inference_workers() if torch.device(device).type == "cpu" and len(starts) > 1 else 1
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            outputs = list(pool.map(run, starts))
+    else:
+        outputs = [run(start) for start in starts]
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(outputs)

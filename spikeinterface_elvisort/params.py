@@ -292,9 +292,13 @@ PARAMS = {
     "seed": Param(0, "Random seed (numpy, scikit-learn and torch); the same seed gives the same sorting on the CPU.", "run"),
     "torch_threads": Param(
         None,
-        "Threads torch may use on the CPU (None: torch's own setting, at most one per core; in a worker process "
-        "such as those of run_sorter_jobs' joblib, dask and processpoolexecutor engines, at most the worker's share "
-        "of the cores: OMP_NUM_THREADS when set, else the cores divided among the pool's worker processes).",
+        "Threads per torch operation on the CPU. None: one per core but one, at least one (of the worker's share of "
+        "the cores in a worker process of run_sorter_jobs: OMP_NUM_THREADS when set, else the cores divided among "
+        "the pool's workers), and never more than torch is set to; the passes of the trained model over the events "
+        "run their batches in threads on the remaining cores. Each operation waits for its slowest thread, so with "
+        "one thread per core a run slows down 2.6x when another program keeps one core busy, against 1.1x with "
+        "this default. Set it to the number of cores on a machine that runs nothing else (about 1.2x faster on "
+        "two idle cores). The sorting depends on it: the same seed and torch_threads give the same sorting.",
         "run",
     ),
     "save_arrays": Param(

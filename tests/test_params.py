@@ -324,6 +324,27 @@ def test_a_plain_process_gets_every_core_and_torch_threads_none_caps_torch_at_th
     assert torch.get_num_threads() == previous
 
 
+
+@pytest.mark.parametrize("share, threads, workers", [(1, 1, 1), (2, 1, 2), (8, 7, 1)])
+def test_torch_gets_every_core_but_one_and_inference_batches_take_the_rest(monkeypatch, share, threads, workers):
+    """On the CPU a run's torch operations get one thread per core but one (a busy core then slows no operation
+    down), and the batched passes of the trained model run in threads over the cores that torch's threads leave."""
+    import torch
+
+    import spikeinterface_elvisort.device as device
+
+    monkeypatch.setattr(device, "cpu_share", lambda: share)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        assert device.default_torch_threads() == threads
+        with device.torch_threads(None):
+            assert torch.get_num_threads() == threads
+            assert device.inference_workers() == workers
+    finally:
+        torch.set_num_threads(previous)
+
+
 POOL_SCRIPT = """
 import json, multiprocessing, os, subprocess, sys, time
 from concurrent.futures import ProcessPoolExecutor

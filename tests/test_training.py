@@ -150,6 +150,24 @@ def test_encode_batches_do_not_change_the_result(data, torch_device):
     np.testing.assert_allclose(whole, pieces, rtol=1e-5, atol=1e-5)
 
 
+
+def test_inference_threads_do_not_change_the_result(data, monkeypatch):
+    """On the CPU the batches of a pass run in worker threads, each batch on one thread: the output is the same
+    bit for bit with one worker or several."""
+    import spikeinterface_elvisort.device as device
+
+    snippets, _, positions = data
+    model = _model(snippets, num_classes=4)
+    results = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(device, "inference_workers", lambda: workers)
+        results[workers] = (encode(model, snippets, "cpu", batch_size=32),
+                            predict_proba(model, snippets, positions, "cpu", batch_size=32))
+    for one, several in zip(results[1], results[3]):
+        assert one.shape[0] == len(snippets)
+        np.testing.assert_array_equal(one, several)
+
+
 def test_checkpoint_round_trip(data, torch_device, tmp_path):
     snippets, labels, positions = data
     model = _model(snippets)
