@@ -106,7 +106,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import pandas as pd
-    import spikeinterface.core as si
     from spikeinterface.comparison import compare_sorter_to_ground_truth
     from spikeinterface.sorters import read_sorter_folder
 
@@ -149,14 +148,21 @@ def main(argv=None):
 
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "results.csv", index=False)
+    write_report(table, args.out / "results.md")
+
+
+def write_report(table, file_path: Path) -> None:
+    """The results as markdown: one row per run, then the stage times of the runs that have them."""
+    import spikeinterface
+
     main_columns = ["recording", "sorter", "load", "wall_s", "ratio", "accuracy", "same_as_idle"]
     header = (f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.node()} ({__import__('os').cpu_count()} cores); "
-              f"spikeinterface {si.__version__}\ncommand: python {' '.join(sys.argv)}\n")
+              f"spikeinterface {spikeinterface.__version__}\ncommand: python {' '.join(sys.argv)}\n")
     stages = [column for column in table.columns if column.endswith("_s") and column != "wall_s"]
     markdown = (header + "\n" + table[main_columns].round(3).to_markdown(index=False) + "\n\nstages (s):\n\n"
                 + table[["recording", "sorter", "load"] + stages].dropna(how="all", subset=stages).round(1)
                 .to_markdown(index=False) + "\n")
-    (args.out / "results.md").write_text(markdown)
+    file_path.write_text(markdown)
     print(markdown)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -343,6 +345,26 @@ def test_torch_gets_every_core_but_one_and_inference_batches_take_the_rest(monke
             assert device.inference_workers() == workers
     finally:
         torch.set_num_threads(previous)
+
+
+
+LIMIT_SCRIPT = """
+import json
+from threadpoolctl import threadpool_info
+from spikeinterface_elvisort.device import blas_threads, torch_threads
+with torch_threads(1), blas_threads(1):
+    from sklearn.mixture import GaussianMixture  # SciPy's OpenBLAS and scikit-learn's OpenMP: not loaded before
+    print(json.dumps([(pool["user_api"], pool["num_threads"]) for pool in threadpool_info()]))
+"""
+
+
+def test_the_thread_limits_reach_libraries_loaded_after_them():
+    """In a fresh process, the limits of a run hold for SciPy's OpenBLAS and scikit-learn's OpenMP runtime too,
+    which load with the first Gaussian mixture (an OpenBLAS on two threads made it up to 13x slower)."""
+    result = subprocess.run([sys.executable, "-c", LIMIT_SCRIPT], capture_output=True, text=True, check=True)
+    pools = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {api for api, _ in pools} >= {"blas", "openmp"}
+    assert all(threads == 1 for _, threads in pools), pools
 
 
 POOL_SCRIPT = """
