@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sorters import run_one, unit_snr, versions  # noqa: E402
+from spikeinterface_elvisort.benchmarks.runner import run_in_fresh_process, unit_snr, versions  # noqa: E402
 
 CASES = {
     "elvisort": ("elvisort", {}),
@@ -94,7 +93,8 @@ def main(argv=None):
         params = params | (args.elvisort_params if sorter == "elvisort" else {})
         work = args.out / "work" / f"{name}_{case}"
         try:
-            sorting, wall, _ = run_one(sorter, recording, work, params)
+            run = run_in_fresh_process(sorter, recording, work, params)
+            sorting, wall = run.sorting, run.wall_s
         except Exception as error:  # a failing case must not lose the other rows
             print(f"# {case} failed: {error!r}", flush=True)
             continue

@@ -20,21 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_sorters import unit_snr, versions  # noqa: E402
-
-
-def mean_accuracy(ground_truth, sorting, units):
-    from spikeinterface.comparison import compare_sorter_to_ground_truth
-
-    performance = compare_sorter_to_ground_truth(ground_truth, sorting, exhaustive_gt=True).get_performance()
-    return performance.loc[units, ["accuracy", "precision", "recall"]].astype(float).mean()
+from spikeinterface_elvisort.benchmarks.runner import mean_accuracy, unit_snr, versions  # noqa: E402
 
 
 def make_pair(folder, num_channels, duration, seed_a, seed_b):

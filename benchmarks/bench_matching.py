@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_sorters import datasets, versions  # noqa: E402
+from bench_sorters import datasets  # noqa: E402
+from spikeinterface_elvisort.benchmarks.runner import versions  # noqa: E402
 
 
 def time_matching(recording, sorting, method, repeats, work):

@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_instant import mean_accuracy  # noqa: E402
-from bench_sorters import unit_snr, versions  # noqa: E402
+from spikeinterface_elvisort.benchmarks.runner import mean_accuracy, unit_snr, versions  # noqa: E402
 
 
 def make_recordings(folder: Path, count: int, duration: float, num_channels: int):

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import sys
 import time
 from pathlib import Path
+
+from spikeinterface_elvisort.benchmarks.runner import report_header, run_in_fresh_process, unit_snr
 
 
 DEFAULT_SORTERS = ["elvisort", "ssae", "tridesclous2", "spykingcircus2", "lupin", "kilosort4"]
@@ -78,41 +78,10 @@ def datasets(sets, seeds, duration, folder, np_options=None):
             raise ValueError(f"unknown set {name!r}")
 
 
-def unit_snr(recording, sorting, seed=0):
-    from spikeinterface.core import create_sorting_analyzer
-    from spikeinterface.metrics import compute_quality_metrics
-
-    analyzer = create_sorting_analyzer(sorting, recording, sparse=True, format="memory")
-    # both random draws seeded: unseeded noise levels moved units with an SNR near the cut in or out of the selection
-    analyzer.compute(["random_spikes", "templates", "noise_levels"],
-                     extension_params={"random_spikes": {"seed": seed},
-                                       "noise_levels": {"random_slices_kwargs": {"seed": seed}}})
-    return compute_quality_metrics(analyzer, metric_names=["snr"])["snr"]
-
-
-CHILD = """
-import json, sys, time
-import spikeinterface.core as si
-import spikeinterface.sorters as ss
-sorter, recording_file, folder, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-recording = si.load(recording_file)
-start = time.perf_counter()
-ss.run_sorter(sorter, recording, folder=folder, remove_existing_folder=True, verbose=False, **params)
-print("WALL", time.perf_counter() - start)
-import resource
-print("PEAK_RSS_MIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
-"""
-
-
 def run_one(sorter, recording, folder, params, fresh_process=True, time_limit=None):
-    """Run ``sorter``; returns (sorting, wall seconds of the ``run_sorter`` call, peak RSS in MiB of the sorter's
-    process and of the largest of its child processes, NaN in-process). With ``fresh_process`` the call
-    runs in a new Python process (recording and spikeinterface already loaded, the sorter's own imports and any
-    just-in-time compilation counted), as in a user's script: in one shared process the first sorter would pay the
-    compilation of SpikeInterface's numba kernels for every sorter after it."""
-    import subprocess
-
+    """Run ``sorter``; returns (sorting, wall seconds of the ``run_sorter`` call, (peak RSS in MiB of the sorter's
+    process, of the largest of its child processes), NaN in-process). With ``fresh_process`` the call runs in a new
+    Python process (:func:`~spikeinterface_elvisort.benchmarks.runner.run_in_fresh_process`)."""
     import spikeinterface.sorters as ss
 
     if not fresh_process:
@@ -120,34 +89,8 @@ def run_one(sorter, recording, folder, params, fresh_process=True, time_limit=No
         sorting = ss.run_sorter(sorter, recording, folder=folder, remove_existing_folder=True, verbose=False,
                                 **params)
         return sorting, time.perf_counter() - start, (float("nan"), float("nan"))
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    recording_file = folder.parent / f"{folder.name}_recording.json"
-    recording.dump_to_json(recording_file)
-    try:
-        result = subprocess.run([sys.executable, "-c", CHILD, sorter, str(recording_file), str(folder),
-                                 json.dumps(params)], capture_output=True, text=True, timeout=time_limit)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{sorter} did not finish within the time limit of {time_limit:.0f} s") from None
-    finally:
-        recording_file.unlink()
-    if result.returncode != 0:
-        raise RuntimeError(f"{sorter} exited with {result.returncode}: {result.stderr[-2000:]}")
-    wall = float([line for line in result.stdout.splitlines() if line.startswith("WALL ")][-1].split()[1])
-    peaks = [line for line in result.stdout.splitlines() if line.startswith("PEAK_RSS_MIB ")][-1].split()[1:]
-    return ss.read_sorter_folder(folder), wall, tuple(map(float, peaks))
-
-
-def versions():
-    import spikeinterface
-
-    out = {"python": platform.python_version(), "spikeinterface": spikeinterface.__version__}
-    for module in ("torch", "spikeinterface_elvisort", "kilosort", "numpy", "sklearn"):
-        try:
-            out[module] = __import__(module).__version__
-        except Exception:
-            pass
-    return out
+    run = run_in_fresh_process(sorter, recording, folder, params, time_limit=time_limit)
+    return run.sorting, run.wall_s, (run.peak_rss_mib, run.children_peak_rss_mib)
 
 
 def main(argv=None):
@@ -241,11 +184,7 @@ def main(argv=None):
         accuracy=("accuracy", "mean"), min_accuracy=("accuracy", "min"), precision=("precision", "mean"),
         recall=("recall", "mean"), wall_s=("wall_s", "mean"), xspeed=("xspeed", "mean"), runs=("accuracy", "size"),
     )
-    header = (
-        f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.node()} ({platform.processor() or platform.machine()},"
-        f" {__import__('os').cpu_count()} cores); versions: {versions()}\n"
-        f"command: python {' '.join(sys.argv)}\n"
-    )
+    header = report_header()
     markdown = header + "\n" + table.round(3).to_markdown(index=False) + "\n\n" + summary.round(3).to_markdown() + "\n"
     (args.out / "results.md").write_text(markdown)
     print(markdown)

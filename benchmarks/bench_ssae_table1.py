@@ -39,8 +39,7 @@ def main(argv=None):
     from spikeinterface.comparison import compare_sorter_to_ground_truth
     from spikeinterface.core import generate_ground_truth_recording
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_sorters import unit_snr, versions
+    from spikeinterface_elvisort.benchmarks.runner import unit_snr, versions
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
