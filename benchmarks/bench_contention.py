@@ -25,25 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-CHILD = """
-import json, sys, time
-import spikeinterface.core as si
-import spikeinterface.sorters as ss
-sorter, recording_file, folder, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-recording = si.load(recording_file)
-start = time.perf_counter()
-ss.run_sorter(sorter, recording, folder=folder, remove_existing_folder=True, verbose=False, **params)
-print("WALL", time.perf_counter() - start)
-"""
-SPINNER = "while True: pass"
+from spikeinterface_elvisort.benchmarks.runner import report_header, run_in_fresh_process
+
 STAGE_LINE = re.compile(r"^\S+ (?P<stage>[a-z][a-z -]*?)\s+(?P<seconds>[0-9.]+) s  ", re.MULTILINE)
 
 
@@ -70,21 +57,6 @@ def make_recordings(names, folder: Path) -> dict:
     return recordings
 
 
-def run_loaded(sorter: str, recording_file: Path, folder: Path, params: dict, load: int) -> float:
-    """Wall seconds of one ``run_sorter`` call in a fresh process, beside ``load`` spinning processes."""
-    spinners = [subprocess.Popen([sys.executable, "-c", SPINNER]) for _ in range(load)]
-    try:
-        result = subprocess.run([sys.executable, "-c", CHILD, sorter, str(recording_file), str(folder),
-                                 json.dumps(params)], capture_output=True, text=True)
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
-    if result.returncode != 0:
-        raise RuntimeError(f"{sorter} exited with {result.returncode}: {result.stderr[-2000:]}")
-    return float([line for line in result.stdout.splitlines() if line.startswith("WALL ")][-1].split()[1])
-
-
 def stage_seconds(folder: Path, sorter: str) -> dict:
     """{stage: seconds} from the sorter's log (elvisort and ssae), else {}."""
     log = folder / "sorter_output" / f"{sorter}.log"
@@ -107,7 +79,6 @@ def main(argv=None):
 
     import pandas as pd
     from spikeinterface.comparison import compare_sorter_to_ground_truth
-    from spikeinterface.sorters import read_sorter_folder
 
     from spikeinterface_elvisort.benchmarks.study import ground_truth_analyzer
 
@@ -118,26 +89,24 @@ def main(argv=None):
         snr = ground_truth_analyzer(recording, gt_sorting, args.out / "recordings" / f"{name}_analyzer") \
             .get_extension("quality_metrics").get_data()["snr"]
         selected = snr.index[snr.values >= args.min_snr]
-        recording_file = args.out / "recordings" / f"{name}_recording.json"  # what each fresh process loads
-        recording.dump_to_json(recording_file)
         for sorter in args.sorters:
             idle_wall, idle_spikes = None, None
             for load in loads:
                 folder = args.out / "work" / f"{name}_{sorter}_load{load}"
                 params = args.elvisort_params if sorter == "elvisort" else {}
                 try:
-                    wall = run_loaded(sorter, recording_file, folder, params, load)
+                    run = run_in_fresh_process(sorter, recording, folder, params, competing_processes=load)
                 except Exception as error:  # a peer failing must not lose the other rows
                     print(f"# {sorter} failed on {name} with load {load}: {error!r}")
                     continue
-                sorting = read_sorter_folder(folder)
+                sorting, wall = run.sorting, run.wall_s
                 spikes = sorting.to_spike_vector()
                 if load == 0:
                     idle_wall, idle_spikes = wall, spikes
                 performance = compare_sorter_to_ground_truth(gt_sorting, sorting, exhaustive_gt=True) \
                     .get_performance().loc[selected]
                 row = {"recording": name, "sorter": sorter, "load": load, "wall_s": wall,
-                       "ratio": wall / idle_wall if idle_wall else float("nan"),
+                       "ratio": wall / idle_wall if idle_wall else float("nan"), "peak_rss_mib": run.peak_rss_mib,
                        "accuracy": performance["accuracy"].astype(float).mean(),
                        "same_as_idle": bool(idle_spikes is not None and idle_spikes.shape == spikes.shape
                                             and (idle_spikes == spikes).all())}
@@ -153,11 +122,8 @@ def main(argv=None):
 
 def write_report(table, file_path: Path) -> None:
     """The results as markdown: one row per run, then the stage times of the runs that have them."""
-    import spikeinterface
-
     main_columns = ["recording", "sorter", "load", "wall_s", "ratio", "accuracy", "same_as_idle"]
-    header = (f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.node()} ({__import__('os').cpu_count()} cores); "
-              f"spikeinterface {spikeinterface.__version__}\ncommand: python {' '.join(sys.argv)}\n")
+    header = report_header()
     stages = [column for column in table.columns if column.endswith("_s") and column != "wall_s"]
     markdown = (header + "\n" + table[main_columns].round(3).to_markdown(index=False) + "\n\nstages (s):\n\n"
                 + table[["recording", "sorter", "load"] + stages].dropna(how="all", subset=stages).round(1)

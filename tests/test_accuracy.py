@@ -10,16 +10,9 @@ import spikeinterface.sorters as ss
 
 from conftest import default_params
 
+from spikeinterface_elvisort.benchmarks.runner import unit_snr
+
 MIN_MEAN_ACCURACY = 0.9
-
-
-def unit_snr(recording, sorting):
-    from spikeinterface.core import create_sorting_analyzer
-    from spikeinterface.metrics import compute_quality_metrics
-
-    analyzer = create_sorting_analyzer(sorting, recording, sparse=True, format="memory")
-    analyzer.compute(["random_spikes", "templates", "noise_levels"], extension_params={"random_spikes": {"seed": 0}})
-    return compute_quality_metrics(analyzer, metric_names=["snr"])["snr"]
 
 
 @pytest.mark.slow

@@ -28,3 +28,26 @@ def test_a_fresh_process_beside_a_busy_core_gives_the_in_process_sorting(small_r
     detectable = snr.index[snr.values >= 5]
     scores = mean_accuracy(ground_truth, in_process, detectable)
     assert 0 < scores["accuracy"] <= 1 and set(scores.index) == {"accuracy", "precision", "recall"}
+
+
+def test_bench_contention_reports_the_slowdown_and_the_same_sorting(tmp_path):
+    """benchmarks/bench_contention.py on its smallest case: a row per load, the ratio to the idle run, accuracy on
+    the detectable units, identical sortings, and the stage times of the log."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_contention.py"
+    params = '{"train_epochs": 2, "train_dec_epochs": 1, "train_kl_warmup_epochs": 1, "train_max_snippets": 500}'
+    result = subprocess.run([sys.executable, str(script), "--recordings", "quickstart", "--sorters", "elvisort",
+                             "--loads", "1", "--elvisort-params", params, "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert table["load"].tolist() == [0, 1]  # the idle run is always made: the ratios need it
+    assert table["ratio"].iloc[0] == 1.0 and table["ratio"].iloc[1] > 0.5
+    assert table["same_as_idle"].all()
+    assert (table["accuracy"] > 0.5).all() and (table["training_s"] > 0).all()
+    assert "| quickstart " in (tmp_path / "results.md").read_text()

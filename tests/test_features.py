@@ -11,7 +11,7 @@ import spikeinterface.sorters as ss
 from spikeinterface_elvisort.features import fit_features, group_centroids, nearest_centroid
 
 from conftest import default_params
-from test_accuracy import unit_snr
+from spikeinterface_elvisort.benchmarks.runner import unit_snr
 
 
 def test_fit_features_shapes_and_scale():

@@ -15,7 +15,7 @@ from spikeinterface.core import BaseSorting
 
 from spikeinterface_elvisort.ssae.params import SSAE_DEFAULT_PARAMS
 
-from test_accuracy import unit_snr
+from spikeinterface_elvisort.benchmarks.runner import unit_snr
 
 # measured 2026-11-22 on this recording (2-core VM, CPU): mean accuracy 0.996 over the 4 units with SNR >= 5
 MIN_MEAN_ACCURACY = 0.95
