@@ -15,9 +15,18 @@ from dataclasses import dataclass, fields
 
 @dataclass(frozen=True)
 class Param:
+    """One sorter parameter: its default, its description (what it does, its unit, when to change it) and the stage
+    that reads it, with the values :func:`check_declared` accepts: one of ``choices`` (compared with their types,
+    so that 1 is not True), a number within ``bounds`` = (minimum, maximum or None, integer?), inclusive, or one of
+    the special values ``also`` beside the bounds ("auto", None). A parameter whose default is a bool and has no
+    choices must be True or False."""
+
     default: object
     description: str
     stage: str  # "preprocessing" | "detection" | "snippets" | "model" | "training" | "clustering" | "cleanup" | "run"
+    choices: tuple | None = None
+    bounds: tuple | None = None
+    also: tuple = ()
 
 
 STAGES = ("preprocessing", "detection", "snippets", "model", "training", "clustering", "cleanup", "instant", "run")
@@ -29,9 +38,13 @@ PARAMS = {
         "Band-pass filter and common-median-reference the recording. Set False only when it is already filtered.",
         "preprocessing",
     ),
-    "freq_min": Param(300.0, "Low cut-off of the Butterworth band-pass filter (Hz).", "preprocessing"),
+    "freq_min": Param(
+        300.0, "Low cut-off of the Butterworth band-pass filter (Hz).", "preprocessing",
+        bounds=(0.0, None, False),
+    ),
     "freq_max": Param(
-        6000.0, "High cut-off of the band-pass filter (Hz); lowered to 0.45 x sampling rate if above.", "preprocessing"
+        6000.0, "High cut-off of the band-pass filter (Hz); lowered to 0.45 x sampling rate if above.", "preprocessing",
+        bounds=(0.0, None, False),
     ),
     "common_reference": Param(
         True, "Subtract the median across channels (common median reference) after filtering.", "preprocessing"
@@ -45,6 +58,7 @@ PARAMS = {
         "covariance is dominated by spikes, it lowered accuracy. The saved model keeps the matrix and applies it "
         "when it sorts another recording.",
         "preprocessing",
+        choices=('auto', True, False),
     ),
     "motion_correction": Param(
         "auto",
@@ -69,10 +83,11 @@ PARAMS = {
         '"auto" | "memory" | "folder" | "no": where the preprocessed traces are cached. "auto" keeps them in memory '
         "when they take less than 1 GiB and less than a quarter of the available RAM, otherwise in sorter_output/ "
         "when they take less than 80 % of the free disk, otherwise nowhere, so that memory does not grow with the "
-        "recording's duration and hours of recording sort on a small disk; 'no' recomputes the filter at every pass. In "
-        "memory and in a folder, the traces are whitened in place once detection has read them; with 'no', as they "
-        "are read.",
+        "recording's duration and hours of recording sort on a small disk; 'no' recomputes the filter at every "
+        "pass. In memory and in a folder, the traces are whitened in place once detection has read them; with 'no', "
+        "as they are read.",
         "preprocessing",
+        choices=('auto', 'memory', 'folder', 'no'),
     ),
     # detection
     "detection_method": Param(
@@ -81,16 +96,22 @@ PARAMS = {
         'detect_exclude_sweep_ms) | "algorithm1" (the ELVISort paper\'s Algorithm 1: summed supra-threshold '
         "mask, one event per snippet span, centred on the largest sample).",
         "detection",
+        choices=('locally_exclusive', 'algorithm1'),
     ),
-    "peak_sign": Param('neg', '"neg" | "pos" | "both": polarity of the detected peaks.', "detection"),
+    "peak_sign": Param(
+        'neg', '"neg" | "pos" | "both": polarity of the detected peaks.', "detection",
+        choices=('neg', 'pos', 'both'),
+    ),
     "detect_threshold": Param(
         4.5,
         "Detection threshold in units of the channel's noise level (MAD). For detection_method='algorithm1' this "
         "is theta of the paper's eq. 6.",
         "detection",
+        bounds=(0.5, None, False),
     ),
     "detect_exclude_sweep_ms": Param(
-        1.0, "Two peaks closer in time than this (and within detect_radius_um) count as one event.", "detection"
+        1.0, "Two peaks closer in time than this (and within detect_radius_um) count as one event.", "detection",
+        bounds=(0.0, 10.0, False),
     ),
     "detect_before_whitening": Param(
         True,
@@ -106,15 +127,17 @@ PARAMS = {
         "Spatial radius of the locally exclusive detection (um). Wide enough that a large spike is one event, not "
         "one per distant channel; template matching recovers the spikes this hides in collisions.",
         "detection",
+        bounds=(0.0, None, False),
     ),
     # snippets
-    "ms_before": Param(1.0, "Snippet length before the peak (ms).", "snippets"),
-    "ms_after": Param(1.5, "Snippet length after the peak (ms).", "snippets"),
+    "ms_before": Param(1.0, "Snippet length before the peak (ms).", "snippets", bounds=(0.1, 10.0, False)),
+    "ms_after": Param(1.5, "Snippet length after the peak (ms).", "snippets", bounds=(0.1, 10.0, False)),
     "snippet_channels": Param(
         8,
         "Number of channels in a snippet: the peak channel and its nearest neighbours, in spatial order "
         "(capped at the number of channels of the recording).",
         "snippets",
+        bounds=(1, None, True),
     ),
     # model
     "features": Param(
@@ -126,6 +149,7 @@ PARAMS = {
         "units), every event labelled by the nearest cluster centroid of its peak channel (for raw: template "
         "k-means' assignment). No model.pt is saved with them.",
         "model",
+        choices=('vae', 'pca', 'raw'),
     ),
     "model_kwargs": Param(
         {},
@@ -142,20 +166,31 @@ PARAMS = {
         "and at least 4000 (4000 up to 133 channels, 11520 at 384). Bounds training time and memory whatever the "
         "recording's length; raise it when many units share the probe.",
         "training",
+        bounds=(100, None, True), also=("auto",),
     ),
-    "train_epochs": Param(10, "Epochs of unsupervised beta-VAE training (reconstruction + beta * KL).", "training"),
+    "train_epochs": Param(
+        10, "Epochs of unsupervised beta-VAE training (reconstruction + beta * KL).", "training",
+        bounds=(1, None, True),
+    ),
     "train_kl_warmup_epochs": Param(
-        4, "Epochs over which the KL weight ramps linearly from 0 to beta (avoids posterior collapse).", "training"
+        4, "Epochs over which the KL weight ramps linearly from 0 to beta (avoids posterior collapse).", "training",
+        bounds=(0, None, True),
     ),
     "train_dec_epochs": Param(
-        2, "Epochs of DEC refinement of the latent (clustering branch) after the first clustering; 0 skips.", "training"
+        2, "Epochs of DEC refinement of the latent (clustering branch) after the first clustering; 0 skips.",
+        "training",
+        bounds=(0, None, True),
     ),
-    "train_dec_weight": Param(0.1, "Weight of the DEC clustering loss during refinement.", "training"),
+    "train_dec_weight": Param(
+        0.1, "Weight of the DEC clustering loss during refinement.", "training",
+        bounds=(0.0, None, False),
+    ),
     "train_classifier_epochs": Param(
         40,
         "Epochs of self-training of the classifier branch on confident cluster assignments (the encoder is frozen "
         "and runs once, so these epochs are cheap).",
         "training",
+        bounds=(1, None, True),
     ),
     "train_classifier_balance": Param(
         0.5,
@@ -165,20 +200,26 @@ PARAMS = {
         "total weight, and a tiny cluster grows into a mixture of its neighbours' spikes; 0.5 (square root) lies "
         "between.",
         "training",
+        bounds=(0.0, 1.0, False),
     ),
-    "train_batch_size": Param(256, "Mini-batch size for training and for the labelling pass.", "training"),
-    "train_learning_rate": Param(2e-3, "Adam learning rate.", "training"),
+    "train_batch_size": Param(
+        256, "Mini-batch size for training and for the labelling pass.", "training",
+        bounds=(2, None, True),
+    ),
+    "train_learning_rate": Param(2e-3, "Adam learning rate.", "training", bounds=(1e-07, 1.0, False)),
     "train_noise_fraction": Param(
         0.1,
         "Noise windows (far from every detection) added to training, as a fraction of the training events; they "
         "teach the classifier its non-spike class.",
         "training",
+        bounds=(0.0, 10.0, False),
     ),
     "mixed_precision": Param(
         "auto",
         '"auto" | true | false: bfloat16/float16 autocast on CUDA ("auto" = on for CUDA, always off on the CPU, '
         "where it would only cost time and determinism).",
         "training",
+        choices=('auto', True, False),
     ),
     # clustering
     "clustering_method": Param(
@@ -186,15 +227,19 @@ PARAMS = {
         '"gmm_bic" (Gaussian mixture, component count chosen by BIC) | "hdbscan" (density based, scikit-learn) '
         "on the latent means, one clustering per peak channel so that distant units never mix.",
         "clustering",
+        choices=('gmm_bic', 'hdbscan'),
     ),
     "clustering_max_components": Param(
-        8, "Largest number of clusters tried per peak channel by clustering_method='gmm_bic'.", "clustering"
+        8, "Largest number of clusters tried per peak channel by clustering_method='gmm_bic'.", "clustering",
+        bounds=(1, 100, True),
     ),
     "clustering_pca_components": Param(
-        6, "Latent means are reduced to this many principal components per channel before clustering.", "clustering"
+        6, "Latent means are reduced to this many principal components per channel before clustering.", "clustering",
+        bounds=(1, None, True),
     ),
     "clustering_min_cluster_size": Param(
-        20, "Clusters with fewer training events are treated as noise before self-training.", "clustering"
+        20, "Clusters with fewer training events are treated as noise before self-training.", "clustering",
+        bounds=(2, None, True),
     ),
     "clustering_split": Param(
         True,
@@ -209,6 +254,7 @@ PARAMS = {
         "Fraction of each cluster's events the classifier is self-trained on: those DEC still assigns to the "
         "cluster, with the highest soft assignment to it (1.0 keeps every event DEC agrees with).",
         "clustering",
+        bounds=(0.0, 1.0, False),
     ),
     # clean-up
     "merge_threshold": Param(
@@ -216,6 +262,7 @@ PARAMS = {
         "Two units merge when the normalised distance between their templates (aligned over +-0.3 ms, on the "
         "union of their channels) is below this value and the split test (merge_split_test) does not object.",
         "cleanup",
+        bounds=(0.0, 2.0, False),
     ),
     "merge_noise_corrected": Param(
         True,
@@ -233,9 +280,10 @@ PARAMS = {
         "cleanup",
     ),
     "duplicate_ms": Param(
-        0.3, "Spikes of the same unit closer than this are duplicates and only the first is kept (ms).", "cleanup"
+        0.3, "Spikes of the same unit closer than this are duplicates and only the first is kept (ms).", "cleanup",
+        bounds=(0.0, 10.0, False),
     ),
-    "min_spikes_per_unit": Param(10, "Units with fewer spikes are removed.", "cleanup"),
+    "min_spikes_per_unit": Param(10, "Units with fewer spikes are removed.", "cleanup", bounds=(1, None, True)),
     "max_isi_violations_ratio": Param(
         0.4,
         "Units whose spike train breaks a 1.5 ms refractory period about as often as events at random times are "
@@ -244,6 +292,7 @@ PARAMS = {
         "with duplicate_ms as the censored period) is above this value. A unit with a refractory period scores "
         "near 0, two merged units about 0.25, random events about 0.5. A large value (e.g. 100) keeps every unit.",
         "cleanup",
+        bounds=(0.0, None, False),
     ),
     "matching_method": Param(
         "circus-omp",
@@ -251,6 +300,7 @@ PARAMS = {
         "matching (sortingcomponents.matching) using the units' templates; recovers spikes hidden in collisions. "
         '"none" keeps the classifier labels of the detected events.',
         "cleanup",
+        choices=('circus-omp', 'tdc-peeler', 'none'),
     ),
     "auto_merge": Param(
         True,
@@ -264,6 +314,7 @@ PARAMS = {
         "correlograms) left pieces of 25-83 spikes of real units apart; below 100 spikes the merge rests on template "
         "similarity and distance, the cross-contamination test having little to go on.",
         "cleanup",
+        bounds=(1, None, True),
     ),
     # saved models and labels
     "pretrained_model": Param(
@@ -289,7 +340,10 @@ PARAMS = {
     ),
     # run
     "device": Param('auto', '"auto" | "cpu" | "cuda" | "cuda:N": where the network runs; "auto" picks CUDA when present.', "run"),
-    "seed": Param(0, "Random seed (numpy, scikit-learn and torch); the same seed gives the same sorting on the CPU.", "run"),
+    "seed": Param(
+        0, "Random seed (numpy, scikit-learn and torch); the same seed gives the same sorting on the CPU.", "run",
+        bounds=(0, 2**32 - 1, True), also=(None,),
+    ),
     "torch_threads": Param(
         None,
         "Threads per torch operation on the CPU. None: one per core but one, at least one (of the worker's share of "
@@ -374,53 +428,6 @@ def matching_job_kwargs(user_job_kwargs: dict, job_kwargs: dict) -> dict:
 DEFAULT_PARAMS = {name: param.default for name, param in PARAMS.items()}
 PARAMS_DESCRIPTION = {name: param.description for name, param in PARAMS.items()}
 
-_CHOICES = {
-    "cache_preprocessing": ("auto", "memory", "folder", "no"),
-    "detection_method": ("locally_exclusive", "algorithm1"),
-    "peak_sign": ("neg", "pos", "both"),
-    "mixed_precision": ("auto", True, False),
-    "whitening": ("auto", True, False),
-    "clustering_method": ("gmm_bic", "hdbscan"),
-    "features": ("vae", "pca", "raw"),
-    "matching_method": ("circus-omp", "tdc-peeler", "none"),
-}
-_BOOLS = ("apply_preprocessing", "common_reference", "detect_before_whitening", "clustering_split",
-          "merge_noise_corrected", "merge_split_test", "auto_merge", "save_arrays")
-# name -> (minimum, maximum, integer?); bounds are inclusive
-_NUMBERS = {
-    "freq_min": (0.0, None, False),
-    "freq_max": (0.0, None, False),
-    "detect_threshold": (0.5, None, False),
-    "detect_exclude_sweep_ms": (0.0, 10.0, False),
-    "detect_radius_um": (0.0, None, False),
-    "ms_before": (0.1, 10.0, False),
-    "ms_after": (0.1, 10.0, False),
-    "snippet_channels": (1, None, True),
-    "train_max_snippets": (100, None, True),  # or "auto"
-    "train_epochs": (1, None, True),
-    "train_kl_warmup_epochs": (0, None, True),
-    "train_dec_epochs": (0, None, True),
-    "train_dec_weight": (0.0, None, False),
-    "train_classifier_epochs": (1, None, True),
-    "train_batch_size": (2, None, True),
-    "train_learning_rate": (1e-7, 1.0, False),
-    "train_noise_fraction": (0.0, 10.0, False),
-    "clustering_max_components": (1, 100, True),
-    "clustering_pca_components": (1, None, True),
-    "clustering_min_cluster_size": (2, None, True),
-    "clustering_confidence": (0.0, 1.0, False),
-    "train_classifier_balance": (0.0, 1.0, False),
-    "merge_threshold": (0.0, 2.0, False),
-    "duplicate_ms": (0.0, 10.0, False),
-    "min_spikes_per_unit": (1, None, True),
-    "auto_merge_min_spikes": (1, None, True),
-    "max_isi_violations_ratio": (0.0, None, False),
-    "seed": (0, 2**32 - 1, True),
-}
-
-
-_AUTO_NUMBERS = ("train_max_snippets",)  # numbers that also take "auto"
-
 # train_max_snippets="auto": this many training events per channel, and at least the minimum
 TRAIN_SNIPPETS_PER_CHANNEL = 30
 MIN_TRAIN_SNIPPETS = 4000
@@ -480,10 +487,9 @@ def check_params(params: dict) -> dict:
     return params
 
 
-def check_declared(params: dict, declared: dict, sorter_name: str, choices=None, bools=(), ranges=None) -> dict:
-    """The checks every sorter of the package shares: exactly the ``declared`` names, and the valid values of those
-    of them that are declared here (plus the sorter's own ``choices``, ``bools`` and ``ranges``, same layout as
-    ``_CHOICES``, ``_BOOLS`` and ``_NUMBERS``). ``model_kwargs`` is left to the sorter's own check.
+def check_declared(params: dict, declared: dict, sorter_name: str) -> dict:
+    """The checks every sorter of the package shares: exactly the ``declared`` names (name -> :class:`Param`), each
+    value among its parameter's choices, bounds or bools. ``model_kwargs`` is left to the sorter's own check.
     """
     unknown = sorted(set(params) - set(declared))
     if unknown:
@@ -491,22 +497,19 @@ def check_declared(params: dict, declared: dict, sorter_name: str, choices=None,
     missing = sorted(set(declared) - set(params))
     if missing:
         raise ValueError(f"Missing parameter(s) {missing}; start from get_default_sorter_params({sorter_name!r})")
-    all_choices = {n: c for n, c in _CHOICES.items() if n in declared} | dict(choices or {})
-    all_bools = tuple(n for n in _BOOLS if n in declared) + tuple(bools)
-    all_numbers = {n: r for n, r in _NUMBERS.items() if n in declared} | dict(ranges or {})
-
-    for name, valid in all_choices.items():
+    for name, param in declared.items():
         value = params[name]
-        # True == 1 in Python: compare types too so that 1 is not accepted for a boolean choice
-        if not any(value == choice and type(value) is type(choice) for choice in valid):
-            raise ValueError(f"{name}={value!r} is not valid; choose one of {list(valid)}")
-    for name in all_bools:
-        if not isinstance(params[name], bool):
-            raise ValueError(f"{name}={params[name]!r} must be True or False")
-    for name, (low, high, integer) in all_numbers.items():
+        if param.choices is not None:
+            # True == 1 in Python: compare types too so that 1 is not accepted for a boolean choice
+            if not any(value == choice and type(value) is type(choice) for choice in param.choices):
+                raise ValueError(f"{name}={value!r} is not valid; choose one of {list(param.choices)}")
+        elif isinstance(param.default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} must be True or False")
+    for name, param in declared.items():
         value = params[name]
-        if (name == "seed" and value is None) or (name in _AUTO_NUMBERS and value == "auto"):
+        if param.bounds is None or any(value == special and type(value) is type(special) for special in param.also):
             continue
+        low, high, integer = param.bounds
         ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
         if isinstance(value, bool) or not ok_type:
             kind = "an integer" if integer else "a number"

@@ -14,11 +14,12 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from spikeinterface_elvisort.params import _NUMBERS, DEFAULT_PARAMS, PARAMS, check_params  # noqa: E402
+from spikeinterface_elvisort.params import DEFAULT_PARAMS, PARAMS, check_params  # noqa: E402
 from spikeinterface_elvisort.snippets import extract_snippets  # noqa: E402
 
 from test_stages import _expected_snippets, _peaks, _probe_recording  # noqa: E402
 
+BOUNDS = {name: param.bounds for name, param in PARAMS.items() if param.bounds is not None}
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ANY_VALUE = st.one_of(
@@ -33,8 +34,8 @@ ANY_VALUE = st.one_of(
 
 
 def _valid_number(name, value) -> bool:
-    low, high, integer = _NUMBERS[name]
-    if name == "seed" and value is None:
+    low, high, integer = BOUNDS[name]
+    if any(value == special and type(value) is type(special) for special in PARAMS[name].also):
         return True
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
         return False
@@ -44,12 +45,12 @@ def _valid_number(name, value) -> bool:
 
 
 def _near_bounds(name):
-    low, high, integer = _NUMBERS[name]
+    low, high, integer = BOUNDS[name]
     values = [low, low - 1, low - 1e-9, low + 1] + ([] if high is None else [high, high + 1, high + 1e-9])
     return st.sampled_from([int(v) if integer and float(v).is_integer() else v for v in values])
 
 
-NUMBER = st.sampled_from(sorted(_NUMBERS)).flatmap(lambda name: st.tuples(st.just(name), st.one_of(_near_bounds(name),
+NUMBER = st.sampled_from(sorted(BOUNDS)).flatmap(lambda name: st.tuples(st.just(name), st.one_of(_near_bounds(name),
                                                                                                   ANY_VALUE)))
 MANY = settings(max_examples=300, deadline=None)  # check_params takes microseconds
 

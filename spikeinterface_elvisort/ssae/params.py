@@ -51,6 +51,7 @@ OWN = {
         "Number of synthetic units in the labelled half: templates from SpikeInterface's generate_templates for "
         "this probe's geometry and sampling rate, at random positions along the probe.",
         "hybrid",
+        bounds=(2, 500, True),
     ),
     "hybrid_spikes_per_template": Param(
         150,
@@ -58,6 +59,7 @@ OWN = {
         "amplitudes (1st to 99th percentile), added into a noise window cut from a quiet stretch of the recording "
         "itself.",
         "hybrid",
+        bounds=(10, 100000, True),
     ),
     # training
     "train_epochs": Param(
@@ -65,20 +67,24 @@ OWN = {
         "Epochs of semi-supervised training of the ensemble: batches of the recording's events (reconstruction) "
         "alternate with batches of the labelled hybrid events (reconstruction + cross-entropy of the MLP head).",
         "training",
+        bounds=(1, None, True),
     ),
     "train_classification_weight": Param(
-        1.0, "Weight of the classification (cross-entropy) term on the labelled batches.", "training"
+        1.0, "Weight of the classification (cross-entropy) term on the labelled batches.", "training",
+        bounds=(0.0, None, False),
     ),
     "train_cleaner_epochs": Param(
         8,
         "Epochs of the cleaner, a small CNN trained on the same hybrid data to tell spike windows from pure-noise "
         "windows; 0 turns the cleaner off (every detected event is kept).",
         "training",
+        bounds=(0, None, True),
     ),
     "cleaner_threshold": Param(
         0.5,
         "Events whose spike probability (from the cleaner) is below this value are rejected: assigned to no unit.",
         "training",
+        bounds=(0.0, 1.0, False),
     ),
     "cleaner_min_strong_kept": Param(
         0.5,
@@ -87,6 +93,7 @@ OWN = {
         "trained cleaner keeps less than this fraction of them it has not learned this recording's spikes and is "
         "switched off (every event is kept, with a warning). 0 never switches it off.",
         "training",
+        bounds=(0.0, 1.0, False),
     ),
     "train_atom_epochs": Param(
         0,
@@ -94,8 +101,12 @@ OWN = {
         "attracted to its GMM centroid and repelled from the others, the centroids refitted each epoch; 0 skips "
         "it (the measured default, see the ssae page).",
         "training",
+        bounds=(0, None, True),
     ),
-    "train_atom_weight": Param(1.0, "Weight of the Atom loss during its fine-tuning epochs.", "training"),
+    "train_atom_weight": Param(
+        1.0, "Weight of the Atom loss during its fine-tuning epochs.", "training",
+        bounds=(0.0, None, False),
+    ),
     # clustering
     "clustering_num_units": Param(
         None,
@@ -105,7 +116,8 @@ OWN = {
         "clustering",
     ),
     "clustering_max_components": Param(
-        6, "Largest number of components tried by BIC in a probe region (auto-GMM).", "clustering"
+        6, "Largest number of components tried by BIC in a probe region (auto-GMM).", "clustering",
+        bounds=(1, 100, True),
     ),
     "clustering_region_um": Param(
         None,
@@ -120,25 +132,9 @@ OWN = {
         "over one (and both halves keep clustering_min_cluster_size events), at most this many times; 0 turns "
         "it off.",
         "clustering",
+        bounds=(0, 20, True),
     ),
 }
-
-_SSAE_CHOICES: dict = {}
-_SSAE_BOOLS: tuple = ()
-_SSAE_RANGES = {
-    "hybrid_num_templates": (2, 500, True),
-    "hybrid_spikes_per_template": (10, 100_000, True),
-    "train_epochs": (1, None, True),
-    "train_classification_weight": (0.0, None, False),
-    "train_cleaner_epochs": (0, None, True),
-    "cleaner_threshold": (0.0, 1.0, False),
-    "cleaner_min_strong_kept": (0.0, 1.0, False),
-    "train_atom_epochs": (0, None, True),
-    "train_atom_weight": (0.0, None, False),
-    "clustering_max_components": (1, 100, True),
-    "clustering_max_splits": (0, 20, True),
-}
-
 
 def _ordered_params() -> dict:
     # shared and own parameters together, grouped by stage in the order elvisort's table uses
@@ -163,7 +159,7 @@ def check_ssae_params(params: dict) -> dict:
     ValueError
         Naming the parameter, the value given and the valid values.
     """
-    check_declared(params, SSAE_PARAMS, "ssae", choices=_SSAE_CHOICES, bools=_SSAE_BOOLS, ranges=_SSAE_RANGES)
+    check_declared(params, SSAE_PARAMS, "ssae")
     for name, low in (("clustering_num_units", 1), ("clustering_region_um", 0)):
         value = params[name]
         if value is None:
