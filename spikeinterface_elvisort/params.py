@@ -51,41 +51,31 @@ PARAMS = {
     ),
     "whitening": Param(
         "auto",
-        '"auto" | true | false: whiten the recording locally after filtering and referencing '
-        "(spikeinterface.preprocessing.whiten, mode='local', radius 100 um), which decorrelates the noise of "
-        'neighbouring channels. "auto" whitens recordings with at least 8 channels: on the 32-channel benchmark '
-        "recordings whitening raised accuracy and cut run time, while on 4-channel generated recordings, whose "
-        "covariance is dominated by spikes, it lowered accuracy. The saved model keeps the matrix and applies it "
-        "when it sorts another recording.",
+        '"auto" | True | False: whiten locally after filtering and referencing (SpikeInterface whiten, mode "local", '
+        'radius 100 um), decorrelating the noise of neighbouring channels. "auto": whiten recordings of 8 channels or '
+        "more. A saved model keeps the matrix for the sessions it sorts.",
         "preprocessing",
         choices=('auto', True, False),
     ),
     "motion_correction": Param(
         "auto",
-        '"auto" | None | a SpikeInterface motion preset ("dredge_fast", "dredge", "nonrigid_accurate", '
-        '"nonrigid_fast_and_accurate", "rigid_fast", "kilosort_like", "medicine"). "auto": on probes at least 600 um '
-        "long, the drift is estimated from the detected events (dredge_fast's localisation and estimate) and the "
-        "traces are interpolated only when some part of the probe moved by 10 um or more; shorter probes and static "
-        "recordings are not corrected. A preset always corrects; None never. The motion is saved in "
-        "sorter_output/motion/.",
+        '"auto" | None | a SpikeInterface motion preset ("dredge_fast", "dredge", "nonrigid_accurate", ...). "auto": '
+        "on probes of 600 um or more, estimate the drift from the detected events and correct it when some part moved "
+        "10 um or more. A preset always corrects; None never. Saved in sorter_output/motion/.",
         "preprocessing",
     ),
     "motion_correction_kwargs": Param(
         {},
         "Overrides of the motion preset's steps, each a dict: detect_kwargs, select_kwargs, localize_peaks_kwargs, "
-        "estimate_motion_kwargs (compute_motion's arguments), interpolate_motion_kwargs (default: border_mode "
-        "'force_extrapolate', kriging, sigma_um 20, p 2), e.g. {'estimate_motion_kwargs': {'win_step_um': 200.0}}. "
+        "estimate_motion_kwargs, interpolate_motion_kwargs, e.g. {'estimate_motion_kwargs': {'win_step_um': 200.0}}. "
         "With motion_correction='auto' only interpolate_motion_kwargs applies.",
         "preprocessing",
     ),
     "cache_preprocessing": Param(
         "auto",
-        '"auto" | "memory" | "folder" | "no": where the preprocessed traces are cached. "auto" keeps them in memory '
-        "when they take less than 1 GiB and less than a quarter of the available RAM, otherwise in sorter_output/ "
-        "when they take less than 80 % of the free disk, otherwise nowhere, so that memory does not grow with the "
-        "recording's duration and hours of recording sort on a small disk; 'no' recomputes the filter at every "
-        "pass. In memory and in a folder, the traces are whitened in place once detection has read them; with 'no', "
-        "as they are read.",
+        '"auto" | "memory" | "folder" | "no": where the preprocessed traces are kept. "auto": in memory below 1 GiB '
+        'and a quarter of the free RAM, else in sorter_output/ below 80 % of the free disk, else not at all. "no" '
+        "recomputes the filter at every pass (slower, the same sorting).",
         "preprocessing",
         choices=('auto', 'memory', 'folder', 'no'),
     ),
@@ -115,11 +105,9 @@ PARAMS = {
     ),
     "detect_before_whitening": Param(
         True,
-        "Detect events on the filtered, referenced traces before whitening (snippets, clustering and template "
-        "matching still use the whitened traces); no effect without whitening. Local whitening lowers the "
-        "single-channel peak of a unit whose spike spreads over many channels: on the MEArec recording dev_rec3 a "
-        "unit 65 um from the probe (SNR 6) fell from a median peak of 6.6 to 3.6 noise levels, two thirds of its "
-        "spikes went undetected and the unit was lost. False detects on the whitened traces.",
+        "Detect events on the filtered, referenced traces before whitening; snippets, clustering and template matching "
+        "still read the whitened traces. Local whitening flattens units whose spike spreads over many channels (far "
+        "from the probe). No effect without whitening.",
         "detection",
     ),
     "detect_radius_um": Param(
@@ -142,21 +130,17 @@ PARAMS = {
     # model
     "features": Param(
         "vae",
-        '"vae" | "pca" | "raw": what the events are clustered and labelled on. "vae" (the sorter): the beta-VAE '
-        'latent, DEC refinement and the self-trained classifier branch. "pca" and "raw" are ablations of the '
-        "network: no training; the same training events, clustering and clean-up, on a scikit-learn PCA of the "
-        'snippets (as many components as the latent, 40 by default) or on the raw snippets ("raw", in noise '
-        "units), every event labelled by the nearest cluster centroid of its peak channel (for raw: template "
-        "k-means' assignment). No model.pt is saved with them.",
+        '"vae" | "pca" | "raw": what the events are clustered and labelled on. "vae": the beta-VAE latent, DEC and the '
+        'self-trained classifier (the sorter). "pca" and "raw": ablations without a network (a PCA of the snippets, or '
+        "the raw snippets); faster, and no model.pt.",
         "model",
         choices=('vae', 'pca', 'raw'),
     ),
     "model_kwargs": Param(
         {},
-        "Overrides of the beta-VAE config (spikeinterface_elvisort.models.BetaVAEConfig), e.g. {'beta': 4.0}. "
-        "Fields: latent_dim (32), upper_latent_dim (8), beta (15.0, weight of the KL term), samples_per_step (5), "
-        "lstm_hidden (32), conv_channels (16), num_inception_blocks (4), decoder_hidden (48), attention_heads (4), "
-        "dropout (0.5), classifier_hidden (64), dec_alpha (1.0), position_scale_um (40.0).",
+        "Overrides of the beta-VAE's config, e.g. {'beta': 4.0}: latent_dim (32), upper_latent_dim (8), beta (15, "
+        "weight of the KL term), dropout (0.5), lstm_hidden, conv_channels, num_inception_blocks, decoder_hidden, ...; "
+        "every field: spikeinterface_elvisort.models.BetaVAEConfig.",
         "model",
     ),
     # training
@@ -194,11 +178,9 @@ PARAMS = {
     ),
     "train_classifier_balance": Param(
         0.5,
-        "How far the self-training evens out the classes of the classifier branch (every cluster and the non-spike "
-        "class): each class weighs count ** -value in the cross-entropy, between 0 and 1. 0 weighs every event "
-        "alike, and a small cluster of faint spikes can vanish into the non-spike class; 1 gives every class the same "
-        "total weight, and a tiny cluster grows into a mixture of its neighbours' spikes; 0.5 (square root) lies "
-        "between.",
+        "How far self-training evens out the classes (the clusters and the non-spike class): each weighs count ** "
+        "-value in the cross-entropy, 0 to 1. 0: every event alike (a small, faint cluster can vanish into noise); 1: "
+        "every class the same total weight (a tiny cluster grows); 0.5 lies between.",
         "training",
         bounds=(0.0, 1.0, False),
     ),
@@ -243,10 +225,9 @@ PARAMS = {
     ),
     "clustering_split": Param(
         True,
-        "After latent clustering, split clusters whose waveforms hold two populations (k-means in two on their "
-        "principal components, kept when Hartigan's dip test rejects one mode at p < 0.001 and the halves are at "
-        "least 6 standard deviations apart; curation.split_multimodal). The clean-up repeats the split on a sample of "
-        "each labelled unit's spikes when template matching is on.",
+        "Split clusters whose waveforms hold two populations (k-means in two on their principal components, kept when "
+        "Hartigan's dip test rejects one mode at p < 0.001 and the halves lie 6 SD apart). The clean-up repeats it on "
+        "each unit's spikes when template matching is on.",
         "clustering",
     ),
     "clustering_confidence": Param(
@@ -266,10 +247,9 @@ PARAMS = {
     ),
     "merge_noise_corrected": Param(
         True,
-        "Take the noise of the template means out of that distance: each template, the mean of n waveforms, "
-        "carries noise of power sum(noise_levels**2) / n per sample, which adds to the squared distance and norms. "
-        "Without the correction, two halves of one unit of a few hundred spikes on a noisy 32-channel probe measure "
-        "about 0.3 apart from that noise alone and stay split. False: the plain distance.",
+        "Take the noise that a template (the mean of n noisy waveforms) carries out of the merge distance. Without it, "
+        "two halves of one unit of a few hundred spikes on a noisy probe measure about 0.3 apart and stay split. "
+        "False: the plain distance.",
         "cleanup",
     ),
     "merge_split_test": Param(
@@ -286,11 +266,9 @@ PARAMS = {
     "min_spikes_per_unit": Param(10, "Units with fewer spikes are removed.", "cleanup", bounds=(1, None, True)),
     "max_isi_violations_ratio": Param(
         0.4,
-        "Units whose spike train breaks a 1.5 ms refractory period about as often as events at random times are "
-        "noise (template matching fits a noise-like template everywhere) and are removed: the last step of the "
-        "clean-up drops units whose ISI-violation ratio (Hill et al. 2011; SpikeInterface's isi_violations_ratio, "
-        "with duplicate_ms as the censored period) is above this value. A unit with a refractory period scores "
-        "near 0, two merged units about 0.25, random events about 0.5. A large value (e.g. 100) keeps every unit.",
+        "Remove units whose ISI-violation ratio (Hill et al. 2011; 1.5 ms refractory period) is above this value: "
+        "noise templates that template matching fits everywhere score about 0.5, two merged units about 0.25, a clean "
+        "unit near 0. A large value (e.g. 100) keeps every unit.",
         "cleanup",
         bounds=(0.0, None, False),
     ),
@@ -326,10 +304,9 @@ PARAMS = {
     ),
     "training_sorting": Param(
         None,
-        "Path to labels to train on instead of clustering: a saved SpikeInterface sorting folder, or a Phy folder "
-        "(for instance curated in Phy; clusters labelled 'noise' are left out). Detected events near a labelled "
-        "spike train the classifier branch with that unit; the output has these unit ids (units without a spike in "
-        "the sorted recording are left out).",
+        "Path to labels to train on instead of clustering: a saved SpikeInterface sorting folder or a Phy folder "
+        "(clusters labelled 'noise' are left out). The output has these unit ids; units without a spike in the sorted "
+        "recording are left out.",
         "instant",
     ),
     "training_recording": Param(
@@ -346,13 +323,9 @@ PARAMS = {
     ),
     "torch_threads": Param(
         None,
-        "Threads per torch operation on the CPU. None: one per core but one, at least one (of the worker's share of "
-        "the cores in a worker process of run_sorter_jobs: OMP_NUM_THREADS when set, else the cores divided among "
-        "the pool's workers), and never more than torch is set to; the passes of the trained model over the events "
-        "run their batches in threads on the remaining cores. Each operation waits for its slowest thread, so with "
-        "one thread per core a run slows down 2.6x when another program keeps one core busy, against 1.1x with "
-        "this default. Set it to the number of cores on a machine that runs nothing else (about 1.2x faster on "
-        "two idle cores). The sorting depends on it: the same seed and torch_threads give the same sorting.",
+        "Threads per torch operation on the CPU. None: one per core but one, at least one (in a run_sorter_jobs "
+        "worker, of its share of the cores); the trained model's passes over the events use the rest. Set it to the "
+        "number of cores on a machine that runs nothing else. The sorting depends on it.",
         "run",
     ),
     "save_arrays": Param(
@@ -360,15 +333,9 @@ PARAMS = {
     ),
     "job_kwargs": Param(
         {},
-        "SpikeInterface job kwargs for the chunked stages (filtering and caching, detection, template matching; "
-        "n_jobs, pool_engine, chunk_duration, ...). Unless given here, they run in one thread per core "
-        "(pool_engine='thread'; in a worker process, one per core of its share, as for torch_threads), "
-        "whatever SpikeInterface's global job kwargs say, except template matching, which runs in as many forked "
-        "worker processes on Linux (its per-spike loop holds Python's GIL; in threads it ran up to 2.2x slower); a "
-        "pool_engine given here applies to every stage. In threads, max_threads_per_worker (default 1) limits "
-        "numpy's BLAS once for the whole run rather than per chunk (per chunk, the threads reset each other's limit "
-        "and the same seed gave different sortings). The result does not depend on n_jobs or pool_engine. "
-        "progress_bar follows verbose.",
+        "SpikeInterface job kwargs of the chunked stages (preprocessing, detection, template matching): n_jobs, "
+        "pool_engine, chunk_duration, ... Default: one thread per core of this process's share (matching: forked "
+        "processes on Linux), whatever the global job kwargs say. The sorting does not depend on them.",
         "run",
     ),
 }

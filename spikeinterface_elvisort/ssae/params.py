@@ -29,20 +29,17 @@ OWN = {
     # detection: elvisort's parameter, with the earlier behaviour as the default here
     "detect_before_whitening": Param(
         False,
-        "Detect events on the filtered, referenced traces before whitening (True) instead of on the whitened "
-        "traces (False); snippets, the cleaner and template matching always read the whitened traces. elvisort "
-        "detects before whitening by default (it recovered units far from the probe on the MEArec recordings); for "
-        "ssae the change has not been measured enough (one run: static seed 1 of the benchmark gave 0.78), so it "
-        "keeps detecting on the whitened traces unless told otherwise.",
+        "Detect events on the filtered, referenced traces before whitening (True) or on the whitened traces (False); "
+        "snippets, the cleaner and template matching always read the whitened traces. elvisort's default is True; ssae "
+        "keeps False, the setting it was measured with.",
         "detection",
     ),
     # model
     "model_kwargs": Param(
         {},
-        "Overrides of the ensemble's config (spikeinterface_elvisort.models.SemiSupervisedAEConfig), e.g. "
-        "{'latent_dim': 4}. Fields: latent_dim (6, the small latent of each autoencoder, 3 to 8 in the seed), "
-        "depths ([2, 3, 4], dense layers of each member's encoder), conv_channels (16), hidden (64, width of the "
-        "first dense layer, halved at each further layer), classifier_hidden (32).",
+        "Overrides of the ensemble's config, e.g. {'latent_dim': 4}: latent_dim (6, each autoencoder's latent), depths "
+        "([2, 3, 4], dense layers of each member's encoder), conv_channels (16), hidden (64), classifier_hidden (32); "
+        "every field: spikeinterface_elvisort.models.SemiSupervisedAEConfig.",
         "model",
     ),
     # hybrid labelled set
@@ -88,10 +85,9 @@ OWN = {
     ),
     "cleaner_min_strong_kept": Param(
         0.5,
-        "A check of the cleaner on each recording: the strong training events (amplitude at least twice "
-        "detect_threshold, when there are at least 20 of them) are spikes whatever their shape, so when the "
-        "trained cleaner keeps less than this fraction of them it has not learned this recording's spikes and is "
-        "switched off (every event is kept, with a warning). 0 never switches it off.",
+        "A check of the cleaner: when it keeps less than this fraction of the strong training events (amplitude at "
+        "least twice detect_threshold, when there are 20 or more), it has not learned this recording's spikes and is "
+        "switched off, with a warning. 0: never switched off.",
         "training",
         bounds=(0.0, 1.0, False),
     ),
