@@ -82,16 +82,19 @@ class ElvisortModel:
 
     def __init__(self, network, checkpoint: dict, device: str = "auto", path=None):
         from .device import resolve_device
+        from .results import ModelSettings
 
         self.network = network
         self.checkpoint = checkpoint
+        self.settings = ModelSettings.from_checkpoint(checkpoint)
         self.path = path
         self.device = resolve_device(device)
-        self.unit_ids = np.asarray(checkpoint["unit_ids"])
-        self.templates = np.asarray(checkpoint.get("templates", np.zeros((0, 0, 0))), dtype=np.float32)
-        self.sampling_frequency = float(checkpoint["sampling_frequency"])
-        self.channel_locations = np.asarray(checkpoint["channel_locations"], dtype=np.float64)
-        self.params = dict(checkpoint["params"])
+        self.unit_ids = np.asarray(self.settings.unit_ids)
+        templates = self.settings.templates
+        self.templates = np.asarray(np.zeros((0, 0, 0)) if templates is None else templates, dtype=np.float32)
+        self.sampling_frequency = float(self.settings.sampling_frequency)
+        self.channel_locations = np.asarray(self.settings.channel_locations, dtype=np.float64)
+        self.params = dict(self.settings.params)
         self.history = list(checkpoint.get("history", []))
         if network.config.num_classes != self.unit_ids.size + 1:
             raise ValueError(
@@ -118,15 +121,14 @@ class ElvisortModel:
         if block_ms <= 0:
             raise ValueError(f"block_ms must be > 0; got {block_ms}")
         device = self.device if device is None else resolve_device(device)
-        # models saved before motion_correction="auto" have no "motion_corrected": any preset meant a correction
-        if self.checkpoint.get("motion_corrected", self.params.get("motion_correction") not in (None, "auto")):
+        if self.settings.motion_corrected:
             warnings.warn(
                 f"this model was trained on motion-corrected traces (motion_correction="
                 f"{self.params['motion_correction']!r}) but inference corrects no motion: drift in the recording "
                 "being sorted will cost accuracy (train a model on it with run_sorter to correct it)",
                 stacklevel=3,
             )
-        return BlockEngine(self.network, self.checkpoint, device, block_ms=block_ms, noise_levels=noise_levels)
+        return BlockEngine(self.network, self.settings, device, block_ms=block_ms, noise_levels=noise_levels)
 
     def sort(self, recording, *, noise_levels="model", block_ms: float = DEFAULT_BLOCK_MS, device=None,
              n_jobs: int = 2, verbose: bool = False):
@@ -239,6 +241,7 @@ class ElvisortModel:
         self.unit_ids = unit_ids
         self.templates = templates
         self.checkpoint.update(unit_ids=unit_ids, templates=self.templates)
+        self.settings.unit_ids, self.settings.templates = unit_ids, self.templates
         self.history += history
         return history
 
@@ -251,9 +254,8 @@ class ElvisortModel:
         if path.suffix != ".pt":
             path.mkdir(parents=True, exist_ok=True)
             path = path / "model.pt"
-        extra = {k: v for k, v in self.checkpoint.items()
-                 if k not in ("model", "config", "state_dict", "history", "version")}
-        extra.update(unit_ids=self.unit_ids, templates=self.templates)
+        self.settings.unit_ids, self.settings.templates = self.unit_ids, self.templates
+        extra = self.settings.to_dict()
         save_checkpoint(path, self.network, self.checkpoint.get("model", "beta_vae"), self.history, extra=extra)
         return path
 

@@ -27,7 +27,7 @@ from .preprocessing import (
     estimate_motion, interpolation_kwargs, preprocess, probe_span_um, seeded_noise_levels, whiten, whiten_in_place,
     whitens,
 )
-from .results import save_arrays, save_checkpoint, save_history, to_sorting
+from .results import ModelSettings, save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import channel_neighbours, extract_snippets, noise_peaks, window_samples
 from .training import TrainConfig, train_model
 
@@ -126,27 +126,13 @@ def _run(recording, params, folder, verbose, device, rng):
     )
 
     preprocessed, cache_info, noise_levels, peaks = _front_end(recording, params, folder, job_kwargs, stages)
-    whitening = cache_info.get("whitening")
 
     neighbours = channel_neighbours(channel_locations, params["snippet_channels"])
     num_units = 0
     final_labels = np.full(peaks.size, -1, dtype=np.int64)
     history: list[dict] = []
     model = None
-    settings = {
-        "params": params,
-        "sampling_frequency": sampling_frequency,
-        "channel_ids": list(map(str, recording.channel_ids)),
-        "channel_locations": channel_locations,
-        "noise_levels": noise_levels,
-        "nbefore": nbefore,
-        "nafter": nafter,
-        "whitening": whitening,
-        # whether the traces were interpolated to undo the drift (motion_correction "auto" decides at run time)
-        "motion_corrected": bool(cache_info.get("motion_corrected")),
-        # detection thresholds on the traces before whitening (None: detection on the preprocessed traces)
-        "detection_noise_levels": cache_info.get("detection_noise_levels"),
-    }
+    settings = ModelSettings.for_run(recording, params, noise_levels, nbefore, nafter, cache_info)
     if labelled is not None:
         model, history, training_set = _learn_from_labels(
             preprocessed, peaks, labelled, noise_levels, neighbours, channel_locations, nbefore, nafter, params,
@@ -154,8 +140,8 @@ def _run(recording, params, folder, verbose, device, rng):
         )
         templates = compute_templates(preprocessed, training_set["events"], training_set["labels"],
                                       labelled.unit_ids.size, nbefore, nafter, job_kwargs)
-        settings.update(unit_ids=np.asarray(labelled.unit_ids), templates=templates)
-        save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=settings)
+        settings.unit_ids, settings.templates = np.asarray(labelled.unit_ids), templates
+        save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=settings.to_dict())
         save_history(folder / "history.csv", history)
         del preprocessed
         _drop_cache(cache_info)
@@ -181,8 +167,8 @@ def _run(recording, params, folder, verbose, device, rng):
         # the saved model must label events with the final units: retrain its classifier head on them
         history += _classifier_for_units(model, training_set, sorting, params, device, verbose)
         stages.done("saved model", "classifier retrained on the %d final units", num_units)
-        settings.update(unit_ids=unit_ids, templates=templates)
-        save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=settings)
+        settings.unit_ids, settings.templates = unit_ids, templates
+        save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=settings.to_dict())
         save_history(folder / "history.csv", history)
     if params["save_arrays"]:
         save_arrays(folder, peaks=peaks, labels=final_labels, noise_levels=noise_levels, templates=templates)

@@ -26,9 +26,9 @@ class BlockEngine:
     ----------
     model : BetaVAE
         Trained model with a classifier branch (the last class is the non-spike class).
-    settings : dict
-        The pipeline settings saved with the model (see :func:`spikeinterface_elvisort.instant.load_model`):
-        sampling_frequency, channel_locations, noise_levels, nbefore, nafter, params, whitening (W, M or None).
+    settings : ModelSettings or dict
+        The settings saved with the model (:class:`~spikeinterface_elvisort.results.ModelSettings`, or the dict of
+        a loaded ``model.pt``).
     device : torch.device
     block_ms : float
         Block length; latency of a stream is at most one block plus the margins.
@@ -37,32 +37,35 @@ class BlockEngine:
         detection threshold; the model's when None.
     """
 
-    def __init__(self, model, settings: dict, device, block_ms: float = DEFAULT_BLOCK_MS, noise_levels=None):
+    def __init__(self, model, settings, device, block_ms: float = DEFAULT_BLOCK_MS, noise_levels=None):
         from scipy.signal import iirfilter
         from spikeinterface.preprocessing.filter import adjust_margin_ms_for_highpass
 
+        from .results import ModelSettings
         from .snippets import channel_neighbours
 
-        params = settings["params"]
-        fs = float(settings["sampling_frequency"])
+        if not isinstance(settings, ModelSettings):  # a checkpoint's dict
+            settings = ModelSettings.from_checkpoint(settings)
+        params = settings.params
+        fs = float(settings.sampling_frequency)
         self.model = model.to(device).eval()
         self.device = device
         self.params = params
         self.sampling_frequency = fs
-        self.nbefore, self.nafter = int(settings["nbefore"]), int(settings["nafter"])
-        self.locations = np.asarray(settings["channel_locations"], dtype=np.float64)[:, :2]
+        self.nbefore, self.nafter = int(settings.nbefore), int(settings.nafter)
+        self.locations = np.asarray(settings.channel_locations, dtype=np.float64)[:, :2]
         self.num_channels = self.locations.shape[0]
         self.neighbours = channel_neighbours(self.locations, params["snippet_channels"])
         self.block_samples = max(int(round(block_ms * fs / 1000.0)), 1)
-        whitening = settings.get("whitening")
+        whitening = settings.whitening
         self.W = None if not whitening else np.asarray(whitening["W"], dtype=np.float32)
         self.M = None if not whitening or whitening.get("M") is None else np.asarray(whitening["M"], dtype=np.float32)
         # models saved with detect_before_whitening carry the noise levels of the unwhitened traces; older models
         # (and models without whitening) detect on the preprocessed traces
-        detection_noise_levels = settings.get("detection_noise_levels")
+        detection_noise_levels = settings.detection_noise_levels
         self.detect_before_whitening = self.W is not None and detection_noise_levels is not None
         if noise_levels is None:
-            noise_levels = detection_noise_levels if self.detect_before_whitening else settings["noise_levels"]
+            noise_levels = detection_noise_levels if self.detect_before_whitening else settings.noise_levels
         self.noise_levels = np.asarray(noise_levels, "float32")
         if self.noise_levels.shape != (self.num_channels,):
             raise ValueError(f"noise_levels must have one value per channel ({self.num_channels})")

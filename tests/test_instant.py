@@ -387,3 +387,36 @@ def test_fine_tune_learns_new_labels(trained, transfer_pair):
     # measured 0.32 -> 0.34; 0.27 -> 0.34 before the classifier head took at least four steps per epoch (the
     # saved model's head, trained on few events, is better from the start now; the fine-tuned result is the same)
     assert after > before and after >= 0.3
+
+
+def test_a_model_saved_before_the_settings_record_loads_sorts_and_saves_in_the_current_format(tmp_path):
+    """tests/data/elvisort_model_0.1.0.pt was written by run_sorter before model.pt had a format number: 4 channels,
+    one unit, fast_params with a smaller network, on make_ground_truth(num_channels=4, durations=[10.0], seed=1).
+    It loads, its settings read back as a ModelSettings, it sorts (measured: 436 spikes, as before the record
+    existed), and saved again it carries the current format and sorts the same."""
+    from pathlib import Path
+
+    from spikeinterface_elvisort import load_model
+    from spikeinterface_elvisort.results import MODEL_FORMAT, ModelSettings
+
+    model = load_model(Path(__file__).parent / "data" / "elvisort_model_0.1.0.pt", device="cpu")
+    assert "format" not in model.checkpoint
+    settings = model.settings
+    assert isinstance(settings, ModelSettings)
+    assert settings.nbefore + settings.nafter == model.network.config.num_samples
+    assert settings.whitening is None and not settings.motion_corrected  # 4 channels: "auto" does not whiten
+    assert settings.unit_ids.tolist() == [0] and settings.templates.shape[0] == 1
+    recording, _ = make_ground_truth(num_channels=4, durations=[10.0], seed=1)
+    sorting = model.sort(recording)
+    assert sorting.count_total_num_spikes() > 300  # (its one unit, from 2 epochs of a tiny network, is no neuron)
+
+    again = load_model(model.save(tmp_path / "model.pt"), device="cpu")
+    assert again.checkpoint["format"] == MODEL_FORMAT
+    np.testing.assert_array_equal(again.sort(recording).to_spike_vector(), sorting.to_spike_vector())
+
+
+def test_a_model_file_of_a_newer_format_is_refused_with_what_to_do():
+    from spikeinterface_elvisort.results import MODEL_FORMAT, ModelSettings
+
+    with pytest.raises(ValueError, match="upgrade the package"):
+        ModelSettings.from_checkpoint({"format": MODEL_FORMAT + 1, "params": {}})

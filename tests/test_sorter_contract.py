@@ -137,12 +137,16 @@ def test_checkpoint_rebuilds_the_model(kept_run):
     import torch
 
     from spikeinterface_elvisort.inference import encode
-    from spikeinterface_elvisort.results import load_checkpoint
+    from spikeinterface_elvisort.results import MODEL_FORMAT, ModelSettings, load_checkpoint
 
     _, folder, recording, params = kept_run
     model, checkpoint = load_checkpoint(folder / "sorter_output" / "model.pt")
     assert checkpoint["model"] == "beta_vae"
     assert checkpoint["params"] == params
+    settings = ModelSettings.from_checkpoint(checkpoint)  # the one record of what model.pt holds
+    assert checkpoint["format"] == MODEL_FORMAT and settings.to_dict().keys() <= checkpoint.keys()
+    assert settings.channel_ids == list(map(str, recording.channel_ids))
+    assert settings.unit_ids.size == settings.templates.shape[0] > 0
     config = model.config
     for key, value in params["model_kwargs"].items():
         assert getattr(config, key) == value

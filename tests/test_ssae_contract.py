@@ -83,12 +83,15 @@ def test_checkpoints_rebuild_the_ensemble_and_the_cleaner(kept_run):
 
     from spikeinterface_elvisort.inference import encode, spike_probability
     from spikeinterface_elvisort.models import Cleaner, SemiSupervisedAE
-    from spikeinterface_elvisort.results import load_checkpoint
+    from spikeinterface_elvisort.results import MODEL_FORMAT, ModelSettings, load_checkpoint
 
     _, folder, recording, params = kept_run
     model, checkpoint = load_checkpoint(folder / "sorter_output" / "model.pt")
     assert isinstance(model, SemiSupervisedAE) and checkpoint["model"] == "ssae"
     assert checkpoint["params"] == params
+    settings = ModelSettings.from_checkpoint(checkpoint)  # the same record as elvisort's, with the whitening
+    assert checkpoint["format"] == MODEL_FORMAT and settings.to_dict().keys() <= checkpoint.keys()
+    assert "whitening" in checkpoint and isinstance(settings.cleaner_used, bool)
     assert model.config.num_classes == params["hybrid_num_templates"]
     assert model.config.num_channels == min(params["snippet_channels"], recording.get_num_channels())
     cleaner, _ = load_checkpoint(folder / "sorter_output" / "cleaner.pt")

@@ -23,7 +23,7 @@ from ..params import blas_thread_limit, sorter_job_kwargs
 from ..preprocessing import preprocess
 from ..params import max_training_events
 from ..pipeline import LABEL_CHUNK, _clean_up, _front_end, _merge_near_identical, _Stages
-from ..results import save_arrays, save_checkpoint, save_history, to_sorting
+from ..results import ModelSettings, save_arrays, save_checkpoint, save_history, to_sorting
 from ..snippets import channel_neighbours, extract_snippets, window_samples
 from ..training import TrainConfig, train_model
 from .cleaning import reject_noise, train_cleaner
@@ -97,19 +97,10 @@ def _run(recording, params, folder, verbose, device, rng):
     unit_ids = np.arange(num_units)
     sorting = to_sorting(peaks_out, labels_out, unit_ids, sampling_frequency, num_segments)
     if learned is not None:
-        extra = {
-            "params": params,
-            "sampling_frequency": sampling_frequency,
-            "channel_ids": list(map(str, recording.channel_ids)),
-            "channel_locations": channel_locations,
-            "noise_levels": noise_levels,
-            "nbefore": nbefore,
-            "nafter": nafter,
-            "unit_ids": unit_ids,
-            "templates": templates,
-            "cleaner_used": learned["cleaner_used"],
-            "motion_corrected": bool(cache_info.get("motion_corrected")),
-        }
+        settings = ModelSettings.for_run(recording, params, noise_levels, nbefore, nafter, cache_info)
+        settings.unit_ids, settings.templates = unit_ids, templates
+        settings.cleaner_used = learned["cleaner_used"]
+        extra = settings.to_dict()
         save_checkpoint(folder / "model.pt", learned["model"], "ssae", learned["history"], extra=extra)
         if learned["cleaner"] is not None:
             cleaner_history = [row for row in learned["history"] if row["stage"] == "cleaner"]
