@@ -1,4 +1,5 @@
-"""Shared fixtures: the torch device, small ground-truth recordings and sorter parameters.
+"""Shared fixtures and helpers: the torch device, small ground-truth recordings, sorter parameters of both
+sorters, and hand-made recordings and peaks for the stage tests.
 
 Everything is generated with fixed seeds; nothing is downloaded. Recordings that go through ``run_sorter`` are saved
 as binary folders (``run_sorter`` needs a serialisable recording). Sorter runs that several tests reuse live in
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 
 
@@ -81,6 +83,61 @@ def fast_params(device: str = "cpu", **overrides) -> dict:
     )
     params.update(overrides)
     return params
+
+
+def ssae_defaults(device: str | None = None) -> dict:
+    """A fresh copy of the ssae sorter's defaults (optionally with ``device`` set)."""
+    from spikeinterface_elvisort.ssae.params import SSAE_DEFAULT_PARAMS
+
+    params = copy.deepcopy(SSAE_DEFAULT_PARAMS)
+    if device is not None:
+        params["device"] = device
+    return params
+
+
+def ssae_fast_params(device: str = "cpu", **overrides) -> dict:
+    """Defaults shrunk so that a 4-channel, 10-20 s recording sorts in seconds."""
+    params = ssae_defaults(device)
+    params.update(train_epochs=3, train_max_snippets=600, hybrid_num_templates=8, hybrid_spikes_per_template=40,
+                  train_cleaner_epochs=3, torch_threads=1)
+    params.update(overrides)
+    return params
+
+
+def probe_recording(traces_list, sampling_frequency=30_000.0):
+    """A NumpyRecording of ``traces_list`` (one (num_samples, num_channels) array per segment) on a linear probe,
+    20 um pitch."""
+    from probeinterface import generate_linear_probe
+    from spikeinterface.core import NumpyRecording
+
+    num_channels = traces_list[0].shape[1]
+    recording = NumpyRecording([t.astype(np.float32) for t in traces_list], sampling_frequency)
+    probe = generate_linear_probe(num_elec=num_channels, ypitch=20)
+    probe.set_device_channel_indices(np.arange(num_channels))
+    recording.set_probe(probe)  # in place since SpikeInterface 0.105
+    return recording
+
+
+def peaks_at(samples, channels, segments=None):
+    """A peaks array (SpikeInterface's base_peak_dtype) at these samples and channels."""
+    from spikeinterface.core.node_pipeline import base_peak_dtype
+
+    peaks = np.zeros(len(samples), dtype=base_peak_dtype)
+    peaks["sample_index"] = samples
+    peaks["channel_index"] = channels
+    peaks["segment_index"] = 0 if segments is None else segments
+    return peaks
+
+
+def expected_snippets(segments, peaks, neighbours, nbefore, nafter):
+    """The snippets ``extract_snippets`` must give, cut sample by sample (zeros beyond the traces' edges)."""
+    expected = np.zeros((peaks.size, nbefore + nafter, neighbours.shape[1]), dtype=np.float32)
+    for i, peak in enumerate(peaks):
+        traces = segments[peak["segment_index"]]
+        for j, sample in enumerate(range(peak["sample_index"] - nbefore, peak["sample_index"] + nafter)):
+            if 0 <= sample < traces.shape[0]:
+                expected[i, j] = traces[sample, neighbours[peak["channel_index"]]]
+    return expected
 
 
 def make_ground_truth(num_channels=4, durations=(20.0,), seed=0, **kwargs):

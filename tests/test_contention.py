@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import fast_params
-from test_ssae_contract import ssae_fast_params
+from conftest import fast_params, ssae_fast_params
 
 
 @pytest.mark.parametrize("sorter_name", ["elvisort", "ssae"])

@@ -83,7 +83,7 @@ def test_elvisort_result_to_phy_with_96_channels(wide_run, tmp_path):
 def test_ssae_result_to_phy(small_recording, tmp_path, sorter_device):
     import spikeinterface.sorters as ss
 
-    from test_ssae_contract import ssae_fast_params
+    from conftest import ssae_fast_params
 
     recording, _ = small_recording
     sorting = ss.run_sorter("ssae", recording, folder=tmp_path / "ssae", **ssae_fast_params(sorter_device))

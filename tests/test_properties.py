@@ -17,7 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 from spikeinterface_elvisort.params import DEFAULT_PARAMS, PARAMS, check_params  # noqa: E402
 from spikeinterface_elvisort.snippets import extract_snippets  # noqa: E402
 
-from test_stages import _expected_snippets, _peaks, _probe_recording  # noqa: E402
+from conftest import expected_snippets, peaks_at, probe_recording  # noqa: E402
 
 BOUNDS = {name: param.bounds for name, param in PARAMS.items() if param.bounds is not None}
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -124,11 +124,11 @@ EVENT = st.integers(0, 1).flatmap(
 @given(events=st.lists(EVENT, min_size=1, max_size=12), chunk_samples=st.integers(1, 200))
 def test_snippets_at_segment_edges_are_exact(events, chunk_samples):
     segments = _segments()
-    recording = _probe_recording(segments)
+    recording = probe_recording(segments)
     segment_index, samples, channels = (list(column) for column in zip(*events))
-    peaks = _peaks(samples=samples, channels=channels, segments=segment_index)
+    peaks = peaks_at(samples=samples, channels=channels, segments=segment_index)
     snippets = extract_snippets(recording, peaks, NEIGHBOURS, NBEFORE, NAFTER, chunk_samples=chunk_samples)
-    expected = _expected_snippets(segments, peaks, NEIGHBOURS, NBEFORE, NAFTER)
+    expected = expected_snippets(segments, peaks, NEIGHBOURS, NBEFORE, NAFTER)
     np.testing.assert_array_equal(snippets, expected)
     # samples outside the segment are zeros, never the other segment's samples
     for index, (segment, sample) in enumerate(zip(segment_index, samples)):

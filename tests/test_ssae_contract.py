@@ -8,7 +8,6 @@ the defaults anyway: one sorter run, both checks.
 
 from __future__ import annotations
 
-import copy
 import csv
 
 import numpy as np
@@ -17,25 +16,9 @@ import pytest
 import spikeinterface.sorters as ss
 from spikeinterface.sorters.utils import SpikeSortingError
 
-from spikeinterface_elvisort.ssae.params import SSAE_DEFAULT_PARAMS
+from conftest import ssae_fast_params
 
 STAGES = ("preprocessing", "detection", "hybrid", "cleaner", "training", "clustering", "labelling", "clean-up")
-
-
-def ssae_defaults(device: str | None = None) -> dict:
-    params = copy.deepcopy(SSAE_DEFAULT_PARAMS)
-    if device is not None:
-        params["device"] = device
-    return params
-
-
-def ssae_fast_params(device: str = "cpu", **overrides) -> dict:
-    """Defaults shrunk so that a 4-channel, 10-20 s recording sorts in seconds."""
-    params = ssae_defaults(device)
-    params.update(train_epochs=3, train_max_snippets=600, hybrid_num_templates=8, hybrid_spikes_per_template=40,
-                  train_cleaner_epochs=3, torch_threads=1)
-    params.update(overrides)
-    return params
 
 
 def spikes_are_valid(sorting, recording):

@@ -8,10 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from spikeinterface.core import NumpyRecording
 from spikeinterface.core.node_pipeline import base_peak_dtype
 
-from conftest import fast_params
+from conftest import expected_snippets, fast_params, peaks_at, probe_recording
 
 from spikeinterface_elvisort.clustering import cluster_latents, gmm_bic
 from spikeinterface_elvisort.curation import (
@@ -23,25 +22,6 @@ from spikeinterface_elvisort.results import to_sorting
 from spikeinterface_elvisort.snippets import channel_neighbours, extract_snippets, noise_peaks
 
 FS = 30_000.0
-
-
-def _probe_recording(traces_list, sampling_frequency=FS):
-    from probeinterface import generate_linear_probe
-
-    num_channels = traces_list[0].shape[1]
-    recording = NumpyRecording([t.astype(np.float32) for t in traces_list], sampling_frequency)
-    probe = generate_linear_probe(num_elec=num_channels, ypitch=20)
-    probe.set_device_channel_indices(np.arange(num_channels))
-    recording.set_probe(probe)  # in place since SpikeInterface 0.105
-    return recording
-
-
-def _peaks(samples, channels, segments=None):
-    peaks = np.zeros(len(samples), dtype=base_peak_dtype)
-    peaks["sample_index"] = samples
-    peaks["channel_index"] = channels
-    peaks["segment_index"] = 0 if segments is None else segments
-    return peaks
 
 
 # -- detection ---------------------------------------------------------------------------------------------------
@@ -65,7 +45,7 @@ def planted(request):
         for other in range(4):
             scale = {0: 1.0, 1: 0.4}.get(abs(other - channel), 0.0)
             traces[sample - 2 : sample + 3, other] += sign * AMPLITUDE * scale * shape
-    return _probe_recording([traces]), sign
+    return probe_recording([traces]), sign
 
 
 @pytest.mark.parametrize("planted", [-1.0, 1.0], ids=["neg", "pos"], indirect=True)
@@ -92,7 +72,7 @@ def test_detect_spikes_keeps_segments_and_sorts_by_segment_then_sample(method):
     planted = [(0, 15_000, 2), (0, 300, 0), (1, 100, 1), (1, 35_000, 3)]
     for segment, sample, channel in planted:
         segments[segment][sample, channel] -= 30.0
-    recording = _probe_recording(segments)
+    recording = probe_recording(segments)
     peaks = detect_spikes(recording, np.ones(4), method=method, detect_threshold=8.0)
     expected = sorted(planted)
     assert peaks["segment_index"].tolist() == [p[0] for p in expected]
@@ -120,13 +100,13 @@ def test_locally_exclusive_detection_finds_spikeinterfaces_peaks(peak_sign):
 
 
 def test_detect_spikes_rejects_an_unknown_method():
-    recording = _probe_recording([np.zeros((1000, 4))])
+    recording = probe_recording([np.zeros((1000, 4))])
     with pytest.raises(ValueError, match="method"):
         detect_spikes(recording, np.ones(4), method="nope")
 
 
 def test_detect_spikes_on_silence_finds_nothing():
-    recording = _probe_recording([np.zeros((3000, 4))])
+    recording = probe_recording([np.zeros((3000, 4))])
     for method in ("locally_exclusive", "algorithm1"):
         peaks = detect_spikes(recording, np.ones(4), method=method)
         assert peaks.size == 0
@@ -195,23 +175,13 @@ def _ramp(num_samples, num_channels, sign=1.0):
     return sign * (t * 100.0 + c)
 
 
-def _expected_snippets(segments, peaks, neighbours, nbefore, nafter):
-    expected = np.zeros((peaks.size, nbefore + nafter, neighbours.shape[1]), dtype=np.float32)
-    for i, peak in enumerate(peaks):
-        traces = segments[peak["segment_index"]]
-        for j, sample in enumerate(range(peak["sample_index"] - nbefore, peak["sample_index"] + nafter)):
-            if 0 <= sample < traces.shape[0]:
-                expected[i, j] = traces[sample, neighbours[peak["channel_index"]]]
-    return expected
-
-
 @pytest.mark.parametrize("chunk_samples", [7, 30_000])
 def test_extract_snippets_exact_values_edges_and_segments(chunk_samples):
     segments = [_ramp(200, 4), _ramp(120, 4, sign=-1.0)]
-    recording = _probe_recording(segments)
+    recording = probe_recording(segments)
     neighbours = np.array([[0, 1], [0, 1], [1, 2], [2, 3]])
     # unsorted, both segments, events at the first and last samples and next to them
-    peaks = _peaks(
+    peaks = peaks_at(
         samples=[50, 0, 199, 1, 198, 0, 119, 60, 50],
         channels=[2, 0, 3, 1, 2, 3, 0, 1, 2],
         segments=[0, 0, 0, 0, 0, 1, 1, 1, 1],
@@ -220,7 +190,7 @@ def test_extract_snippets_exact_values_edges_and_segments(chunk_samples):
     snippets = extract_snippets(recording, peaks, neighbours, nbefore, nafter, chunk_samples=chunk_samples)
     assert snippets.dtype == np.float32
     assert snippets.shape == (peaks.size, nbefore + nafter, 2)
-    expected = _expected_snippets([s.astype(np.float32) for s in segments], peaks, neighbours, nbefore, nafter)
+    expected = expected_snippets([s.astype(np.float32) for s in segments], peaks, neighbours, nbefore, nafter)
     np.testing.assert_array_equal(snippets, expected)
     # spot checks of the padding: the first event's window starts 5 samples before the segment
     assert np.all(snippets[1, :nbefore] == 0) and snippets[1, nbefore, 0] == 0.0 and snippets[1, nbefore, 1] == 1.0
@@ -229,18 +199,18 @@ def test_extract_snippets_exact_values_edges_and_segments(chunk_samples):
 
 
 def test_extract_snippets_with_no_peaks():
-    recording = _probe_recording([_ramp(100, 4)])
-    snippets = extract_snippets(recording, _peaks([], []), np.array([[0, 1]] * 4), 3, 4)
+    recording = probe_recording([_ramp(100, 4)])
+    snippets = extract_snippets(recording, peaks_at([], []), np.array([[0, 1]] * 4), 3, 4)
     assert snippets.shape == (0, 7, 2)
 
 
 def test_noise_peaks_stay_away_from_every_peak():
     segments = [np.zeros((20_000, 4)), np.zeros((10_000, 4))]
-    recording = _probe_recording(segments)
+    recording = probe_recording(segments)
     rng = np.random.default_rng(0)
     samples = np.concatenate([np.sort(rng.choice(20_000, 40, replace=False)), np.sort(rng.choice(10_000, 20, replace=False))])
     segment_of = np.r_[np.zeros(40, int), np.ones(20, int)]
-    peaks = _peaks(samples, rng.integers(0, 4, samples.size), segment_of)
+    peaks = peaks_at(samples, rng.integers(0, 4, samples.size), segment_of)
     margin = 64
     noise = noise_peaks(peaks, recording, count=100, margin=margin, rng=np.random.default_rng(1))
     assert noise.size == 100
@@ -258,10 +228,10 @@ def test_noise_peaks_stay_away_from_every_peak():
 def test_noise_peaks_with_a_radius_stay_away_from_nearby_peaks_only():
     """On a long probe with a detection somewhere at nearly every instant, the global rule finds almost no window;
     with a radius, windows sit beside distant spikes but never within ``margin`` of a spike near their channel."""
-    recording = _probe_recording([np.zeros((30_000, 40))])  # linear, 20 um pitch: 780 um
+    recording = probe_recording([np.zeros((30_000, 40))])  # linear, 20 um pitch: 780 um
     rng = np.random.default_rng(0)
     samples = np.sort(rng.choice(30_000, 3000, replace=False))  # one every 10 samples, on the top 10 channels
-    peaks = _peaks(samples, rng.integers(30, 40, samples.size))
+    peaks = peaks_at(samples, rng.integers(30, 40, samples.size))
     margin = 50
     assert noise_peaks(peaks, recording, count=200, margin=margin, rng=np.random.default_rng(1)).size < 10
     noise = noise_peaks(peaks, recording, count=200, margin=margin, rng=np.random.default_rng(1), radius_um=100.0)
@@ -273,8 +243,8 @@ def test_noise_peaks_with_a_radius_stay_away_from_nearby_peaks_only():
 
 
 def test_noise_peaks_are_reproducible():
-    recording = _probe_recording([np.zeros((10_000, 4))])
-    peaks = _peaks([1000, 5000], [0, 1])
+    recording = probe_recording([np.zeros((10_000, 4))])
+    peaks = peaks_at([1000, 5000], [0, 1])
     first = noise_peaks(peaks, recording, 30, 50, np.random.default_rng(3))
     second = noise_peaks(peaks, recording, 30, 50, np.random.default_rng(3))
     np.testing.assert_array_equal(first, second)
@@ -285,7 +255,7 @@ def test_noise_peaks_are_reproducible():
 
 @pytest.mark.parametrize("num_segments", [2, 3])
 def test_to_sorting_keeps_segments_units_and_sampling_frequency(num_segments):
-    peaks = _peaks(samples=[10, 20, 30, 40, 5, 15], channels=[0] * 6, segments=[0, 0, 0, 0, 1, 1])
+    peaks = peaks_at(samples=[10, 20, 30, 40, 5, 15], channels=[0] * 6, segments=[0, 0, 0, 0, 1, 1])
     labels = np.array([0, 1, -1, 0, 1, 1])
     unit_ids = np.array([0, 1, 2])  # unit 2 has no spikes
     sorting = to_sorting(peaks, labels, unit_ids, 25_000.0, num_segments)
@@ -303,7 +273,7 @@ def test_to_sorting_keeps_segments_units_and_sampling_frequency(num_segments):
 
 
 def test_to_sorting_with_no_spikes_keeps_the_segments():
-    peaks = _peaks(samples=[10, 20], channels=[0, 0])
+    peaks = peaks_at(samples=[10, 20], channels=[0, 0])
     sorting = to_sorting(peaks, np.array([-1, -1]), np.array([], dtype=int), 30_000.0, 2)
     assert sorting.get_num_segments() == 2
     assert sorting.get_num_units() == 0
@@ -432,8 +402,8 @@ def test_cut_groups_reads_several_groups_per_pass_as_one_at_a_time():
     from spikeinterface_elvisort.curation import _cut, _cut_groups
 
     rng = np.random.default_rng(0)
-    recording = _probe_recording([rng.normal(size=(90_000, 6))])
-    peaks = _peaks(np.sort(rng.choice(np.arange(50, 89_900), 300, replace=False)), 0)
+    recording = probe_recording([rng.normal(size=(90_000, 6))])
+    peaks = peaks_at(np.sort(rng.choice(np.arange(50, 89_900), 300, replace=False)), 0)
     noise_levels = rng.uniform(0.5, 2.0, 6)
     groups = [(np.sort(rng.choice(300, size, replace=False)), np.sort(rng.choice(6, 3, replace=False)))
               for size in (40, 0, 120, 75)]
@@ -460,8 +430,8 @@ def _two_unit_recording(seed=0, amplitudes_b=(8, 10, 6, 3)):
     scale = np.where(units == 0, rng.uniform(0.8, 1.2, units.size), 1.0)
     for time, unit, factor in zip(times, units, scale):
         traces[time - nbefore : time + nafter] += factor * shape[:, None] * shapes["ab"[unit]][None, :]
-    recording = _probe_recording([traces])
-    peaks = _peaks(times, np.where(units == 0, 0, 1))
+    recording = probe_recording([traces])
+    peaks = peaks_at(times, np.where(units == 0, 0, 1))
     return recording, peaks, units, scale, nbefore, nafter
 
 
