@@ -10,7 +10,7 @@ their log.
 Recordings (``--recordings``), each written once to a binary folder under ``--out``:
 
 * ``quickstart``: the recording of ``examples/quickstart.py`` (30 s, 8 channels, 5 units, seed 0);
-* ``32ch``: 120 s, 32 channels, 15 units, noise level 5, seed 0;
+* ``32ch``: 120 s, 32 channels, 15 units, noise level 5, seed 0 (the 32-channel recording of the static study set);
 * ``neuropixels``: the 384-channel, 60 s, 100-unit recording of the Neuropixels benchmark (seed 2026).
 
 Run nothing else meanwhile: this benchmark is about the load it makes itself.
@@ -36,24 +36,23 @@ STAGE_LINE = re.compile(r"^\S+ (?P<stage>[a-z][a-z -]*?)\s+(?P<seconds>[0-9.]+) 
 
 def make_recordings(names, folder: Path) -> dict:
     """{name: (recording, ground truth)}, written once under ``folder`` and read back from there."""
-    from spikeinterface.core import generate_ground_truth_recording, load
+    from spikeinterface.core import generate_ground_truth_recording
 
-    from spikeinterface_elvisort.benchmarks.datasets import neuropixels_set
+    from spikeinterface_elvisort.benchmarks.datasets import (
+        SAMPLING_FREQUENCY, neuropixels_set, save_dataset, static_set,
+    )
 
     recordings = {}
     for name in names:
         if name == "neuropixels":
             (recordings[name],) = neuropixels_set(folder / "neuropixels").datasets.values()
-            continue
-        target = folder / name
-        if not (target / "gt_sorting").exists():
-            options = {"quickstart": dict(durations=[30.0], num_channels=8, num_units=5),
-                       "32ch": dict(durations=[120.0], num_channels=32, num_units=15,
-                                    noise_kwargs=dict(noise_levels=5.0, strategy="on_the_fly"))}[name]
-            recording, sorting = generate_ground_truth_recording(sampling_frequency=30000.0, seed=0, **options)
-            recording.save(folder=target / "recording", overwrite=True, n_jobs=1, progress_bar=False)
-            sorting.save(folder=target / "gt_sorting", overwrite=True)
-        recordings[name] = (load(target / "recording"), load(target / "gt_sorting"))
+        elif name == "32ch":
+            (recordings[name],) = static_set(folder, seeds=(0,), channels=(32,)).datasets.values()
+        else:  # the recording of examples/quickstart.py
+            target = folder / name
+            generated = (None, None) if (target / "gt_sorting").exists() else generate_ground_truth_recording(
+                durations=[30.0], num_channels=8, num_units=5, sampling_frequency=SAMPLING_FREQUENCY, seed=0)
+            recordings[name] = save_dataset(*generated, target)
     return recordings
 
 

@@ -166,10 +166,11 @@ def cache_mode(recording, mode: str, folder: Path) -> str:
         if size < min(MAX_MEMORY_CACHE_BYTES, 0.25 * psutil.virtual_memory().available):
             return "memory"
         return "folder" if size < MAX_DISK_CACHE_FRACTION * free_disk_bytes(folder) else "no"
-    if mode == "folder" and size >= free_disk_bytes(folder):
+    free = free_disk_bytes(folder) if mode == "folder" else None
+    if mode == "folder" and size >= free:
         raise ValueError(
             f"cache_preprocessing='folder' needs {size / 2**30:.1f} GiB for the preprocessed traces but only "
-            f"{free_disk_bytes(folder) / 2**30:.1f} GiB are free under {Path(folder).absolute().parent}: free disk "
+            f"{free / 2**30:.1f} GiB are free under {Path(folder).absolute().parent}: free disk "
             "space, sort into a folder on a larger disk, or use cache_preprocessing='auto' or 'no' (no cache)"
         )
     return mode

@@ -55,14 +55,18 @@ def sorter_device(use_gpu) -> str:
     return "cuda" if use_gpu else "cpu"
 
 
+def _with_device(defaults: dict, device: str | None) -> dict:
+    params = copy.deepcopy(defaults)
+    if device is not None:
+        params["device"] = device
+    return params
+
+
 def default_params(device: str | None = None) -> dict:
     """A fresh copy of the sorter's real defaults (optionally with ``device`` set)."""
     from spikeinterface_elvisort.params import DEFAULT_PARAMS
 
-    params = copy.deepcopy(DEFAULT_PARAMS)
-    if device is not None:
-        params["device"] = device
-    return params
+    return _with_device(DEFAULT_PARAMS, device)
 
 
 def fast_params(device: str = "cpu", **overrides) -> dict:
@@ -89,10 +93,7 @@ def ssae_defaults(device: str | None = None) -> dict:
     """A fresh copy of the ssae sorter's defaults (optionally with ``device`` set)."""
     from spikeinterface_elvisort.ssae.params import SSAE_DEFAULT_PARAMS
 
-    params = copy.deepcopy(SSAE_DEFAULT_PARAMS)
-    if device is not None:
-        params["device"] = device
-    return params
+    return _with_device(SSAE_DEFAULT_PARAMS, device)
 
 
 def ssae_fast_params(device: str = "cpu", **overrides) -> dict:

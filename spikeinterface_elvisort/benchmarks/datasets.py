@@ -42,7 +42,7 @@ def num_units_for(num_channels: int) -> int:
     return max(10, (15 * num_channels) // 32)
 
 
-def _save(recording, sorting, folder: Path):
+def save_dataset(recording, sorting, folder: Path):
     """Write a generated recording (binary) and its ground truth (numpy folder) once; reload them afterwards."""
     from spikeinterface.core import load
 
@@ -88,7 +88,7 @@ def generated_set(name: str, folder: Path, seeds=(0, 1), channels=(32, 128), dur
                 num_units=num_units_for(num_channels), seed=seed,
                 noise_kwargs=dict(noise_levels=noise_level, strategy="on_the_fly"), **extra,
             )
-            study_set.datasets[dataset] = _save(recording, sorting, folder / dataset)
+            study_set.datasets[dataset] = save_dataset(recording, sorting, folder / dataset)
     return study_set
 
 
@@ -153,7 +153,7 @@ def drift_set(folder: Path, seeds=(0,), duration: float = 120.0, drift_modes=("z
                     drift_step_um=1, motion_list=[motion],
                 ),
             )
-            study_set.datasets[dataset] = _save(recording, sorting, folder / dataset)
+            study_set.datasets[dataset] = save_dataset(recording, sorting, folder / dataset)
     return study_set
 
 
@@ -193,7 +193,7 @@ def neuropixels_set(folder: Path, seeds=(2026,), durations=(60.0,), num_units: i
             for seed in seeds:
                 dataset = f"np{num_contacts}_{drift_mode}_{int(duration)}s_seed{seed}"
                 if (folder / dataset / "gt_sorting").exists():
-                    study_set.datasets[dataset] = _save(None, None, folder / dataset)
+                    study_set.datasets[dataset] = save_dataset(None, None, folder / dataset)
                     continue
                 if drift_mode == "static":
                     recording, sorting = generate_ground_truth_recording(
@@ -210,7 +210,7 @@ def neuropixels_set(folder: Path, seeds=(2026,), durations=(60.0,), num_units: i
                             drift_step_um=1, motion_list=[_drift_motion(drift_mode, duration)],
                         ),
                     )
-                study_set.datasets[dataset] = _save(recording, sorting, folder / dataset)
+                study_set.datasets[dataset] = save_dataset(recording, sorting, folder / dataset)
     return study_set
 
 
@@ -319,8 +319,8 @@ def transfer_set(folder: Path, pairs=((0, 1),), num_channels: int = 32, duration
             num_channels=num_channels, num_units=num_units_for(num_channels), durations=(duration,),
             seed_a=seed_a, seed_b=seed_b, sampling_frequency=SAMPLING_FREQUENCY,
         )
-        recording_a, gt_a = _save(recording_a, gt_a, folder / f"{dataset}_a")
-        study_set.datasets[dataset] = _save(recording_b, gt_b, folder / dataset)
+        recording_a, gt_a = save_dataset(recording_a, gt_a, folder / f"{dataset}_a")
+        study_set.datasets[dataset] = save_dataset(recording_b, gt_b, folder / dataset)
         train_folder = folder / f"{dataset}_a_train"
         notes_file = train_folder / "transfer_training.json"
         if not notes_file.exists():
