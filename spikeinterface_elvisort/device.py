@@ -41,6 +41,12 @@ def resolve_device(device: str = "auto"):
     return device
 
 
+def uses_mixed_precision(setting, device) -> bool:
+    """The ``mixed_precision`` parameter's rule: True always, False never, "auto" on CUDA only (bfloat16/float16
+    autocast gains nothing on the CPU)."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
+
+
 def seed_everything(seed: int | None) -> np.random.Generator:
     """Seed python, numpy and torch; return a numpy ``Generator`` for the caller's own draws."""
     import torch

@@ -134,3 +134,24 @@ def noise_peaks(peaks: np.ndarray, recording, count: int, margin: int, rng: np.r
     noise["channel_index"] = (np.concatenate([c[2] for c in chosen])[:noise.size] if near is not None
                               else rng.integers(0, num_channels, size=noise.size))
     return noise[np.lexsort((noise["sample_index"], noise["segment_index"]))]
+
+
+LABEL_CHUNK = 20_000  # events labelled per pass: memory of the labelling pass does not grow with the recording
+
+
+def sample_training_events(num_events: int, max_events: int, rng: np.random.Generator) -> np.ndarray:
+    """The training subsample: sorted indices of at most ``max_events`` of ``num_events`` events, drawn without
+    replacement from ``rng`` (``params.max_training_events`` gives the bound)."""
+    return np.sort(rng.choice(num_events, size=min(max_events, num_events), replace=False))
+
+
+def label_in_chunks(recording, peaks: np.ndarray, neighbours: np.ndarray, nbefore: int, nafter: int, label,
+                    chunk: int = LABEL_CHUNK) -> np.ndarray:
+    """Every event's label, ``chunk`` events at a time: ``label(snippets, events)`` gets the snippets of the events
+    at ``peaks[events]`` (a slice) and returns their labels (int64), so that memory does not grow with the
+    recording."""
+    labels = np.empty(peaks.size, dtype=np.int64)
+    for start in range(0, peaks.size, chunk):
+        events = slice(start, start + chunk)
+        labels[events] = label(extract_snippets(recording, peaks[events], neighbours, nbefore, nafter), events)
+    return labels

@@ -1,4 +1,5 @@
-"""SpikeInterface adapters: thin, stateless sorter classes; the algorithm lives in pipeline.py."""
+"""SpikeInterface adapters: thin, stateless sorter classes; the algorithms live in pipeline.py (elvisort) and
+ssae/pipeline.py, on the shared stages of front_end.py and cleanup.py."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def test_merge_noise_corrected_is_on_for_ssae_and_reaches_the_merge(monkeypatch)
     from spikeinterface.core import generate_ground_truth_recording
     from spikeinterface.core.node_pipeline import base_peak_dtype
 
-    from spikeinterface_elvisort import pipeline
+    from spikeinterface_elvisort import cleanup
 
     assert SSAE_DEFAULT_PARAMS["merge_noise_corrected"] is True and PARAMS["merge_noise_corrected"].default is True
     seen = []
@@ -132,7 +132,7 @@ def test_merge_noise_corrected_is_on_for_ssae_and_reaches_the_merge(monkeypatch)
         seen.append(noise_levels)
         return np.arange(templates.shape[0])
 
-    monkeypatch.setattr(pipeline, "merge_similar_units", merge)
+    monkeypatch.setattr(cleanup, "merge_similar_units", merge)
     recording, sorting = generate_ground_truth_recording(num_channels=4, durations=[5.0], num_units=2, seed=0)
     spikes = sorting.to_spike_vector()
     peaks = np.zeros(spikes.size, dtype=base_peak_dtype)
@@ -140,6 +140,6 @@ def test_merge_noise_corrected_is_on_for_ssae_and_reaches_the_merge(monkeypatch)
     noise_levels = np.ones(4)
     for value in (False, True):
         params = check_ssae_params(dict(ssae_defaults(), merge_noise_corrected=value, merge_split_test=False))
-        pipeline._merge_near_identical(recording, peaks, spikes["unit_index"], 2, 20, 40, noise_levels, params,
-                                       {"n_jobs": 1, "progress_bar": False})
+        cleanup.merge_near_identical(recording, peaks, spikes["unit_index"], 2, 20, 40, noise_levels, params,
+                                     {"n_jobs": 1, "progress_bar": False})
     assert seen[0] is None and seen[1] is noise_levels

@@ -1,5 +1,5 @@
-"""The ``ssae`` data flow, top to bottom. Front end and clean-up are elvisort's (``pipeline._front_end`` and
-``pipeline._clean_up``); the model, its training and the clustering are ssae's own:
+"""The ``ssae`` data flow, top to bottom. Front end and clean-up are the package's shared stages
+(``front_end.run_front_end`` and ``cleanup.clean_up``); the model, its training and the clustering are ssae's own:
 
 hybrid labelled set -> cleaner -> semi-supervised ensemble -> (Atom fine-tuning) -> BIC ensemble clustering ->
 labels of every event -> clean-up.
@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..checks import check_recording
-from ..device import blas_threads, resolve_device, seed_everything, thread_summary, torch_threads
+from ..cleanup import clean_up, merge_near_identical
+from ..device import blas_threads, resolve_device, seed_everything, torch_threads, uses_mixed_precision
+from ..front_end import StageLog, drop_cache, filtering_kwargs, log_run_start, run_front_end
 from ..inference import encode
 from ..models import build_model
-from ..params import blas_thread_limit, sorter_job_kwargs
+from ..params import blas_thread_limit, max_training_events
 from ..preprocessing import preprocess
-from ..params import max_training_events
-from ..pipeline import LABEL_CHUNK, _clean_up, _front_end, _merge_near_identical, _Stages
 from ..results import ModelSettings, save_arrays, save_checkpoint, save_history, to_sorting
-from ..snippets import channel_neighbours, extract_snippets, window_samples
+from ..snippets import channel_neighbours, extract_snippets, label_in_chunks, sample_training_events
 from ..training import TrainConfig, train_model
 from .cleaning import reject_noise, train_cleaner
 from .clustering import BicEnsembleClustering, probe_regions
@@ -64,19 +64,10 @@ def run_ssae(recording, params: dict, folder: Path, verbose: bool = False):
 
 
 def _run(recording, params, folder, verbose, device, rng):
-    stages = _Stages()
-    job_kwargs = sorter_job_kwargs(params["job_kwargs"], verbose)
-    sampling_frequency = recording.sampling_frequency
-    num_segments = recording.get_num_segments()
-    nbefore, nafter = window_samples(params["ms_before"], params["ms_after"], sampling_frequency)
+    stages = StageLog()
+    job_kwargs, nbefore, nafter = log_run_start("ssae", recording, params, device, verbose)
     channel_locations = recording.get_channel_locations()[:, :2]
-    logger.info(
-        "ssae on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s, %s",
-        recording.get_num_channels(), num_segments, recording.get_total_duration(), sampling_frequency, device,
-        thread_summary(job_kwargs["n_jobs"]),
-    )
-
-    preprocessed, cache_info, noise_levels, peaks = _front_end(recording, params, folder, job_kwargs, stages)
+    preprocessed, cache_info, noise_levels, peaks = run_front_end(recording, params, folder, job_kwargs, stages)
 
     neighbours = channel_neighbours(channel_locations, params["snippet_channels"])
     learned = None
@@ -89,13 +80,13 @@ def _run(recording, params, folder, verbose, device, rng):
         logger.info("too few events to learn units from (%d): the sorting is empty", peaks.size)
 
     # clean-up, shared with elvisort: merges, weak units, template matching, auto-merge, duplicates
-    peaks_out, labels_out, num_units, templates = _clean_up(
+    peaks_out, labels_out, num_units, templates = clean_up(
         preprocessed, peaks, labels, num_units, noise_levels, nbefore, nafter, params, job_kwargs
     )
     stages.done("clean-up", "%d units, %d spikes", num_units, int((labels_out >= 0).sum()))
 
     unit_ids = np.arange(num_units)
-    sorting = to_sorting(peaks_out, labels_out, unit_ids, sampling_frequency, num_segments)
+    sorting = to_sorting(peaks_out, labels_out, unit_ids, recording.sampling_frequency, recording.get_num_segments())
     if learned is not None:
         settings = ModelSettings.for_run(recording, params, noise_levels, nbefore, nafter, cache_info)
         settings.unit_ids, settings.templates = unit_ids, templates
@@ -109,10 +100,7 @@ def _run(recording, params, folder, verbose, device, rng):
     if params["save_arrays"]:
         save_arrays(folder, peaks=peaks, labels=labels, noise_levels=noise_levels, templates=templates)
     del preprocessed
-    if cache_info["mode"] == "folder":
-        from spikeinterface.sortingcomponents.tools import clean_cache_preprocessing
-
-        clean_cache_preprocessing(cache_info)
+    drop_cache(cache_info)
     logger.info("total %.1f s", time.perf_counter() - stages.start)
     return sorting
 
@@ -126,8 +114,9 @@ def _learn_and_label(recording, preprocessed, peaks, noise_levels, neighbours, c
     batch = params["train_batch_size"]
 
     # snippets: a bounded random subsample of the events
-    num_train = min(max_training_events(params, preprocessed.get_num_channels()), peaks.size)
-    train_indices = np.sort(rng.choice(peaks.size, size=num_train, replace=False))
+    train_indices = sample_training_events(peaks.size, max_training_events(params, preprocessed.get_num_channels()),
+                                           rng)
+    num_train = train_indices.size
     train_snippets = extract_snippets(preprocessed, peaks[train_indices], neighbours, nbefore, nafter)
     stages.done("snippets", "%d training events, snippet %s", num_train, train_snippets.shape[1:])
 
@@ -179,8 +168,8 @@ def _learn_and_label(recording, preprocessed, peaks, noise_levels, neighbours, c
         input_scale=float(np.std(train_snippets)) or 1.0,
         **params["model_kwargs"],
     )
-    mixed = params["mixed_precision"] is True or (params["mixed_precision"] == "auto" and device.type == "cuda")
-    base = TrainConfig(batch_size=batch, learning_rate=params["train_learning_rate"], mixed_precision=mixed, seed=seed)
+    base = TrainConfig(batch_size=batch, learning_rate=params["train_learning_rate"],
+                       mixed_precision=uses_mixed_precision(params["mixed_precision"], device), seed=seed)
     snippets = np.concatenate([train_snippets, hybrid.snippets])
     targets = np.concatenate([np.full(num_train, -1), hybrid.labels])
     history += train_model(
@@ -222,7 +211,7 @@ def _learn_and_label(recording, preprocessed, peaks, noise_levels, neighbours, c
     wins = np.bincount(list(clustering.winners_.values()), minlength=model.num_members).tolist()
     mapping = np.arange(num_clusters)
     if num_clusters:
-        merged, num_merged = _merge_near_identical(
+        merged, num_merged = merge_near_identical(
             preprocessed, peaks[events], labels, num_clusters, nbefore, nafter, noise_levels, params, job_kwargs
         )
         for cluster in range(num_clusters):
@@ -237,18 +226,19 @@ def _learn_and_label(recording, preprocessed, peaks, noise_levels, neighbours, c
                 "num_units": 0}
 
     # one labelling pass over every event, chunk by chunk: cleaner, latents, the fitted clusters
-    final = np.empty(peaks.size, dtype=np.int64)
     rejected = 0
-    for start in range(0, peaks.size, LABEL_CHUNK):
-        chunk = slice(start, start + LABEL_CHUNK)
-        snippets = extract_snippets(preprocessed, peaks[chunk], neighbours, nbefore, nafter)
-        predicted = clustering.predict(member_latents(snippets), regions[chunk], positions[chunk])
+
+    def label(snippets, events):
+        nonlocal rejected
+        predicted = clustering.predict(member_latents(snippets), regions[events], positions[events])
         chunk_labels = np.where(predicted >= 0, mapping[np.maximum(predicted, 0)], -1)
         if cleaner_used:
             keep = reject_noise(cleaner, snippets, params["cleaner_threshold"], device, batch * 4)
             rejected += int((~keep).sum())
             chunk_labels[~keep] = -1
-        final[chunk] = chunk_labels
+        return chunk_labels
+
+    final = label_in_chunks(preprocessed, peaks, neighbours, nbefore, nafter, label)
     stages.done("labelling", "%d events labelled as spikes, %d rejected by the cleaner, %d unlabelled",
                 int((final >= 0).sum()), rejected, int((final < 0).sum()) - rejected)
     return {"model": model, "cleaner": cleaner, "cleaner_used": cleaner_used, "history": history, "labels": final,
@@ -272,15 +262,7 @@ def _strong_kept_fraction(kept, peaks, noise_levels, detect_threshold, min_event
 
 def _preprocess(recording, params):
     """The front end's preprocessing, uncached (the hybrid recording is read once)."""
-    return preprocess(
-        recording,
-        apply_preprocessing=params["apply_preprocessing"],
-        freq_min=params["freq_min"],
-        freq_max=params["freq_max"],
-        common_reference=params["common_reference"],
-        whitening=params["whitening"],
-        seed=int(params["seed"]),
-    )
+    return preprocess(recording, **filtering_kwargs(params), whitening=params["whitening"], seed=int(params["seed"]))
 
 
 def _atom_fine_tuning(model, snippets, labels, base, params, device, verbose):
