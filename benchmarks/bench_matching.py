@@ -1,8 +1,8 @@
 """Template matching in threads and in forked worker processes: the clean-up's matching step alone.
 
-Each recording is preprocessed as the sorter does it (``pipeline._front_end`` with the default parameters: filter,
+Each recording is preprocessed as the sorter does it (``front_end.run_front_end`` with the default parameters: filter,
 common reference, whitening, cached in shared memory), its ground-truth units' templates are computed on the
-preprocessed traces, and ``pipeline._match`` (circus-omp by default) finds the spikes with
+preprocessed traces, and ``cleanup.match_templates`` (circus-omp by default) finds the spikes with
 
 * ``threads``: the job kwargs of the other chunked stages (one thread per core);
 * ``processes``: what ``params.matching_job_kwargs`` gives the sorter by default on Linux (forked workers, one
@@ -10,8 +10,8 @@ preprocessed traces, and ``pipeline._match`` (circus-omp by default) finds the s
 * ``one worker``: ``n_jobs=1``.
 
 It prints the wall time of each (the best of ``--repeats``) and checks that all three find the same spikes.
-The recordings are those of ``bench_sorters.py`` (``bench_sorters.datasets``: generated ones with 32 channels and 15
-units, MEArec ones from ``bench_sorters.MEAREC_FOLDER``).
+The recordings are the package's study sets (``spikeinterface_elvisort.benchmarks.datasets``): generated ones with 32
+channels and 15 units, the MEArec ones.
 
 Examples
 --------
@@ -22,15 +22,13 @@ python benchmarks/bench_matching.py --sets static --seeds 0 1 --repeats 2
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_sorters import datasets  # noqa: E402
-from spikeinterface_elvisort.benchmarks.runner import versions  # noqa: E402
+from spikeinterface_elvisort.benchmarks.datasets import recordings_of_sets
+from spikeinterface_elvisort.benchmarks.runner import versions
 
 
 def time_matching(recording, sorting, method, repeats, work):
@@ -38,12 +36,13 @@ def time_matching(recording, sorting, method, repeats, work):
 
     from spikeinterface_elvisort.curation import compute_templates
     from spikeinterface_elvisort.params import DEFAULT_PARAMS, matching_job_kwargs, sorter_job_kwargs
-    from spikeinterface_elvisort.pipeline import _drop_cache, _front_end, _Stages, _match
+    from spikeinterface_elvisort.cleanup import match_templates
+    from spikeinterface_elvisort.front_end import StageLog, drop_cache, run_front_end
     from spikeinterface_elvisort.snippets import window_samples
 
     params = dict(DEFAULT_PARAMS)
     job_kwargs = sorter_job_kwargs({}, verbose=False)
-    preprocessed, cache_info, noise_levels, _ = _front_end(recording, params, work, job_kwargs, _Stages())
+    preprocessed, cache_info, noise_levels, _ = run_front_end(recording, params, work, job_kwargs, StageLog())
     nbefore, nafter = window_samples(params["ms_before"], params["ms_after"], recording.sampling_frequency)
     spikes = sorting.to_spike_vector()
     events = np.zeros(spikes.size, dtype=base_peak_dtype)
@@ -60,13 +59,13 @@ def time_matching(recording, sorting, method, repeats, work):
         best = np.inf
         for _ in range(repeats):
             start = time.perf_counter()
-            result = _match(preprocessed, templates, noise_levels, nbefore, method, kwargs)
+            result = match_templates(preprocessed, templates, noise_levels, nbefore, method, kwargs)
             best = min(best, time.perf_counter() - start)
         times[mode], found[mode] = best, result[:2]
     same = all(np.array_equal(found[mode][0], found["threads"][0]) and
                np.array_equal(found[mode][1], found["threads"][1]) for mode in modes)
     del preprocessed
-    _drop_cache(cache_info)
+    drop_cache(cache_info)
     return times, found["threads"][0].size, same, modes["processes"].get("pool_engine", "thread")
 
 
@@ -74,8 +73,8 @@ def main(argv=None):
     import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", nargs="+", default=["static", "lowsnr", "mearec"],
-                        choices=["static", "lowsnr", "mearec"])
+    parser.add_argument("--sets", nargs="+", default=["static", "noise10", "mearec"],
+                        choices=["static", "noise10", "lowsnr", "mearec"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--duration", type=float, default=120.0, help="seconds, generated recordings")
     parser.add_argument("--method", default="circus-omp", choices=["circus-omp", "tdc-peeler"])
@@ -87,7 +86,8 @@ def main(argv=None):
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as work:
-        for _, name, recording, sorting in datasets(args.sets, args.seeds, args.duration, Path(work) / "recordings"):
+        for _, name, recording, sorting in recordings_of_sets(args.sets, args.seeds, args.duration,
+                                                      Path(work) / "recordings"):
             times, num_spikes, same, engine = time_matching(recording, sorting, args.method, args.repeats,
                                                             Path(work) / name)
             if engine != "process":

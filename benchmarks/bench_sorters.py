@@ -9,12 +9,15 @@ quality metric on the recording).
 Examples
 --------
 python benchmarks/bench_sorters.py --sets static --seeds 0 1 --sorters elvisort ssae tridesclous2
-python benchmarks/bench_sorters.py --sets static lowsnr mearec --out benchmarks/results
-python benchmarks/bench_sorters.py --sets static lowsnr --seeds 0 1 2 --sorters elvisort --sorter-seeds 0 1 2
+python benchmarks/bench_sorters.py --sets static noise10 mearec --out benchmarks/results
+python benchmarks/bench_sorters.py --sets static noise10 --seeds 0 1 2 --sorters elvisort --sorter-seeds 0 1 2
 python benchmarks/bench_sorters.py --sets neuropixels --seeds 2026 --sorters elvisort lupin tridesclous2 \
     spykingcircus2 kilosort4 --time-limit 1800 --out /data/bench_np
 
-The neuropixels set is the package's (``spikeinterface_elvisort.benchmarks.datasets.neuropixels_set``): 384 contacts
+The recordings are the package's study sets (``spikeinterface_elvisort.benchmarks.datasets``, as in
+``elvisort-benchmark``): static (noise level 5), noise10 (noise level 10) and lowsnr (noise 10, weaker templates,
+deeper units) on 32 channels, 15 units, --duration seconds; the MEArec recordings; the neuropixels set. The
+neuropixels set is the package's (``spikeinterface_elvisort.benchmarks.datasets.neuropixels_set``): 384 contacts
 in four staggered columns, 100 units, static or drifting (--np-drift-modes), --np-durations seconds long.
 """
 
@@ -26,56 +29,12 @@ import shutil
 import time
 from pathlib import Path
 
+from spikeinterface_elvisort.benchmarks.datasets import recordings_of_sets
 from spikeinterface_elvisort.benchmarks.runner import report_header, run_in_fresh_process, unit_snr
 
 
 DEFAULT_SORTERS = ["elvisort", "ssae", "tridesclous2", "spykingcircus2", "lupin", "kilosort4"]
 OURS = ("elvisort", "ssae")  # the sorters --sorter-seeds applies to
-MEAREC_FOLDER = Path("/tmp/mearec_recordings/dev")
-
-
-def generated(seed: int, duration: float, noise_level: float, num_channels: int = 32, num_units: int = 15):
-    from spikeinterface.core import generate_ground_truth_recording
-
-    return generate_ground_truth_recording(
-        durations=[duration],
-        sampling_frequency=30000.0,
-        num_channels=num_channels,
-        num_units=num_units,
-        noise_kwargs=dict(noise_levels=noise_level, strategy="on_the_fly"),
-        seed=seed,
-    )
-
-
-def datasets(sets, seeds, duration, folder, np_options=None):
-    """Yield (set name, dataset name, recording, ground-truth sorting). ``np_options``: durations, units and
-    drift_modes of the neuropixels set."""
-    for name in sets:
-        if name in ("static", "lowsnr"):
-            noise = 5.0 if name == "static" else 10.0
-            for seed in seeds:
-                recording, sorting = generated(seed, duration, noise)
-                # generated recordings are lazy and not serialisable for run_sorter: write them once, for everyone
-                recording = recording.save(folder=folder / f"{name}_seed{seed}", overwrite=True, n_jobs=1)
-                yield name, f"{name}_seed{seed}", recording, sorting
-        elif name == "mearec":
-            import spikeinterface.extractors as se
-
-            files = sorted(MEAREC_FOLDER.glob("*.h5"))
-            if not files:
-                print(f"# mearec: no recordings in {MEAREC_FOLDER}; run ../shared/data/mearec/make_recordings.py")
-            for file_path in files:
-                recording, sorting = se.read_mearec(file_path)
-                yield name, file_path.stem, recording, sorting
-        elif name == "neuropixels":
-            from spikeinterface_elvisort.benchmarks.datasets import neuropixels_set
-
-            study_set = neuropixels_set(folder / "neuropixels", seeds, np_options["durations"], np_options["units"],
-                                        np_options["drift_modes"])
-            for dataset, (recording, sorting) in study_set.datasets.items():
-                yield name, dataset, recording, sorting
-        else:
-            raise ValueError(f"unknown set {name!r}")
 
 
 def run_one(sorter, recording, folder, params, fresh_process=True, time_limit=None):
@@ -95,7 +54,8 @@ def run_one(sorter, recording, folder, params, fresh_process=True, time_limit=No
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", nargs="+", default=["static"], choices=["static", "lowsnr", "mearec", "neuropixels"])
+    parser.add_argument("--sets", nargs="+", default=["static"],
+                        choices=["static", "noise10", "lowsnr", "mearec", "neuropixels"])
     parser.add_argument("--np-durations", nargs="+", type=float, default=[60.0],
                         help="seconds of each recording of the neuropixels set")
     parser.add_argument("--np-units", type=int, default=100, help="units of each neuropixels recording")
@@ -136,8 +96,8 @@ def main(argv=None):
     rows = []
     recordings_folder = args.out / "recordings"
     np_options = {"durations": args.np_durations, "units": args.np_units, "drift_modes": args.np_drift_modes}
-    for set_name, dataset, recording, gt_sorting in datasets(args.sets, args.seeds, args.duration, recordings_folder,
-                                                             np_options):
+    for set_name, dataset, recording, gt_sorting in recordings_of_sets(args.sets, args.seeds, args.duration,
+                                                                       recordings_folder, np_options):
         snr = unit_snr(recording, gt_sorting)
         selected = snr.index[snr.values >= args.min_snr]
         for sorter, sorter_seed in runs:

@@ -50,7 +50,8 @@ def tiny_run(tmp_path_factory):
 def test_help_names_sets_and_options():
     process = _run_cli("--help", timeout=120)
     assert process.returncode == 0, process.stderr
-    for word in ("static", "lowsnr", "drift", "mearec", "spikeforest", "transfer", "--cases", "--params", "--out"):
+    for word in ("static", "noise10", "lowsnr", "drift", "mearec", "spikeforest", "transfer", "--cases", "--params",
+                 "--out"):
         assert word in process.stdout
 
 
@@ -172,3 +173,29 @@ def test_peak_memory_sees_an_allocation():
     result = memory.as_dict()
     assert result["added_rss_mb"] >= 40 and result["peak_rss_mb"] >= result["added_rss_mb"]
     assert np.isnan(result["peak_gpu_mb"]) or result["peak_gpu_mb"] >= 0
+
+
+def test_each_set_name_is_one_recipe_for_both_harnesses(tmp_path):
+    """The scripts of benchmarks/ build their generated sets with the package's recipes: "static" is
+    generate_ground_truth_recording on 32 channels, 15 units, noise level 5 (the earlier script's recording, sample
+    for sample); "noise10" only raises the noise; "lowsnr" also weakens and moves the templates away."""
+    from spikeinterface.core import generate_ground_truth_recording
+
+    from spikeinterface_elvisort.benchmarks.datasets import recordings_of_sets
+
+    built = {name: (dataset, recording) for name, dataset, recording, _ in
+             recordings_of_sets(["static", "noise10", "lowsnr"], [0], 2.0, tmp_path)}
+    names = [dataset for dataset, _ in built.values()]
+    assert names == ["static_ch32_seed0", "noise10_ch32_seed0", "lowsnr_ch32_seed0"]
+    reference, _ = generate_ground_truth_recording(durations=[2.0], sampling_frequency=30000.0, num_channels=32,
+                                                   num_units=15, seed=0,
+                                                   noise_kwargs=dict(noise_levels=5.0, strategy="on_the_fly"))
+    np.testing.assert_array_equal(built["static"][1].get_traces(), reference.get_traces())
+    peak = {name: float(np.abs(recording.get_traces()).max()) for name, (_, recording) in built.items()}
+    # median absolute deviation per channel, the quietest channel's: the spikes of the static set raise the others
+    noise = {name: float(np.min(np.median(np.abs(recording.get_traces()), axis=0))) / 0.6745
+             for name, (_, recording) in built.items()}
+    assert noise["static"] == pytest.approx(5.0, rel=0.1)
+    assert noise["noise10"] == pytest.approx(10.0, rel=0.1) and noise["lowsnr"] == pytest.approx(10.0, rel=0.1)
+    assert peak["lowsnr"] < peak["noise10"]
+

@@ -25,12 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-from .datasets import (MEAREC_FOLDER, drift_set, lowsnr_set, mearec_set, neuropixels_set, spikeforest_set,
-                       static_set, transfer_set)
+from .datasets import (MEAREC_FOLDER, drift_set, lowsnr_set, mearec_set, neuropixels_set, noise10_set,
+                       spikeforest_set, static_set, transfer_set)
 from .study import CASES, SPIKEFOREST, ground_truth_analyzer, open_study, run_study, select_cases
 from .tables import markdown_report, plot_accuracy_vs_snr, plot_f1_vs_xspeed, study_tables, summary_table
 
-STUDY_SETS = ("static", "lowsnr", "drift", "neuropixels", "mearec", "spikeforest", "transfer")
+STUDY_SETS = ("static", "noise10", "lowsnr", "drift", "neuropixels", "mearec", "spikeforest", "transfer")
 TRANSFER_CASE = "elvisort-transfer"
 
 
@@ -60,6 +60,8 @@ def parse_cases(names, params) -> dict:
 def build_study_set(name: str, folder: Path, args, cases: dict):
     if name == "static":
         return static_set(folder, args.seeds, args.channels, args.duration)
+    if name == "noise10":
+        return noise10_set(folder, args.seeds, args.channels, args.duration)
     if name == "lowsnr":
         return lowsnr_set(folder, args.seeds, args.channels, args.duration)
     if name == "drift":

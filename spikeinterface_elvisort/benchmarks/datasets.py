@@ -60,7 +60,8 @@ def save_dataset(recording, sorting, folder: Path):
 
 def generated_set(name: str, folder: Path, seeds=(0, 1), channels=(32, 128), duration: float = 120.0,
                   noise_level: float = 5.0, alpha=None, depth_um=None) -> StudySet:
-    """``generate_ground_truth_recording`` at several seeds and probe sizes (the "static" and "lowsnr" sets).
+    """``generate_ground_truth_recording`` at several seeds and probe sizes (the "static", "noise10" and "lowsnr"
+    sets).
 
     Parameters
     ----------
@@ -103,6 +104,12 @@ def lowsnr_set(folder: Path, seeds=(0, 1), channels=(32, 128), duration: float =
     SpikeInterface's snr on the recording, range 1.4-8.9; higher on the 300-6000 Hz band)."""
     return generated_set("lowsnr", folder, seeds, channels, duration, noise_level=10.0, alpha=(70.0, 140.0),
                          depth_um=(10.0, 30.0))
+
+
+def noise10_set(folder: Path, seeds=(0, 1), channels=(32, 128), duration: float = 120.0) -> StudySet:
+    """Generated recordings as in the static set but with noise level 10 (the generator's templates and unit depths
+    kept): the harder of the two generated sets of ``benchmarks/bench_sorters.py``, milder than "lowsnr"."""
+    return generated_set("noise10", folder, seeds, channels, duration, noise_level=10.0)
 
 
 def neuropixels1_128():
@@ -332,3 +339,23 @@ def transfer_set(folder: Path, pairs=((0, 1),), num_channels: int = 32, duration
         params = {key: value for key, value in train_params.items() if key != "training_sorting"}
         study_set.extra_cases[(case_name, dataset)] = ("elvisort", params | {"pretrained_model": str(train_folder)})
     return study_set
+
+
+def recordings_of_sets(sets, seeds, duration: float, folder: Path, np_options: dict | None = None):
+    """Yield (set name, dataset name, recording, ground-truth sorting) for the scripts of ``benchmarks/``: static,
+    noise10 and lowsnr on 32 channels (15 units, ``duration`` seconds, one per seed), the MEArec recordings, the
+    neuropixels set (``np_options``: its "durations", "units" and "drift_modes"), all written under ``folder``."""
+    generated = {"static": static_set, "noise10": noise10_set, "lowsnr": lowsnr_set}
+    for name in sets:
+        if name in generated:
+            study_set = generated[name](Path(folder) / name, seeds, channels=(32,), duration=duration)
+        elif name == "mearec":
+            study_set = mearec_set()
+        elif name == "neuropixels":
+            options = np_options or {}
+            study_set = neuropixels_set(Path(folder) / "neuropixels", seeds, options.get("durations", (60.0,)),
+                                        options.get("units", 100), options.get("drift_modes", ("static",)))
+        else:
+            raise ValueError(f"unknown set {name!r}: choose among static, noise10, lowsnr, mearec, neuropixels")
+        for dataset, (recording, sorting) in study_set.datasets.items():
+            yield name, dataset, recording, sorting
