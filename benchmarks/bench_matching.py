@@ -59,7 +59,8 @@ def time_matching(recording, sorting, method, repeats, work):
         best = np.inf
         for _ in range(repeats):
             start = time.perf_counter()
-            result = match_templates(preprocessed, templates, noise_levels, nbefore, method, kwargs)
+            result = match_templates(preprocessed, templates, noise_levels=noise_levels, nbefore=nbefore,
+                                     method=method, job_kwargs=kwargs)
             best = min(best, time.perf_counter() - start)
         times[mode], found[mode] = best, result[:2]
     same = all(np.array_equal(found[mode][0], found["threads"][0]) and

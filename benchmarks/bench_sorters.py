@@ -31,6 +31,7 @@ from pathlib import Path
 
 from spikeinterface_elvisort.benchmarks.datasets import recordings_of_sets
 from spikeinterface_elvisort.benchmarks.runner import report_header, run_in_fresh_process, unit_snr
+from spikeinterface_elvisort.benchmarks.tables import plot_accuracy_vs_wall
 
 
 DEFAULT_SORTERS = ["elvisort", "ssae", "tridesclous2", "spykingcircus2", "lupin", "kilosort4"]
@@ -147,6 +148,8 @@ def main(argv=None):
     header = report_header()
     markdown = header + "\n" + table.round(3).to_markdown(index=False) + "\n\n" + summary.round(3).to_markdown() + "\n"
     (args.out / "results.md").write_text(markdown)
+    for set_name in table["set"].unique():
+        plot_accuracy_vs_wall(summary, set_name, args.out / f"accuracy_vs_wall_{set_name}.png")
     print(markdown)
 
 

@@ -29,7 +29,7 @@ class CleanedUp(NamedTuple):
     templates: np.ndarray  #: (num_units, samples, channels), full probe, on the preprocessed traces
 
 
-def merge_near_identical(recording, peaks, labels, num_units, nbefore, nafter, noise_levels, params, job_kwargs):
+def merge_near_identical(recording, peaks, labels, num_units, *, nbefore, nafter, noise_levels, params, job_kwargs):
     """Full-probe templates of the labelled events, agglomerative merge of those closer than
     ``params["merge_threshold"]`` (aligned over +-0.3 ms) that the split test does not call distinct; returns the
     relabelled events (-1 stays -1) and the new unit count."""
@@ -47,7 +47,7 @@ def merge_near_identical(recording, peaks, labels, num_units, nbefore, nafter, n
     return np.where(labels >= 0, merged[np.maximum(labels, 0)], -1), int(merged.max()) + 1
 
 
-def clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter, params, job_kwargs) -> CleanedUp:
+def clean_up(recording, peaks, labels, num_units, *, noise_levels, nbefore, nafter, params, job_kwargs) -> CleanedUp:
     """From the labelled events to the units of the sorting, as both sorters end: merge near-identical units, drop
     weak and tiny units, re-find the spikes by template matching (``params["matching_method"]``) and auto-merge,
     remove duplicate spikes and noise units (ISI violations).
@@ -85,7 +85,8 @@ def clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter,
             seed=int(params["seed"]),
         )
     labels, num_units = merge_near_identical(
-        recording, peaks, labels, num_units, nbefore, nafter, noise_levels, params, job_kwargs
+        recording, peaks, labels, num_units, nbefore=nbefore, nafter=nafter, noise_levels=noise_levels, params=params,
+        job_kwargs=job_kwargs,
     )
     templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
 
@@ -96,13 +97,13 @@ def clean_up(recording, peaks, labels, num_units, noise_levels, nbefore, nafter,
 
     if params["matching_method"] != "none" and num_units:
         peaks, labels, kept, templates_object = match_templates(
-            recording, templates, noise_levels, nbefore, params["matching_method"],
-            matching_job_kwargs(params["job_kwargs"], job_kwargs),
+            recording, templates, noise_levels=noise_levels, nbefore=nbefore, method=params["matching_method"],
+            job_kwargs=matching_job_kwargs(params["job_kwargs"], job_kwargs),
         )
         num_units = int(kept.sum())
         if params["auto_merge"] and num_units > 1:
-            labels, num_units = auto_merge(recording, peaks, labels, templates_object, noise_levels, job_kwargs,
-                                            min_spikes=params["auto_merge_min_spikes"])
+            labels, num_units = auto_merge(recording, peaks, labels, templates_object, noise_levels=noise_levels,
+                                           job_kwargs=job_kwargs, min_spikes=params["auto_merge_min_spikes"])
         templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
 
     censor = max(int(round(params["duplicate_ms"] * sampling_frequency / 1000.0)), 1)
@@ -137,12 +138,13 @@ def keep_units(labels, keep, templates):
     return labels, int(keep.sum()), templates[keep]
 
 
-def match_templates(recording, templates_array, noise_levels, nbefore, method, job_kwargs):
+def match_templates(recording, templates_array, *, noise_levels, nbefore, method, job_kwargs):
     """SpikeInterface template matching (``method``: circus-omp, tdc-peeler, ...) with the units' full-probe
     templates ``templates_array`` (units, samples, channels), sparsified first; returns (events, labels, kept unit
     mask, the sparse Templates of the kept units)."""
     from spikeinterface.core import Templates
     from spikeinterface.core.node_pipeline import base_peak_dtype
+    from spikeinterface.core.template_tools import get_template_peak_shift_on_main_channel
     from spikeinterface.sortingcomponents.matching import find_spikes_from_templates
     from spikeinterface.sortingcomponents.tools import clean_templates
 
@@ -157,11 +159,15 @@ def match_templates(recording, templates_array, noise_levels, nbefore, method, j
         is_in_uV=False,
     )
     # sparsify, and drop templates whose peak sits more than 0.2 ms off the alignment point: those come from
-    # events caught on another phase of a unit that has its own, aligned template
-    templates = clean_templates(
-        templates, sparsify_threshold=1.5, noise_levels=noise_levels, min_snr=MIN_TEMPLATE_SNR, max_jitter_ms=0.2,
-        remove_empty=True,
-    )
+    # events caught on another phase of a unit that has its own, aligned template. These are clean_templates' steps
+    # in its order (sparsify, empty, jitter, SNR), with the jitter step's peak sign given (SpikeInterface's own call
+    # leaves it out and warns on every run)
+    templates = clean_templates(templates, sparsify_threshold=1.5, noise_levels=noise_levels, remove_empty=True)
+    shifts = get_template_peak_shift_on_main_channel(templates, peak_sign="both", with_dict=False)
+    templates = templates.select_units(templates.unit_ids[np.abs(shifts) <= int(0.2 * templates.sampling_frequency
+                                                                                / 1000.0)])
+    templates = clean_templates(templates, sparsify_threshold=None, noise_levels=noise_levels,
+                                min_snr=MIN_TEMPLATE_SNR, remove_empty=False)
     kept = np.isin(np.arange(num_units), templates.unit_ids)
     method_kwargs = {"noise_levels": noise_levels} if method == "tdc-peeler" else {}
     spikes = find_spikes_from_templates(
@@ -188,7 +194,7 @@ def match_templates(recording, templates_array, noise_levels, nbefore, method, j
     return events, labels, kept, templates
 
 
-def auto_merge(recording, events, labels, templates, noise_levels, job_kwargs, min_spikes):
+def auto_merge(recording, events, labels, templates, *, noise_levels, job_kwargs, min_spikes):
     """Merge over-split units with SpikeInterface's auto-merge (template similarity, then cross-contamination
     presets at growing template differences), as Tridesclous2 and SpykingCircus2 do after matching: the steps of
     SpykingCircus2's ``final_cleaning_circus``, with units from ``min_spikes`` spikes on taking part."""

@@ -125,6 +125,18 @@ def cpu_share() -> int:
     return max(cores // workers, 1)
 
 
+def default_blas_threads() -> int:
+    """The BLAS threads of a run whose job kwargs set none: ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` or
+    ``OMP_NUM_THREADS`` when set (what the libraries start with), else :func:`cpu_share`. The run sets it explicitly:
+    a limit that other code left in the process (SpikeInterface's thread pools leave OpenBLAS at one thread) would
+    otherwise change how the matrix products round, and so the sorting."""
+    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) >= 1:
+            return int(value)
+    return cpu_share()
+
+
 def thread_summary(n_jobs: int) -> str:
     """What a run got, for its first log line: torch's CPU threads now and the chunked stages' ``n_jobs``."""
     import torch

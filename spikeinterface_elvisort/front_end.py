@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +23,7 @@ from .preprocessing import (
     estimate_motion, interpolation_kwargs, preprocess, probe_span_um, seeded_noise_levels, whiten, whiten_in_place,
     whitens,
 )
-from .snippets import window_samples
+from .snippets import channel_neighbours, window_samples
 
 logger = logging.getLogger("spikeinterface_elvisort")
 
@@ -88,6 +89,32 @@ class FrontEnd(NamedTuple):
     #: ran before whitening, "detection_noise_levels" (saved with the model)
     noise_levels: np.ndarray  #: per channel, of ``preprocessed``
     peaks: np.ndarray  #: the detected events (SpikeInterface's peak dtype); amplitudes on ``preprocessed``
+
+
+@dataclass
+class RunContext:
+    """What the learning stages of one run share, fixed once the front end has run."""
+
+    params: dict  #: the full, checked parameters
+    device: object  #: the torch device
+    rng: np.random.Generator  #: the run's generator (training subsample, noise windows)
+    job_kwargs: dict  #: the chunked stages' job kwargs
+    stages: StageLog
+    verbose: bool
+    noise_levels: np.ndarray  #: per channel, of the preprocessed traces
+    nbefore: int  #: the snippet window, in samples
+    nafter: int
+    channel_locations: np.ndarray  #: (channels, 2), um
+    neighbours: np.ndarray  #: each channel's snippet channels (``snippets.channel_neighbours``)
+
+    @classmethod
+    def of(cls, recording, params: dict, noise_levels: np.ndarray, *, device, rng, job_kwargs: dict,
+           stages: StageLog, verbose: bool) -> "RunContext":
+        """The context of a run on ``recording`` (window, channel locations and neighbours from ``params``)."""
+        nbefore, nafter = window_samples(params["ms_before"], params["ms_after"], recording.sampling_frequency)
+        channel_locations = recording.get_channel_locations()[:, :2]
+        return cls(params, device, rng, job_kwargs, stages, verbose, noise_levels, nbefore, nafter, channel_locations,
+                   channel_neighbours(channel_locations, params["snippet_channels"]))
 
 
 def filtering_kwargs(params: dict) -> dict:

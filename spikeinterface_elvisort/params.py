@@ -365,13 +365,15 @@ def _with_defaults(job_kwargs: dict) -> dict:
     return fix_job_kwargs({"n_jobs": cpu_share(), "pool_engine": "thread"} | dict(job_kwargs))
 
 
-def blas_thread_limit(job_kwargs: dict) -> int | None:
+def blas_thread_limit(job_kwargs: dict) -> int:
     """The BLAS threads a run gets (:func:`~spikeinterface_elvisort.device.blas_threads`): the user's
     ``max_threads_per_worker`` (SpikeInterface's default, 1) when the chunked stages run in threads on more than one
-    job, else no limit."""
+    job, else :func:`~spikeinterface_elvisort.device.default_blas_threads`."""
+    from .device import default_blas_threads
+
     fixed = _with_defaults(job_kwargs)
     if fixed["pool_engine"] != "thread" or fixed["n_jobs"] <= 1:
-        return None
+        return default_blas_threads()
     return fixed["max_threads_per_worker"]
 
 

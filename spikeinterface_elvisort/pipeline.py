@@ -14,14 +14,12 @@ from .cleanup import clean_up, merge_near_identical
 from .clustering import cluster_latents
 from .curation import compute_templates, split_multimodal
 from .device import blas_threads, resolve_device, seed_everything, thread_summary, torch_threads, uses_mixed_precision
-from .front_end import StageLog, drop_cache, log_run_start, run_front_end
+from .front_end import RunContext, StageLog, drop_cache, log_run_start, run_front_end
 from .inference import encode, predict_proba
 from .models import build_model
 from .params import blas_thread_limit, max_training_events, sorter_job_kwargs
 from .results import ModelSettings, save_arrays, save_checkpoint, save_history, to_sorting
-from .snippets import (
-    channel_neighbours, extract_snippets, label_in_chunks, noise_peaks, sample_training_events,
-)
+from .snippets import extract_snippets, label_in_chunks, noise_peaks, sample_training_events
 from .training import TrainConfig, train_model
 
 logger = logging.getLogger("spikeinterface_elvisort")
@@ -66,24 +64,22 @@ def _run(recording, params, folder, verbose, device, rng):
         return _sort_supervised(recording, params, folder, verbose, device, rng, stages)
     job_kwargs, nbefore, nafter = log_run_start("elvisort", recording, params, device, verbose)
     preprocessed, cache_info, noise_levels, peaks = run_front_end(recording, params, folder, job_kwargs, stages)
+    run = RunContext.of(recording, params, noise_levels, device=device, rng=rng, job_kwargs=job_kwargs, stages=stages,
+                        verbose=verbose)
 
-    channel_locations = recording.get_channel_locations()[:, :2]
-    neighbours = channel_neighbours(channel_locations, params["snippet_channels"])
     num_units = 0
     final_labels = np.full(peaks.size, -1, dtype=np.int64)
     history: list[dict] = []
     model = None
     if peaks.size >= 2 * params["clustering_min_cluster_size"]:
-        model, history, final_labels, num_units, training_set = _learn_and_label(
-            preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
-            job_kwargs, stages, verbose,
-        )
+        model, history, final_labels, num_units, training_set = _learn_and_label(preprocessed, peaks, run)
     else:
         logger.info("too few events to learn units from (%d): the sorting is empty", peaks.size)
 
     # clean-up: templates, merges, weak units, optional template matching, duplicates
     peaks_out, labels_out, num_units, templates = clean_up(
-        preprocessed, peaks, final_labels, num_units, noise_levels, nbefore, nafter, params, job_kwargs
+        preprocessed, peaks, final_labels, num_units, noise_levels=noise_levels, nbefore=nbefore, nafter=nafter,
+        params=params, job_kwargs=job_kwargs,
     )
     stages.done("clean-up", "%d units, %d spikes", num_units, int((labels_out >= 0).sum()))
 
@@ -91,7 +87,7 @@ def _run(recording, params, folder, verbose, device, rng):
     sorting = to_sorting(peaks_out, labels_out, unit_ids, recording.sampling_frequency, recording.get_num_segments())
     if model is not None and num_units:
         # the saved model must label events with the final units: retrain its classifier head on them
-        history += _classifier_for_units(model, training_set, sorting, params, device, verbose)
+        history += _classifier_for_units(model, training_set, sorting, run)
         stages.done("saved model", "classifier retrained on the %d final units", num_units)
         settings = ModelSettings.for_run(recording, params, noise_levels, nbefore, nafter, cache_info)
         settings.unit_ids, settings.templates = unit_ids, templates
@@ -111,13 +107,9 @@ def _sort_supervised(target, params, folder, verbose, device, rng, stages):
     labelled, recording = _read_labels(params, target)
     job_kwargs, nbefore, nafter = log_run_start("elvisort", recording, params, device, verbose)
     preprocessed, cache_info, noise_levels, peaks = run_front_end(recording, params, folder, job_kwargs, stages)
-
-    channel_locations = recording.get_channel_locations()[:, :2]
-    neighbours = channel_neighbours(channel_locations, params["snippet_channels"])
-    model, history, training_set = _learn_from_labels(
-        preprocessed, peaks, labelled, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device,
-        rng, stages, verbose,
-    )
+    run = RunContext.of(recording, params, noise_levels, device=device, rng=rng, job_kwargs=job_kwargs, stages=stages,
+                        verbose=verbose)
+    model, history, training_set = _learn_from_labels(preprocessed, peaks, labelled, run)
     templates = compute_templates(preprocessed, training_set["events"], training_set["labels"],
                                   labelled.unit_ids.size, nbefore, nafter, job_kwargs)
     settings = ModelSettings.for_run(recording, params, noise_levels, nbefore, nafter, cache_info)
@@ -129,10 +121,11 @@ def _sort_supervised(target, params, folder, verbose, device, rng, stages):
     return _sort_pretrained(target, folder / "model.pt", params, folder, verbose, device, stages, save=False)
 
 
-def _train_vae(preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
-               stages, verbose):
+def _train_vae(preprocessed, peaks, run: RunContext):
     """Training set (a bounded random subsample of the events plus noise windows for the non-spike class) and the
     unsupervised beta-VAE trained on it. Returns (model, history, training_set, base TrainConfig)."""
+    params, rng, device, stages = run.params, run.rng, run.device, run.stages
+    nbefore, nafter, neighbours, channel_locations = run.nbefore, run.nafter, run.neighbours, run.channel_locations
     seed = int(params["seed"])
     train_indices = sample_training_events(peaks.size, max_training_events(params, preprocessed.get_num_channels()),
                                            rng)
@@ -149,7 +142,7 @@ def _train_vae(preprocessed, peaks, noise_levels, neighbours, channel_locations,
         num_samples=nbefore + nafter,
         num_channels=neighbours.shape[1],
         input_scale=float(np.std(train_snippets)) or 1.0,
-        noise_level=float(np.median(noise_levels)) or 1.0,
+        noise_level=float(np.median(run.noise_levels)) or 1.0,
         **params["model_kwargs"],
     )
     base = TrainConfig(
@@ -167,24 +160,20 @@ def _train_vae(preprocessed, peaks, noise_levels, neighbours, channel_locations,
         model, training_set["snippets"],
         replace(base, epochs=params["train_epochs"], weights={"kl": model.config.beta},
                 kl_warmup_epochs=params["train_kl_warmup_epochs"], stage="vae"),
-        device, verbose=verbose,
+        device, verbose=run.verbose,
     )
     stages.done("training", "%d epochs, reconstruction %.1f, KL %.2f", params["train_epochs"],
                 history[-1]["reconstruction"], history[-1]["kl"])
     return model, history, training_set, base
 
 
-def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params,
-                     device, rng, job_kwargs, stages, verbose):
+def _learn_and_label(preprocessed, peaks, run: RunContext):
     """Train the beta-VAE on a subsample, cluster, refine with DEC, self-train the classifier, label every event."""
+    params, device, stages, verbose = run.params, run.device, run.stages, run.verbose
     if params["features"] != "vae":
-        return _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbefore, nafter, params, rng,
-                                         job_kwargs, stages)
-    positions = channel_locations[peaks["channel_index"]]
-    model, history, training_set, base = _train_vae(
-        preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
-        stages, verbose,
-    )
+        return _learn_and_label_features(preprocessed, peaks, run)
+    positions = run.channel_locations[peaks["channel_index"]]
+    model, history, training_set, base = _train_vae(preprocessed, peaks, run)
     beta = model.config.beta
     num_train = training_set["num_events"]
     train_events = training_set["events"]
@@ -194,8 +183,7 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
 
     # latent clustering, per peak channel, then merge clusters whose full-probe templates are near-identical
     latents = encode(model, train_snippets, device, batch_size=params["train_batch_size"] * 4)
-    labels, num_clusters = _cluster(preprocessed, latents, train_events, noise_levels, nbefore, nafter, params,
-                                    job_kwargs, stages)
+    labels, num_clusters = _cluster(preprocessed, latents, train_events, run)
     if num_clusters == 0:
         return model, history, np.full(peaks.size, -1, dtype=np.int64), 0, training_set
 
@@ -232,16 +220,17 @@ def _learn_and_label(preprocessed, peaks, noise_levels, neighbours, channel_loca
         return np.argmax(predict_proba(model, snippets, positions[events], device, params["train_batch_size"] * 4),
                          axis=1)
 
-    final_labels = label_in_chunks(preprocessed, peaks, neighbours, nbefore, nafter, classify)
+    final_labels = label_in_chunks(preprocessed, peaks, run.neighbours, run.nbefore, run.nafter, classify)
     final_labels[final_labels == num_clusters] = -1  # the non-spike class
     stages.done("labelling", "%d events labelled as spikes, %d as noise", int((final_labels >= 0).sum()),
                 int((final_labels < 0).sum()))
     return model, history, final_labels, num_clusters, training_set
 
 
-def _cluster(preprocessed, features, train_events, noise_levels, nbefore, nafter, params, job_kwargs, stages):
+def _cluster(preprocessed, features, train_events, run: RunContext):
     """Cluster the training events' features per peak channel, split clusters that hold two populations, merge
     near-identical ones; returns (labels, number of clusters), -1 = noise."""
+    params, noise_levels, nbefore, nafter = run.params, run.noise_levels, run.nbefore, run.nafter
     seed = int(params["seed"])
     labels = cluster_latents(
         features,
@@ -260,24 +249,26 @@ def _cluster(preprocessed, features, train_events, noise_levels, nbefore, nafter
     num_split = num_clusters
     if num_clusters:
         labels, num_clusters = merge_near_identical(
-            preprocessed, train_events, labels, num_clusters, nbefore, nafter, noise_levels, params, job_kwargs
+            preprocessed, train_events, labels, num_clusters, nbefore=nbefore, nafter=nafter,
+            noise_levels=noise_levels, params=params, job_kwargs=run.job_kwargs,
         )
-    stages.done("clustering", "%d clusters (%s), %d after splits, %d after merging near-identical ones, %d events "
+    run.stages.done("clustering", "%d clusters (%s), %d after splits, %d after merging near-identical ones, %d events "
                 "as noise", num_found, params["clustering_method"], num_split, num_clusters, int((labels < 0).sum()))
     return labels, num_clusters
 
 
-def _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbefore, nafter, params, rng,
-                              job_kwargs, stages):
+def _learn_and_label_features(preprocessed, peaks, run: RunContext):
     """The ablation of the latent (features="pca" | "raw"): the same training subsample, clustering and merge of
     near-identical clusters as the beta-VAE path, on PCA features or raw waveforms; every event then takes the
     label of the nearest cluster centroid of its peak channel (no network, no DEC, no classifier, no model.pt)."""
     from .features import fit_features, group_centroids, nearest_centroid
     from .models.config import BetaVAEConfig
 
+    params, noise_levels, neighbours = run.params, run.noise_levels, run.neighbours
+    nbefore, nafter = run.nbefore, run.nafter
     seed = int(params["seed"])
     train_indices = sample_training_events(peaks.size, max_training_events(params, preprocessed.get_num_channels()),
-                                           rng)
+                                           run.rng)
     num_train = train_indices.size
     train_events = peaks[train_indices]
     train_snippets = extract_snippets(preprocessed, train_events, neighbours, nbefore, nafter)
@@ -286,11 +277,10 @@ def _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbe
     transform = fit_features(train_snippets, params["features"], config.latent_dim + config.upper_latent_dim,
                              scale=float(np.median(noise_levels)) or 1.0, seed=seed)
     features = transform(train_snippets)
-    stages.done("features", "%s features of %d training events: %d dimensions", params["features"], num_train,
+    run.stages.done("features", "%s features of %d training events: %d dimensions", params["features"], num_train,
                 features.shape[1])
 
-    labels, num_clusters = _cluster(preprocessed, features, train_events, noise_levels, nbefore, nafter, params,
-                                    job_kwargs, stages)
+    labels, num_clusters = _cluster(preprocessed, features, train_events, run)
     final_labels = np.full(peaks.size, -1, dtype=np.int64)
     if num_clusters == 0:
         return None, [], final_labels, 0, None
@@ -300,22 +290,19 @@ def _learn_and_label_features(preprocessed, peaks, noise_levels, neighbours, nbe
         preprocessed, peaks, neighbours, nbefore, nafter,
         lambda snippets, events: nearest_centroid(transform(snippets), peaks["channel_index"][events], centroids),
     )
-    stages.done("labelling", "%d events labelled by nearest centroid, %d on channels without clusters",
+    run.stages.done("labelling", "%d events labelled by nearest centroid, %d on channels without clusters",
                 int((final_labels >= 0).sum()), int((final_labels < 0).sum()))
     return None, [], final_labels, num_clusters, None
 
 
-def _learn_from_labels(preprocessed, peaks, labelled, noise_levels, neighbours, channel_locations, nbefore, nafter,
-                       params, device, rng, stages, verbose):
+def _learn_from_labels(preprocessed, peaks, labelled, run: RunContext):
     """Supervised, as in the paper: the beta-VAE, then encoder and classifier branch trained on the labels (an event
     within 0.4 ms of a labelled spike takes its unit; other events and the noise windows are the non-spike class)."""
     if peaks.size < 2:
         raise ValueError(f"only {peaks.size} event(s) detected in the labelled recording: nothing to train on (check "
                          "detect_threshold and that the recording holds spikes)")
-    model, history, training_set, base = _train_vae(
-        preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter, params, device, rng,
-        stages, verbose,
-    )
+    params, device, verbose = run.params, run.device, run.verbose
+    model, history, training_set, base = _train_vae(preprocessed, peaks, run)
     labels, targets = _label_training_set(model, training_set, labelled)
     history += train_model(
         model, training_set["snippets"],
@@ -328,20 +315,21 @@ def _learn_from_labels(preprocessed, peaks, labelled, noise_levels, neighbours, 
         device, labels=targets, positions=training_set["positions"], verbose=verbose,
     )
     training_set["labels"] = labels
-    stages.done("supervised", "%d of %d training events labelled, %d units", int((labels >= 0).sum()), labels.size,
+    run.stages.done("supervised", "%d of %d training events labelled, %d units", int((labels >= 0).sum()), labels.size,
                 labelled.unit_ids.size)
     return model, history, training_set
 
 
-def _classifier_for_units(model, training_set, sorting, params, device, verbose):
+def _classifier_for_units(model, training_set, sorting, run: RunContext):
     """Retrain the classifier head alone so that its classes are ``sorting``'s units (+ the non-spike class): the
     training events take the unit of a final spike within 0.4 ms, the others and the noise windows are non-spikes."""
+    params = run.params
     _, targets = _label_training_set(model, training_set, sorting)
     config = TrainConfig(epochs=params["train_classifier_epochs"], batch_size=params["train_batch_size"],
                          learning_rate=params["train_learning_rate"], trainable="classifier", seed=int(params["seed"]),
                          stage="final classifier", class_balance=1.0)
-    return train_model(model, training_set["snippets"], config, device, labels=targets,
-                       positions=training_set["positions"], verbose=verbose)
+    return train_model(model, training_set["snippets"], config, run.device, labels=targets,
+                       positions=training_set["positions"], verbose=run.verbose)
 
 
 def _label_training_set(model, training_set, sorting):
@@ -358,7 +346,7 @@ def _label_training_set(model, training_set, sorting):
     return labels, targets
 
 
-def _sort_pretrained(recording, model_path, params, folder, verbose, device, stages, save=True):
+def _sort_pretrained(recording, model_path, params, folder, verbose, device, stages, *, save=True):
     """Inference only: the model saved at ``model_path``, with its settings, detection and classifier (see
     ElvisortModel.sort)."""
     from .instant import load_model

@@ -145,7 +145,7 @@ def sample_training_events(num_events: int, max_events: int, rng: np.random.Gene
     return np.sort(rng.choice(num_events, size=min(max_events, num_events), replace=False))
 
 
-def label_in_chunks(recording, peaks: np.ndarray, neighbours: np.ndarray, nbefore: int, nafter: int, label,
+def label_in_chunks(recording, peaks: np.ndarray, neighbours: np.ndarray, nbefore: int, nafter: int, label, *,
                     chunk: int = LABEL_CHUNK) -> np.ndarray:
     """Every event's label, ``chunk`` events at a time: ``label(snippets, events)`` gets the snippets of the events
     at ``peaks[events]`` (a slice) and returns their labels (int64), so that memory does not grow with the

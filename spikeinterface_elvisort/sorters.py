@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -78,7 +79,10 @@ class ElvisortSorter(ComponentsBasedSorter):
         incomplete = sorter_output_folder / "sorting.incomplete"
         if incomplete.exists():
             shutil.rmtree(incomplete)
-        sorting.save(folder=incomplete)
+        with warnings.catch_warnings():
+            # the sorting is built in memory (a NumpySorting): it has no provenance to save, SpikeInterface warns
+            warnings.filterwarnings("ignore", message="The extractor is not serializable")
+            sorting.save(folder=incomplete)
         os.replace(incomplete, sorter_output_folder / "sorting")
 
     @classmethod

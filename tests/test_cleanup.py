@@ -151,8 +151,8 @@ def test_clean_up_at_128_channels_equals_the_all_pairs_version(monkeypatch, coun
 
     def clean_up():
         counted_distances.clear()
-        result = cleanup.clean_up(preprocessed, peaks, labels, 40, noise_levels, nbefore, nafter, params,
-                                  job_kwargs)
+        result = cleanup.clean_up(preprocessed, peaks, labels, 40, noise_levels=noise_levels, nbefore=nbefore,
+                                  nafter=nafter, params=params, job_kwargs=job_kwargs)
         return result, len(counted_distances)
 
     (peaks_new, labels_new, units_new, templates_new), compared = clean_up()
@@ -191,8 +191,8 @@ def test_auto_merge_maps_units_when_spikes_are_censored(monkeypatch):
 
     monkeypatch.setattr(cleanup, "_merged_sorting", fake_merge)
     recording = SimpleNamespace(sampling_frequency=30000.0)
-    merged, num_units = cleanup.auto_merge(recording, events, labels, SimpleNamespace(unit_ids=np.arange(3)), None,
-                                             {}, min_spikes=10)
+    merged, num_units = cleanup.auto_merge(recording, events, labels, SimpleNamespace(unit_ids=np.arange(3)),
+                                           noise_levels=None, job_kwargs={}, min_spikes=10)
     assert num_units == 2
     assert merged.tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 1]
 
@@ -225,9 +225,11 @@ def test_auto_merge_joins_a_small_piece_of_a_unit_from_min_spikes_on():
                           unit_ids=np.arange(3), probe=recording.get_probe(), is_in_uV=False)
     noise_levels = get_noise_levels(recording, return_in_uV=False, random_slices_kwargs={"seed": 0})
     job_kwargs = {"n_jobs": 1}
-    _, count_apart = auto_merge(recording, events, labels, templates, noise_levels, job_kwargs, min_spikes=100)
+    _, count_apart = auto_merge(recording, events, labels, templates, noise_levels=noise_levels,
+                                job_kwargs=job_kwargs, min_spikes=100)
     assert count_apart == 3
-    merged, count = auto_merge(recording, events, labels, templates, noise_levels, job_kwargs, min_spikes=10)
+    merged, count = auto_merge(recording, events, labels, templates, noise_levels=noise_levels,
+                               job_kwargs=job_kwargs, min_spikes=10)
     assert count == 2
     assert np.unique(merged[truth == 0]).size == 1  # the piece is back with unit 0 ...
     assert merged[truth == 0][0] != merged[truth == 1][0]  # ... and unit 1 is another unit
@@ -254,7 +256,8 @@ templates = Templates(templates_array=array, sampling_frequency=recording.sampli
                       sparsity_mask=np.ones((3, 4), dtype=bool), channel_ids=recording.channel_ids,
                       unit_ids=np.arange(3), probe=recording.get_probe(), is_in_uV=False)
 noise_levels = get_noise_levels(recording, return_in_uV=False, random_slices_kwargs={"seed": 0})
-_, count = merge_units(recording, events, labels, templates, noise_levels, {"n_jobs": 1}, min_spikes=10)
+_, count = merge_units(recording, events, labels, templates, noise_levels=noise_levels, job_kwargs={"n_jobs": 1},
+                       min_spikes=10)
 compiled = [name for name, kernel in [
     ("compute_nb_violations", auto_merge.compute_nb_violations),
     ("compute_nb_coincidence", auto_merge.compute_nb_coincidence),
@@ -300,7 +303,8 @@ def test_template_matching_finds_the_same_spikes_in_forked_processes_as_in_threa
     noise_levels = np.ones(8, dtype=np.float32)
     base = {"chunk_duration": "1s", "progress_bar": False, "n_jobs": 2}
     found = [
-        match_templates(recording, templates, noise_levels, 30, "circus-omp", base | extra)[:2]
+        match_templates(recording, templates, noise_levels=noise_levels, nbefore=30, method="circus-omp",
+                        job_kwargs=base | extra)[:2]
         for extra in ({"pool_engine": "process", "mp_context": "fork"}, {"pool_engine": "thread"}, {"n_jobs": 1})
     ]
     assert found[0][0].size > 0.9 * spikes.size

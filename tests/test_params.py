@@ -15,7 +15,7 @@ from spikeinterface.sorters.utils import SpikeSortingError
 
 from spikeinterface_elvisort.params import DEFAULT_PARAMS, PARAMS, PARAMS_DESCRIPTION, STAGES, check_params
 
-from conftest import default_params
+from conftest import default_params, fast_params, make_ground_truth, save_binary
 
 
 def test_defaults_and_descriptions_have_the_same_keys():
@@ -270,7 +270,9 @@ def test_chunked_stages_use_every_core_in_threads_unless_told_otherwise():
 
 def test_blas_threads_are_limited_once_per_run_not_per_chunk():
     """In threads, SpikeInterface's per-chunk BLAS limit is off and the run limits BLAS once (device.blas_threads):
-    the user's max_threads_per_worker, SpikeInterface's default 1; processes and one job keep SpikeInterface's way."""
+    the user's max_threads_per_worker, SpikeInterface's default 1; processes and one job keep SpikeInterface's way
+    in the chunks, and the run sets BLAS to the process's default threads (never what other code left behind)."""
+    from spikeinterface_elvisort.device import default_blas_threads
     from spikeinterface_elvisort.params import blas_thread_limit, sorter_job_kwargs
 
     assert sorter_job_kwargs({"n_jobs": 2}, verbose=False)["max_threads_per_worker"] is None
@@ -278,8 +280,48 @@ def test_blas_threads_are_limited_once_per_run_not_per_chunk():
     assert blas_thread_limit({"n_jobs": 2, "max_threads_per_worker": 2}) == 2
     process = {"n_jobs": 2, "pool_engine": "process"}
     assert sorter_job_kwargs(process, verbose=False)["max_threads_per_worker"] == 1
-    assert blas_thread_limit(process) is None
-    assert blas_thread_limit({"n_jobs": 1}) is None
+    assert blas_thread_limit(process) == default_blas_threads()
+    assert blas_thread_limit({"n_jobs": 1}) == default_blas_threads()
+
+
+def test_default_blas_threads_follow_the_environment_then_the_cores(monkeypatch):
+    from spikeinterface_elvisort.device import cpu_share, default_blas_threads
+
+    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert default_blas_threads() == cpu_share()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_blas_threads() == 3
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert default_blas_threads() == 1
+
+
+def test_a_blas_limit_left_in_the_process_does_not_change_the_sorting(tmp_path):
+    """SpikeInterface's thread pools leave OpenBLAS at one thread in the process that ran them; a sort afterwards,
+    in that process, gives the sorting and the saved model of a sort in a clean process state."""
+    import numpy as np
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from spikeinterface_elvisort import load_model
+
+    # 8 channels: whitened (from 8 channels on), a matrix product large enough for OpenBLAS to thread
+    recording, _ = make_ground_truth(num_channels=8, durations=[10.0], num_units=5, seed=12)
+    recording = save_binary(recording, tmp_path / "recording")
+    params = fast_params(job_kwargs={"n_jobs": 1})
+    runs = []
+    for leftover in (None, 1):
+        limiter = None if leftover is None else threadpool_limits(limits=leftover, user_api="blas")
+        try:
+            folder = tmp_path / f"leftover_{leftover}"
+            sorting = ss.run_sorter("elvisort", recording, folder=folder, verbose=False, **params)
+        finally:
+            if limiter is not None:
+                limiter.restore_original_limits()
+        weights = load_model(folder, device="cpu").network.state_dict()
+        runs.append((sorting.to_spike_vector(), weights))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(runs[0][1][name], runs[1][1][name]) for name in runs[0][1])
 
 
 def test_template_matching_runs_in_forked_processes_unless_told_otherwise(monkeypatch):

@@ -288,3 +288,20 @@ def test_verbose_false_is_quiet_when_the_user_configured_logging(tmp_path):
         root.removeHandler(handler)
     assert "detection" in (tmp_path / "elvisort.log").read_text()
     assert stream.getvalue() == ""
+
+
+@pytest.mark.parametrize("sorter", ["elvisort", "ssae"])
+def test_a_clean_run_issues_no_warning(small_recording, tmp_path, sorter):
+    """A run on a clean recording warns about nothing the user can act on: not SpikeInterface's provenance warning
+    for the sorting we save, nor its peak-sign warning from the template clean-up before matching."""
+    import warnings
+
+    from conftest import ssae_fast_params
+
+    recording, _ = small_recording
+    params = fast_params() if sorter == "elvisort" else ssae_fast_params(train_cleaner_epochs=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sorting = ss.run_sorter(sorter, recording, folder=tmp_path / sorter, verbose=False, **params)
+    assert sorting.get_num_units() >= 1
+    assert [str(w.message) for w in caught] == []

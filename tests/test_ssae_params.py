@@ -140,6 +140,7 @@ def test_merge_noise_corrected_is_on_for_ssae_and_reaches_the_merge(monkeypatch)
     noise_levels = np.ones(4)
     for value in (False, True):
         params = check_ssae_params(dict(ssae_defaults(), merge_noise_corrected=value, merge_split_test=False))
-        cleanup.merge_near_identical(recording, peaks, spikes["unit_index"], 2, 20, 40, noise_levels, params,
-                                     {"n_jobs": 1, "progress_bar": False})
+        cleanup.merge_near_identical(recording, peaks, spikes["unit_index"], 2, nbefore=20, nafter=40,
+                                     noise_levels=noise_levels, params=params,
+                                     job_kwargs={"n_jobs": 1, "progress_bar": False})
     assert seen[0] is None and seen[1] is noise_levels

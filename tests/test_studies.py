@@ -199,3 +199,16 @@ def test_each_set_name_is_one_recipe_for_both_harnesses(tmp_path):
     assert noise["noise10"] == pytest.approx(10.0, rel=0.1) and noise["lowsnr"] == pytest.approx(10.0, rel=0.1)
     assert peak["lowsnr"] < peak["noise10"]
 
+
+
+def test_accuracy_against_wall_time_plot(tmp_path):
+    """bench_sorters.py's plot: one point per sorter of a set, written as a PNG."""
+    import pandas as pd
+
+    from spikeinterface_elvisort.benchmarks.tables import plot_accuracy_vs_wall
+
+    table = pd.DataFrame({"set": ["static"] * 3 + ["noise10"], "sorter": ["elvisort", "lupin", "elvisort", "lupin"],
+                          "accuracy": [0.99, 0.98, 0.97, 0.96], "wall_s": [30.0, 50.0, 32.0, 55.0]})
+    summary = table.groupby(["set", "sorter"]).agg(accuracy=("accuracy", "mean"), wall_s=("wall_s", "mean"))
+    plot_accuracy_vs_wall(summary, "static", tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

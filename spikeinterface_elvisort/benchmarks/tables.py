@@ -186,3 +186,25 @@ def plot_f1_vs_xspeed(summary, set_name: str, file_path):
     fig.tight_layout()
     fig.savefig(file_path, dpi=100)
     plt.close(fig)
+
+
+def plot_accuracy_vs_wall(summary, set_name: str, file_path):
+    """Mean accuracy against mean wall time, one point per sorter, for ``bench_sorters.py``'s summary (a DataFrame
+    indexed by (set, sorter) with ``accuracy`` and ``wall_s`` columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary.xs(set_name, level="set")
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    for sorter, row in rows.iterrows():
+        ax.scatter(row["wall_s"], row["accuracy"], s=30)
+        ax.annotate(sorter, (row["wall_s"], row["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("wall time of run_sorter (s)")
+    ax.set_ylabel("mean accuracy (0.4 ms, SNR >= 5)")
+    ax.set_title(f"{set_name}: accuracy against time")
+    fig.tight_layout()
+    fig.savefig(file_path, dpi=100)
+    plt.close(fig)

@@ -18,13 +18,13 @@ import numpy as np
 from ..checks import check_recording
 from ..cleanup import clean_up, merge_near_identical
 from ..device import blas_threads, resolve_device, seed_everything, torch_threads, uses_mixed_precision
-from ..front_end import StageLog, drop_cache, filtering_kwargs, log_run_start, run_front_end
+from ..front_end import RunContext, StageLog, drop_cache, filtering_kwargs, log_run_start, run_front_end
 from ..inference import encode
 from ..models import build_model
 from ..params import blas_thread_limit, max_training_events
 from ..preprocessing import preprocess
 from ..results import ModelSettings, save_arrays, save_checkpoint, save_history, to_sorting
-from ..snippets import channel_neighbours, extract_snippets, label_in_chunks, sample_training_events
+from ..snippets import extract_snippets, label_in_chunks, sample_training_events
 from ..training import TrainConfig, train_model
 from .cleaning import reject_noise, train_cleaner
 from .clustering import BicEnsembleClustering, probe_regions
@@ -66,22 +66,22 @@ def run_ssae(recording, params: dict, folder: Path, verbose: bool = False):
 def _run(recording, params, folder, verbose, device, rng):
     stages = StageLog()
     job_kwargs, nbefore, nafter = log_run_start("ssae", recording, params, device, verbose)
-    channel_locations = recording.get_channel_locations()[:, :2]
     preprocessed, cache_info, noise_levels, peaks = run_front_end(recording, params, folder, job_kwargs, stages)
+    run = RunContext.of(recording, params, noise_levels, device=device, rng=rng, job_kwargs=job_kwargs, stages=stages,
+                        verbose=verbose)
 
-    neighbours = channel_neighbours(channel_locations, params["snippet_channels"])
     learned = None
     labels, num_units = np.full(peaks.size, -1, dtype=np.int64), 0
     if peaks.size >= 2 * params["clustering_min_cluster_size"]:
-        learned = _learn_and_label(recording, preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore,
-                                   nafter, params, device, rng, job_kwargs, stages, verbose)
+        learned = _learn_and_label(recording, preprocessed, peaks, run)
         labels, num_units = learned["labels"], learned["num_units"]
     else:
         logger.info("too few events to learn units from (%d): the sorting is empty", peaks.size)
 
     # clean-up, shared with elvisort: merges, weak units, template matching, auto-merge, duplicates
     peaks_out, labels_out, num_units, templates = clean_up(
-        preprocessed, peaks, labels, num_units, noise_levels, nbefore, nafter, params, job_kwargs
+        preprocessed, peaks, labels, num_units, noise_levels=noise_levels, nbefore=nbefore, nafter=nafter,
+        params=params, job_kwargs=job_kwargs,
     )
     stages.done("clean-up", "%d units, %d spikes", num_units, int((labels_out >= 0).sum()))
 
@@ -105,11 +105,14 @@ def _run(recording, params, folder, verbose, device, rng):
     return sorting
 
 
-def _learn_and_label(recording, preprocessed, peaks, noise_levels, neighbours, channel_locations, nbefore, nafter,
-                     params, device, rng, job_kwargs, stages, verbose):
+def _learn_and_label(recording, preprocessed, peaks, run: RunContext):
     """Hybrid set, cleaner, ensemble training, (Atom), clustering, labelling of every event; returns a dict with the
     model, the cleaner (or None), whether it was used (its check on strong events can switch it off), the history,
     the labels of all events (-1 = none) and the number of units."""
+    params, device, rng, job_kwargs, stages, verbose = (run.params, run.device, run.rng, run.job_kwargs, run.stages,
+                                                        run.verbose)
+    noise_levels, neighbours, channel_locations = run.noise_levels, run.neighbours, run.channel_locations
+    nbefore, nafter = run.nbefore, run.nafter
     seed = int(params["seed"])
     batch = params["train_batch_size"]
 
@@ -212,7 +215,8 @@ def _learn_and_label(recording, preprocessed, peaks, noise_levels, neighbours, c
     mapping = np.arange(num_clusters)
     if num_clusters:
         merged, num_merged = merge_near_identical(
-            preprocessed, peaks[events], labels, num_clusters, nbefore, nafter, noise_levels, params, job_kwargs
+            preprocessed, peaks[events], labels, num_clusters, nbefore=nbefore, nafter=nafter,
+            noise_levels=noise_levels, params=params, job_kwargs=job_kwargs,
         )
         for cluster in range(num_clusters):
             mapping[cluster] = merged[np.flatnonzero(labels == cluster)[0]]
