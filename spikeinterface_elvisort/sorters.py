@@ -57,6 +57,20 @@ class ElvisortSorter(ComponentsBasedSorter):
         return super().initialize_folder(recording, output_folder, verbose, remove_existing_folder)
 
     @classmethod
+    def set_params_to_folder(cls, recording, output_folder, new_params, verbose):
+        # a misspelt parameter gets the names it was probably meant to be, before SpikeInterface's check, whose
+        # message lists all of them
+        unknown = [name for name in new_params if name not in cls._default_params]
+        if unknown:
+            raise ValueError(
+                f"{cls.sorter_name}: unknown parameter(s): "
+                + "; ".join(_suggestion(name, cls._default_params) for name in unknown)
+                + f". The parameters and what they do: spikeinterface.sorters.get_sorter_params_description("
+                f"{cls.sorter_name!r})"
+            )
+        return super().set_params_to_folder(recording, output_folder, new_params, verbose)
+
+    @classmethod
     def _check_params(cls, recording, output_folder, params):
         params = check_params(params)
         check_recording(recording, params)
@@ -129,6 +143,16 @@ class SsaeSorter(ElvisortSorter):
         from .ssae.pipeline import run_ssae
 
         cls._run_and_save(run_ssae, sorter_output_folder, params, verbose)
+
+
+def _suggestion(name: str, known) -> str:
+    """``name`` and the known names closest to it (difflib), as "'x' (did you mean 'y'?)"."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    if not close:
+        return repr(name)
+    return f"{name!r} (did you mean {' or '.join(repr(c) for c in close)}?)"
 
 
 class _log_to:

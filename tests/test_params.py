@@ -451,3 +451,11 @@ def test_pool_workers_split_the_cores_whatever_the_start_method(tmp_path):
                             env=env | {"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert [share for share, _ in json.loads(result.stdout.strip().splitlines()[-1])["spawn"]] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("sorter, typo, meant", [("elvisort", "detect_treshold", "detect_threshold"),
+                                                 ("ssae", "train_epoch", "train_epochs")])
+def test_a_misspelt_parameter_gets_a_suggestion(small_recording, tmp_path, sorter, typo, meant):
+    recording, _ = small_recording
+    with pytest.raises(Exception, match=rf"unknown parameter\(s\): '{typo}' \(did you mean '{meant}'"):
+        ss.run_sorter(sorter, recording, folder=tmp_path / sorter, **{typo: 5})
