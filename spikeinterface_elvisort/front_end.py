@@ -65,20 +65,18 @@ class StageLog:
         logger.info(f"%-14s %6.1f s  {message}{memory}", stage, seconds, *args)
 
 
-def log_run_start(sorter_name: str, recording, params: dict, device, verbose: bool) -> tuple[dict, int, int]:
-    """Log the run's first line (channels, duration, device, threads); returns the chunked stages' job kwargs and
-    the snippet window (nbefore, nafter) in samples."""
+def log_run_start(sorter_name: str, recording, params: dict, device, verbose: bool) -> dict:
+    """Log the run's first line (channels, duration, device, threads); returns the chunked stages' job kwargs."""
     from .device import thread_summary
     from .params import sorter_job_kwargs
 
     job_kwargs = sorter_job_kwargs(params["job_kwargs"], verbose)
-    nbefore, nafter = window_samples(params["ms_before"], params["ms_after"], recording.sampling_frequency)
     logger.info(
         "%s on %d channels, %d segment(s), %.1f s at %.0f Hz; device %s, %s", sorter_name,
         recording.get_num_channels(), recording.get_num_segments(), recording.get_total_duration(),
         recording.sampling_frequency, device, thread_summary(job_kwargs["n_jobs"]),
     )
-    return job_kwargs, nbefore, nafter
+    return job_kwargs
 
 
 class FrontEnd(NamedTuple):

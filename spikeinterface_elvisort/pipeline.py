@@ -62,7 +62,7 @@ def _run(recording, params, folder, verbose, device, rng):
         return _sort_pretrained(recording, params["pretrained_model"], params, folder, verbose, device, stages)
     if params["training_sorting"] is not None:
         return _sort_supervised(recording, params, folder, verbose, device, rng, stages)
-    job_kwargs, nbefore, nafter = log_run_start("elvisort", recording, params, device, verbose)
+    job_kwargs = log_run_start("elvisort", recording, params, device, verbose)
     preprocessed, cache_info, noise_levels, peaks = run_front_end(recording, params, folder, job_kwargs, stages)
     run = RunContext.of(recording, params, noise_levels, device=device, rng=rng, job_kwargs=job_kwargs, stages=stages,
                         verbose=verbose)
@@ -78,7 +78,7 @@ def _run(recording, params, folder, verbose, device, rng):
 
     # clean-up: templates, merges, weak units, optional template matching, duplicates
     peaks_out, labels_out, num_units, templates = clean_up(
-        preprocessed, peaks, final_labels, num_units, noise_levels=noise_levels, nbefore=nbefore, nafter=nafter,
+        preprocessed, peaks, final_labels, num_units, noise_levels=noise_levels, nbefore=run.nbefore, nafter=run.nafter,
         params=params, job_kwargs=job_kwargs,
     )
     stages.done("clean-up", "%d units, %d spikes", num_units, int((labels_out >= 0).sum()))
@@ -89,7 +89,7 @@ def _run(recording, params, folder, verbose, device, rng):
         # the saved model must label events with the final units: retrain its classifier head on them
         history += _classifier_for_units(model, training_set, sorting, run)
         stages.done("saved model", "classifier retrained on the %d final units", num_units)
-        settings = ModelSettings.for_run(recording, params, noise_levels, nbefore, nafter, cache_info)
+        settings = ModelSettings.for_run(recording, params, noise_levels, run.nbefore, run.nafter, cache_info)
         settings.unit_ids, settings.templates = unit_ids, templates
         save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=settings.to_dict())
         save_history(folder / "history.csv", history)
@@ -105,14 +105,14 @@ def _sort_supervised(target, params, folder, verbose, device, rng, stages):
     """Supervised mode: train on ``training_sorting``'s labels (of ``target``, or of ``training_recording``), save
     model.pt, then sort ``target`` with that model as instant sorting does."""
     labelled, recording = _read_labels(params, target)
-    job_kwargs, nbefore, nafter = log_run_start("elvisort", recording, params, device, verbose)
+    job_kwargs = log_run_start("elvisort", recording, params, device, verbose)
     preprocessed, cache_info, noise_levels, peaks = run_front_end(recording, params, folder, job_kwargs, stages)
     run = RunContext.of(recording, params, noise_levels, device=device, rng=rng, job_kwargs=job_kwargs, stages=stages,
                         verbose=verbose)
     model, history, training_set = _learn_from_labels(preprocessed, peaks, labelled, run)
     templates = compute_templates(preprocessed, training_set["events"], training_set["labels"],
-                                  labelled.unit_ids.size, nbefore, nafter, job_kwargs)
-    settings = ModelSettings.for_run(recording, params, noise_levels, nbefore, nafter, cache_info)
+                                  labelled.unit_ids.size, run.nbefore, run.nafter, job_kwargs)
+    settings = ModelSettings.for_run(recording, params, noise_levels, run.nbefore, run.nafter, cache_info)
     settings.unit_ids, settings.templates = np.asarray(labelled.unit_ids), templates
     save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=settings.to_dict())
     save_history(folder / "history.csv", history)

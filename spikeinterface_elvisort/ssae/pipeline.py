@@ -65,7 +65,7 @@ def run_ssae(recording, params: dict, folder: Path, verbose: bool = False):
 
 def _run(recording, params, folder, verbose, device, rng):
     stages = StageLog()
-    job_kwargs, nbefore, nafter = log_run_start("ssae", recording, params, device, verbose)
+    job_kwargs = log_run_start("ssae", recording, params, device, verbose)
     preprocessed, cache_info, noise_levels, peaks = run_front_end(recording, params, folder, job_kwargs, stages)
     run = RunContext.of(recording, params, noise_levels, device=device, rng=rng, job_kwargs=job_kwargs, stages=stages,
                         verbose=verbose)
@@ -80,7 +80,7 @@ def _run(recording, params, folder, verbose, device, rng):
 
     # clean-up, shared with elvisort: merges, weak units, template matching, auto-merge, duplicates
     peaks_out, labels_out, num_units, templates = clean_up(
-        preprocessed, peaks, labels, num_units, noise_levels=noise_levels, nbefore=nbefore, nafter=nafter,
+        preprocessed, peaks, labels, num_units, noise_levels=noise_levels, nbefore=run.nbefore, nafter=run.nafter,
         params=params, job_kwargs=job_kwargs,
     )
     stages.done("clean-up", "%d units, %d spikes", num_units, int((labels_out >= 0).sum()))
@@ -88,7 +88,7 @@ def _run(recording, params, folder, verbose, device, rng):
     unit_ids = np.arange(num_units)
     sorting = to_sorting(peaks_out, labels_out, unit_ids, recording.sampling_frequency, recording.get_num_segments())
     if learned is not None:
-        settings = ModelSettings.for_run(recording, params, noise_levels, nbefore, nafter, cache_info)
+        settings = ModelSettings.for_run(recording, params, noise_levels, run.nbefore, run.nafter, cache_info)
         settings.unit_ids, settings.templates = unit_ids, templates
         settings.cleaner_used = learned["cleaner_used"]
         extra = settings.to_dict()
