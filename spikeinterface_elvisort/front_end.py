@@ -222,7 +222,8 @@ def run_front_end(recording, params: dict, folder: Path, job_kwargs: dict, stage
         cache_info["detection_noise_levels"] = detection_noise_levels  # saved with the model, for instant sorting
     else:
         detection_recording = preprocessed
-    stages.done("preprocessing", "cache: %s", cache_info["mode"])
+    stages.done("preprocessing", "cache: %s%s", cache_info["mode"],
+                " (float16)" if cache_info.get("dtype") == "float16" else "")
 
     peaks = detect_spikes(
         detection_recording,

@@ -52,11 +52,11 @@ def test_whitened_cache_is_the_same_in_every_run(tmp_path):
             np.testing.assert_array_equal(cached.get_traces(), reference)
 
 
-@pytest.mark.parametrize("mode", ["memory", "folder"])
+@pytest.mark.parametrize("mode", ["memory", "folder", "folder_float16"])
 def test_whiten_in_place_whitens_the_cache_once_and_leaves_a_lazy_chain_lazy(tmp_path, mode):
-    """A shared-memory or binary-folder cache ends up holding exactly what the lazy whitening reads (same blocks),
-    and a recording read back from the folder (as the matching workers do) reads the whitened traces; without a
-    cache nothing is written (False); the user's recording is untouched."""
+    """A shared-memory or binary-folder cache ends up holding exactly what the lazy whitening reads (same blocks;
+    to float16's precision for a float16 folder), and a recording read back from the folder (as the matching workers
+    do) reads the whitened traces; without a cache nothing is written (False); the user's recording is untouched."""
     from spikeinterface.core import generate_ground_truth_recording, load
 
     from spikeinterface_elvisort.preprocessing import cache_recording, preprocess, whiten, whiten_in_place
@@ -69,10 +69,14 @@ def test_whiten_in_place_whitens_the_cache_once_and_leaves_a_lazy_chain_lazy(tmp
     expected = [whitened.get_traces(start_frame=start, end_frame=start + 40_000) for start in (0, 40_000, 80_000, 120_000)]
     unwhitened = cached.get_traces().copy()  # (a view of the shared buffer otherwise)
     assert whiten_in_place(cached, whitened, block_samples=40_000)
-    np.testing.assert_array_equal(cached.get_traces(), np.concatenate(expected))
+    assert cached.get_dtype() == np.float32
+    expected = np.concatenate(expected)
+    if mode == "folder_float16":
+        expected = expected.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(cached.get_traces(), expected)
     assert not np.allclose(cached.get_traces(), unwhitened)
-    if mode == "folder":
-        np.testing.assert_array_equal(load(tmp_path / mode).get_traces(), np.concatenate(expected))
+    if mode != "memory":
+        np.testing.assert_array_equal(load(tmp_path / mode).get_traces(), expected)
     np.testing.assert_array_equal(recording.get_traces(), original)
 
     lazy, _ = cache_recording(preprocess(recording), "no", tmp_path / "no", job_kwargs)
@@ -97,6 +101,8 @@ def test_auto_cache_falls_back_to_no_cache_when_the_disk_is_too_small(tmp_path, 
     monkeypatch.setattr(preprocessing, "free_disk_bytes", lambda folder: 2 * size)
     assert cache_mode(recording, "auto", tmp_path) == "folder"
     monkeypatch.setattr(preprocessing, "free_disk_bytes", lambda folder: size)
+    assert cache_mode(recording, "auto", tmp_path) == "folder_float16"  # half the bytes of float32
+    monkeypatch.setattr(preprocessing, "free_disk_bytes", lambda folder: size / 2)
     assert cache_mode(recording, "auto", tmp_path) == "no"
     assert cache_mode(recording, "memory", tmp_path) == "memory"
     with pytest.raises(ValueError, match="cache_preprocessing='auto' or 'no'"):
