@@ -346,11 +346,13 @@ def sorter_job_kwargs(job_kwargs: dict, verbose: bool) -> dict:
     """The job kwargs the chunked stages run with: one thread per core of this process's share
     (:func:`~spikeinterface_elvisort.device.cpu_share`: all the cores, except in a worker of a process pool) unless
     ``job_kwargs`` says otherwise (the sorter parameter), SpikeInterface's defaults for the rest, progress bars when
-    ``verbose``.
+    ``verbose`` and on a terminal.
 
     In threads, ``max_threads_per_worker`` is turned off: the pipelines limit BLAS threads once for the whole run to
     :func:`blas_thread_limit` instead (see :func:`~spikeinterface_elvisort.device.blas_threads`, why)."""
-    fixed = _with_defaults(job_kwargs) | {"progress_bar": verbose}
+    from .progress import on_terminal
+
+    fixed = _with_defaults(job_kwargs) | {"progress_bar": verbose and on_terminal()}
     if fixed["pool_engine"] == "thread":
         fixed["max_threads_per_worker"] = None
     return fixed
@@ -494,6 +496,10 @@ def check_declared(params: dict, declared: dict, sorter_name: str) -> dict:
         device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     ):
         raise ValueError(f'device={device!r} is not valid; use "auto", "cpu", "cuda" or "cuda:N"')
+    if device.startswith("cuda"):  # CUDA asked for but absent: said now, before any work
+        from .device import resolve_device
+
+        resolve_device(device)
     threads = params["torch_threads"]
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
         raise ValueError(f"torch_threads={threads!r} must be None or an integer >= 1")

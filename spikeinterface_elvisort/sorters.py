@@ -47,7 +47,14 @@ class ElvisortSorter(ComponentsBasedSorter):
 
     @classmethod
     def initialize_folder(cls, recording, output_folder, verbose, remove_existing_folder):
-        # SpikeInterface's own message ("Folder ... already exists") does not say what to do
+        from spikeinterface.core import BaseRecording
+
+        from .checks import _check_locations
+
+        # SpikeInterface's own messages ("Channel locations are required ...", "Folder ... already exists") do not
+        # say what to do
+        if isinstance(recording, BaseRecording):
+            _check_locations(recording)
         folder = Path(output_folder if output_folder is not None else f"{cls.sorter_name}_output").absolute()
         if folder.is_dir() and not remove_existing_folder:
             raise ValueError(
@@ -58,17 +65,23 @@ class ElvisortSorter(ComponentsBasedSorter):
 
     @classmethod
     def set_params_to_folder(cls, recording, output_folder, new_params, verbose):
-        # a misspelt parameter gets the names it was probably meant to be, before SpikeInterface's check, whose
-        # message lists all of them
-        unknown = [name for name in new_params if name not in cls._default_params]
-        if unknown:
-            raise ValueError(
-                f"{cls.sorter_name}: unknown parameter(s): "
-                + "; ".join(_suggestion(name, cls._default_params) for name in unknown)
-                + f". The parameters and what they do: spikeinterface.sorters.get_sorter_params_description("
-                f"{cls.sorter_name!r})"
-            )
-        return super().set_params_to_folder(recording, output_folder, new_params, verbose)
+        # SpikeInterface makes the output folder before it checks the parameters: a run refused for its parameters
+        # (or for device="cuda" without CUDA) removes the folder it had just made, which holds nothing yet
+        try:
+            # a misspelt parameter gets the names it was probably meant to be, before SpikeInterface's check, whose
+            # message lists all of them
+            unknown = [name for name in new_params if name not in cls._default_params]
+            if unknown:
+                raise ValueError(
+                    f"{cls.sorter_name}: unknown parameter(s): "
+                    + "; ".join(_suggestion(name, cls._default_params) for name in unknown)
+                    + f". The parameters and what they do: spikeinterface.sorters.get_sorter_params_description("
+                    f"{cls.sorter_name!r})"
+                )
+            return super().set_params_to_folder(recording, output_folder, new_params, verbose)
+        except Exception:
+            _remove_if_unused(Path(output_folder))
+            raise
 
     @classmethod
     def _check_params(cls, recording, output_folder, params):
@@ -190,3 +203,14 @@ def _register_when_imported():
 
 
 _register_when_imported()
+
+
+def _remove_if_unused(folder: Path) -> None:
+    """Remove ``folder`` when it holds only what SpikeInterface's ``initialize_folder`` writes (the recording's
+    description and an empty sorter_output/): nothing of a run, nothing of the user's."""
+    made = {"spikeinterface_recording.json", "spikeinterface_recording.pickle", "recording_attributes.json",
+            "sorter_output"}
+    if folder.is_dir() and {path.name for path in folder.iterdir()} <= made and not (
+        (folder / "sorter_output").is_dir() and any((folder / "sorter_output").iterdir())
+    ):
+        shutil.rmtree(folder)

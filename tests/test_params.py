@@ -8,10 +8,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import spikeinterface.sorters as ss
-from spikeinterface.sorters.utils import SpikeSortingError
 
 from spikeinterface_elvisort.params import DEFAULT_PARAMS, PARAMS, PARAMS_DESCRIPTION, STAGES, check_params
 
@@ -182,8 +182,8 @@ def test_bad_model_kwargs_are_rejected_by_name(model_kwargs, match):
 @pytest.mark.parametrize(
     "name, value",
     [
-        ("device", "cuda:0"),
         ("device", "cpu"),
+        ("device", "auto"),
         ("seed", None),
         ("seed", 2**32 - 1),
         ("torch_threads", 2),
@@ -203,36 +203,60 @@ def test_good_values_pass(name, value):
 # sorting work (but after writing the recording's json into the folder)
 
 
-def test_run_sorter_rejects_a_bad_value_before_sorting(small_recording, tmp_path):
+@pytest.mark.parametrize("sorter", ["elvisort", "ssae"])
+def test_run_sorter_rejects_a_bad_value_before_sorting(small_recording, tmp_path, sorter):
     recording, _ = small_recording
     folder = tmp_path / "bad"
-    with pytest.raises((ValueError, SpikeSortingError), match="train_epochs"):
-        ss.run_sorter("elvisort", recording, folder=folder, train_epochs=-1)
-    # nothing ran: no log of a run, nothing in sorter_output
-    assert not (folder / "spikeinterface_log.json").exists()
-    assert not any((folder / "sorter_output").iterdir())
+    with pytest.raises(ValueError, match="train_epochs"):
+        ss.run_sorter(sorter, recording, folder=folder, train_epochs=-1)
+    # nothing ran, and the folder SpikeInterface had made for the run is gone
+    assert not folder.exists()
+
+
+def test_a_refused_run_keeps_a_folder_that_holds_something(small_recording, tmp_path):
+    """Only a folder holding nothing but what SpikeInterface wrote for this run is removed."""
+    from spikeinterface_elvisort.sorters import _remove_if_unused
+
+    folder = tmp_path / "kept"
+    (folder / "sorter_output").mkdir(parents=True)
+    (folder / "sorter_output" / "model.pt").write_bytes(b"")
+    _remove_if_unused(folder)
+    assert (folder / "sorter_output" / "model.pt").exists()
+    (folder / "sorter_output" / "model.pt").unlink()
+    (folder / "notes.txt").write_text("mine")
+    _remove_if_unused(folder)
+    assert (folder / "notes.txt").exists()
 
 
 def test_run_sorter_rejects_an_unknown_parameter(small_recording, tmp_path):
     recording, _ = small_recording
     with pytest.raises(ValueError, match="train_epoch"):
         ss.run_sorter("elvisort", recording, folder=tmp_path / "unknown", train_epoch=3)
+    assert not (tmp_path / "unknown").exists()
 
 
-def test_run_sorter_on_cuda_without_cuda_says_so(small_recording, tmp_path):
+@pytest.mark.parametrize("sorter", ["elvisort", "ssae"])
+def test_run_sorter_on_cuda_without_cuda_says_so_before_writing(small_recording, tmp_path, sorter):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     recording, _ = small_recording
     folder = tmp_path / "cuda"
-    with pytest.raises((ValueError, SpikeSortingError), match="CUDA"):
-        ss.run_sorter("elvisort", recording, folder=folder, device="cuda")
-    # it failed at the start of the pipeline, before any model was trained
-    assert not (folder / "sorter_output" / "model.pt").exists()
-    log = json.loads((folder / "spikeinterface_log.json").read_text())
-    assert log["error"] is True
-    assert any("CUDA" in line for line in log["error_trace"])
+    with pytest.raises(ValueError, match="CUDA is not available to torch.*Use device='cpu' or 'auto'"):
+        ss.run_sorter(sorter, recording, folder=folder, device="cuda")
+    assert not folder.exists()
+
+
+def test_a_recording_without_a_probe_is_told_how_to_attach_one(tmp_path):
+    """Before any folder is made, the message names set_probe and set_dummy_probe_from_locations."""
+    from spikeinterface.core import NumpyRecording
+
+    recording = NumpyRecording([np.zeros((30_000, 4), dtype="float32")], sampling_frequency=30_000.0)
+    for sorter in ("elvisort", "ssae"):
+        with pytest.raises(ValueError, match=r"recording.set_probe\(probe\).*set_dummy_probe_from_locations"):
+            ss.run_sorter(sorter, recording, folder=tmp_path / sorter)
+        assert not (tmp_path / sorter).exists()
 
 
 def test_resolve_device_cpu_and_auto():
@@ -263,7 +287,9 @@ def test_chunked_stages_use_every_core_in_threads_unless_told_otherwise():
 
     default = sorter_job_kwargs({}, verbose=False)
     assert default["n_jobs"] == available_cores() and default["pool_engine"] == "thread"
-    assert default["progress_bar"] is False and sorter_job_kwargs({}, verbose=True)["progress_bar"] is True
+    assert default["progress_bar"] is False
+    # SpikeInterface's bars with verbose=True, on a terminal only (pytest's captured stderr is not one)
+    assert sorter_job_kwargs({}, verbose=True)["progress_bar"] is False
     given = sorter_job_kwargs({"n_jobs": 1, "chunk_duration": "500ms"}, verbose=False)
     assert given["n_jobs"] == 1 and given["chunk_duration"] == "500ms"
 
