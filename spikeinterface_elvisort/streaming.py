@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import progress
+
 DEFAULT_BLOCK_MS = 200.0
 LABEL_BATCH = 128  # events per classifier call (padded): fixed, so that labels do not depend on the grouping
 GROUP_EVENTS = 4096  # offline: blocks are labelled together once this many events are waiting
@@ -362,8 +364,6 @@ def sort_segment(engine: BlockEngine, recording, segment_index: int, scale: bool
     classifier labels the blocks' events in the calling thread, in time order, so the result does not depend on
     ``num_workers``. ``censor=False`` keeps duplicate spikes (every detected event keeps its label).
     """
-    from tqdm.auto import tqdm
-
     engine.reset()
     num_samples = recording.get_num_samples(segment_index)
     starts = list(range(0, num_samples, engine.block_samples))
@@ -376,7 +376,7 @@ def sort_segment(engine: BlockEngine, recording, segment_index: int, scale: bool
     threaded = num_workers > 1 and engine.detection != "algorithm1"
     fronts = _fronts(read, starts, num_workers if threaded else 0)
     results, waiting = [], []
-    bar = tqdm(total=len(starts), desc="elvisort sort", disable=not progress_bar, leave=False)
+    bar = progress.bar(total=len(starts), name="sorting blocks", verbose=progress_bar, unit="block")
     for index, front in enumerate(fronts):
         waiting.append(front)
         bar.update()

@@ -9,6 +9,8 @@ from typing import Callable
 
 import numpy as np
 
+from .progress import bar
+
 logger = logging.getLogger(__name__)
 
 
@@ -65,8 +67,6 @@ def train_model(
 
 def _train(model, snippets, config: TrainConfig, device, labels, positions, verbose: bool) -> list[dict]:
     import torch
-    from tqdm.auto import tqdm
-
     model.to(device)
     if config.trainable == "classifier":
         return _train_classifier_head(model, snippets, labels, positions, config, device, verbose)
@@ -84,7 +84,8 @@ def _train(model, snippets, config: TrainConfig, device, labels, positions, verb
     )
     num = data.shape[0]
     history = []
-    epochs = tqdm(range(config.epochs), desc=f"elvisort {config.stage}", disable=not verbose, leave=False)
+    epochs = bar(range(config.epochs), name=config.stage, verbose=verbose, unit="epoch")
+    first_loss = None
     for epoch in epochs:
         model.train()
         weights = dict(config.weights)
@@ -124,7 +125,9 @@ def _train(model, snippets, config: TrainConfig, device, labels, positions, verb
         row.update({name: value / max(counts[name], 1) for name, value in sums.items()})
         row["kl_weight"] = weights.get("kl", 1.0)
         history.append(row)
-        epochs.set_postfix(loss=f"{row.get('total', float('nan')):.3g}")
+        first_loss = first_loss or row.get("total")
+        if first_loss:  # the loss is a sum over each event's terms: its size says little, its fall says how it goes
+            epochs.set_postfix_str(f"loss {row.get('total', float('nan')) / first_loss:.2f} x the first epoch's")
         logger.debug("%s epoch %d: %s", config.stage, epoch, row)
     model.eval()
     return history
@@ -158,8 +161,6 @@ def _train_classifier_head(model, snippets, labels, positions, config: TrainConf
     head trains on the cached embeddings, so many epochs cost about as much as one encoder pass."""
     import torch
     from torch.nn import functional as F
-    from tqdm.auto import tqdm
-
     from .inference import encode
 
     known = np.flatnonzero(np.asarray(labels) >= 0)
@@ -181,7 +182,7 @@ def _train_classifier_head(model, snippets, labels, positions, config: TrainConf
     # small recording (251 confident events, batch 256), labelled every event with one class
     batch_size = min(config.batch_size, max(MIN_HEAD_BATCH, -(-known.size // 4)))
     history = []
-    for epoch in tqdm(range(config.epochs), desc=f"elvisort {config.stage}", disable=not verbose, leave=False):
+    for epoch in bar(range(config.epochs), name=config.stage, verbose=verbose, unit="epoch"):
         model.classifier.train()
         order = torch.randperm(known.size, generator=generator).to(device)
         total, count = 0.0, 0

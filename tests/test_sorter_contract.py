@@ -260,6 +260,31 @@ def test_verbose_true_logs_the_stages(tiny_recordings, tmp_path, capfd, sorter_d
     for stage in ("preprocessing", "detection", "training", "clustering", "clean-up"):
         assert stage in text, stage
     assert "elvisort run time" in out  # SpikeInterface's own line
+    # the output is not a terminal: no progress bar (neither ours nor SpikeInterface's), only the stage lines
+    assert "\r" not in text and "it/s" not in text and "epoch/s" not in text, text[-2000:]
+
+
+def test_progress_bars_have_plain_names_and_show_on_a_terminal_only(monkeypatch):
+    import io
+
+    from spikeinterface_elvisort import progress
+    from spikeinterface_elvisort.params import sorter_job_kwargs
+
+    assert progress.bar(range(3), name="vae", verbose=True).disable  # not a terminal (pytest captures stderr)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert progress.bar(range(3), name="vae", verbose=False).disable
+    assert progress.bar(range(3), name="dec", verbose=True).desc == "refining the clusters (DEC)"
+    for _ in progress.bar(range(3), name="vae", verbose=True):
+        pass
+    assert "training the beta-VAE" in terminal.getvalue()
+    assert sorter_job_kwargs({}, verbose=True)["progress_bar"] is True
+    assert sorter_job_kwargs({}, verbose=False)["progress_bar"] is False
 
 
 def test_log_file_gets_the_stage_lines_whatever_the_verbosity(kept_run):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from ..progress import bar
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,8 +37,6 @@ def train_autoencoder(
     cosine decay to 5 % of ``learning_rate``; the loss is reconstruction + codebook + commitment_weight * commitment.
     """
     import torch
-    from tqdm.auto import tqdm
-
     code_dim = model.config.code_dim
     device = data.device
     model.train()
@@ -49,7 +49,7 @@ def train_autoencoder(
     restart_until = int(0.8 * epochs)  # let the codebook settle before the end
     sample_size = min(len(data), 8192)
     history = []
-    progress = tqdm(range(epochs), desc="SpikeCompressor fit", disable=not verbose, leave=False)
+    progress = bar(range(epochs), name="fitting the compressor", verbose=verbose, unit="epoch")
     for epoch in progress:
         quantise = epoch >= warmup_epochs
         if epoch == warmup_epochs and epoch > 0:
@@ -108,8 +108,6 @@ def finetune_decoder(
     towards the mean spike of each code combination, the step k-means takes for its centroids. Returns one dict per
     epoch (``stage="decoder"``, epochs numbered from ``first_epoch``)."""
     import torch
-    from tqdm.auto import tqdm
-
     if epochs == 0:
         return []
     model.eval()
@@ -122,7 +120,7 @@ def finetune_decoder(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=0.05 * learning_rate)
     history = []
     model.decoder.train()
-    progress = tqdm(range(epochs), desc="SpikeCompressor decoder", disable=not verbose, leave=False)
+    progress = bar(range(epochs), name="fitting the compressor's decoder", verbose=verbose, unit="epoch")
     for epoch in progress:
         order = torch.randperm(len(data), generator=generator).to(data.device)
         total, count = 0.0, 0
