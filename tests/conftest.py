@@ -18,6 +18,41 @@ def pytest_addoption(parser):
     parser.addoption("--gpu", action="store_true", default=False, help="run the torch code and the sorter on CUDA")
 
 
+# the only reasons a test may skip: the hardware or platform it needs is not this one. Any other skip (a missing
+# package, from pytest.importorskip) fails the run, so that a test that never runs cannot pass unnoticed
+HARDWARE_SKIPS = (
+    "CUDA is available",  # tests of the CPU-only path, skipped when run with --gpu on a CUDA machine
+    "bit-identical results are only promised on the CPU",  # determinism tests, skipped with --gpu
+    "forked workers are used on Linux only",
+)
+_unexpected_skips: list[str] = []
+
+
+def pytest_collectreport(report):  # a module skipped as a whole (pytest.importorskip at its top)
+    pytest_runtest_logreport(report)
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not any(allowed in reason for allowed in HARDWARE_SKIPS):
+            _unexpected_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _unexpected_skips and exitstatus in (0, 5):  # 5: nothing ran but skips
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unexpected_skips:
+        terminalreporter.section("skipped for a reason other than hardware (this fails the run)")
+        for line in _unexpected_skips:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line('install what they need (pip install -e ".[test]") or, for a hardware '
+                                    "reason, name it in conftest.HARDWARE_SKIPS")
+
+
 @pytest.fixture(scope="session")
 def use_gpu(request) -> bool:
     use = bool(request.config.getoption("--gpu"))
