@@ -80,3 +80,14 @@ print(curated.get_property("quality"))  # Phy's labels ("group" in Phy)
 # %%
 # The curated sorting can train a new elvisort model (``training_sorting=phy_folder`` labels the events with the
 # curated clusters; see the "Instant sorting" page).
+#
+# The saved model of the run can also learn the curation directly from the Phy folder: ``fine_tune`` retrains its
+# classifier branch on the curated clusters (the noise cluster left out), which become the model's units, and the
+# fine-tuned model sorts later sessions of this probe with them.
+
+from spikeinterface_elvisort import load_model
+
+model = load_model(workdir / "elvisort_output")
+model.fine_tune(recording, phy_folder, epochs=10)
+print(model)
+model.save(workdir / "curated_model")

@@ -1,22 +1,34 @@
-"""Instant sorting: a saved model sorts new sessions of the same probe with one forward pass, no training.
+"""Instant sorting: a saved model sorts new sessions of the same probe, no training.
 
 ``load_model(path)`` rebuilds what an ``elvisort`` run saved in ``sorter_output/model.pt``; the model's
-``sort(recording)`` runs the fixed-grid block engine of :mod:`spikeinterface_elvisort.streaming` (filter, reference,
-detect, classify) and ``fine_tune(recording, sorting)`` retrains the classifier branch alone on labels, for instance
-a Phy-curated sorting of a new session.
+``sort(recording)`` finds the spikes of its units by template matching with their saved templates (moved when the
+session's units sit elsewhere on the probe), or, with ``matching="none"``, runs the fixed-grid block engine of
+:mod:`spikeinterface_elvisort.streaming` (filter, reference, detect, classify); ``fine_tune(recording, labels)``
+retrains the classifier branch alone on labels, for instance a Phy folder curated for a new session.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .labels import check_same_probe, collect_events, measure_noise_levels, read_labels, _check_sorting
 from .params import max_training_events
-from .streaming import DEFAULT_BLOCK_MS, BlockEngine, read_block, sort_segment
+from .streaming import DEFAULT_BLOCK_MS, BlockEngine, sort_segment
 
-LABEL_MATCH_MS = 0.4  # a detected event takes the label of a labelled spike at most this far away
+logger = logging.getLogger(__name__)
+
+# displacement="auto": the templates are moved when a new session's estimated displacement is at least this large
+# (about a quarter of a typical 20 um contact pitch; smaller shifts cost no measurable accuracy)
+MIN_DISPLACEMENT_UM = 5.0
+DISPLACEMENT_STEP_UM = 1.0
+# the displacement is estimated on at most this many samples x channels of the recording (about 4 s of 384
+# channels, 20 s of 32 at 30 kHz) and at most DISPLACEMENT_EVENTS events
+DISPLACEMENT_SAMPLES = 50_000_000
+DISPLACEMENT_EVENTS = 3000
 
 
 def load_model(path, device: str = "auto") -> "ElvisortModel":
@@ -121,35 +133,52 @@ class ElvisortModel:
         if block_ms <= 0:
             raise ValueError(f"block_ms must be > 0; got {block_ms}")
         device = self.device if device is None else resolve_device(device)
+        self._warn_if_motion_corrected()
+        return BlockEngine(self.network, self.settings, device, block_ms=block_ms, noise_levels=noise_levels)
+
+    def _warn_if_motion_corrected(self):
         if self.settings.motion_corrected:
             warnings.warn(
                 f"this model was trained on motion-corrected traces (motion_correction="
                 f"{self.params['motion_correction']!r}) but inference corrects no motion: drift in the recording "
                 "being sorted will cost accuracy (train a model on it with run_sorter to correct it)",
-                stacklevel=3,
+                stacklevel=4,
             )
-        return BlockEngine(self.network, self.settings, device, block_ms=block_ms, noise_levels=noise_levels)
 
-    def sort(self, recording, *, noise_levels="model", block_ms: float = DEFAULT_BLOCK_MS, device=None,
-             n_jobs: int = 2, verbose: bool = False):
-        """Sort ``recording`` with the trained network: inference only, no training.
+    def sort(self, recording, *, matching: str = "model", displacement="auto", noise_levels="model",
+             block_ms: float = DEFAULT_BLOCK_MS, device=None, n_jobs: int = 2, verbose: bool = False):
+        """Sort ``recording`` with the trained model: inference only, no training.
 
-        Filtering, referencing, detection and the classifier run block by block (the same grid as
-        :class:`~spikeinterface_elvisort.OnlineSorter`, so a stream gives this exact result).
+        With matching (the default), the spikes are found by SpikeInterface's template matching with the saved
+        units' templates on the traces preprocessed as at training (the same filter, reference and whitening
+        matrix), as the last stage of a full run finds them: spikes in collisions and below the detection threshold
+        are found too. With ``matching="none"``, filtering, referencing, detection and the classifier run block by
+        block (the grid of :class:`~spikeinterface_elvisort.OnlineSorter`, so a stream gives this exact result);
+        spikes that detection misses in a collision are lost.
 
         Parameters
         ----------
         recording : BaseRecording
             A recording of the probe the model was trained on (same channels, order and sampling rate).
+        matching : "model" | "circus-omp" | "tdc-peeler" | "none", default: "model"
+            Template matching method: "model" is the ``matching_method`` of the training run (circus-omp by default;
+            a model trained with "none" sorts without matching), "none" the classifier's forward pass only.
+        displacement : "auto" | float | None, default: "auto"
+            With matching: how far (um, along the probe's depth) this session's units sit from where they were at
+            training. "auto" estimates it (:meth:`estimate_displacement`) and moves the templates when it is at
+            least 5 um; a number moves them by that much; None not at all. The value used is in the sorting's
+            annotation ``displacement_um``. The forward pass (``matching="none"``) is not corrected.
         noise_levels : "model" | "recording" | array, default: "model"
-            Noise per channel for the detection threshold: the training recording's ("model"), measured on this
-            recording ("recording", for sessions with another noise level), or given.
+            Noise per channel for the detection threshold (and, with matching, for sparsifying the templates): the
+            training recording's ("model"), measured on this recording ("recording", for sessions with another
+            noise level), or given (the forward pass only).
         block_ms : float, default: 200
-            Block length of the processing grid.
+            Block length of the processing grid of the forward pass.
         device : str, optional
             Overrides the model's device.
         n_jobs : int, default: 2
-            Threads for reading and filtering; the result does not depend on it.
+            Threads (with matching: worker processes on Linux) for reading, filtering and matching; the result
+            does not depend on it.
         verbose : bool
             Progress bar.
 
@@ -161,6 +190,9 @@ class ElvisortModel:
         from .results import to_sorting
 
         self.check_recording(recording)
+        method = self._matching_method(matching)
+        if method != "none":
+            return self._match(recording, method, displacement, noise_levels, n_jobs, verbose)
         noise = self._noise_levels(recording, noise_levels, block_ms)
         engine = self._engine(block_ms, noise, device)
         scale = _scale_to_uV(recording)
@@ -175,6 +207,148 @@ class ElvisortModel:
         events = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
         return to_sorting(events, labels, self.unit_ids, recording.sampling_frequency, recording.get_num_segments())
+
+    def _matching_method(self, matching) -> str:
+        methods = ("circus-omp", "tdc-peeler", "none")
+        method = self.params.get("matching_method", "none") if matching == "model" else matching
+        if method not in methods:
+            raise ValueError(f"matching={matching!r} is not valid; choose 'model' or one of {list(methods)}")
+        if method != "none" and self.templates.shape[0] != self.unit_ids.size:
+            raise ValueError("this model holds no templates of its units (saved before templates were kept): sort "
+                             "with matching='none', or fine-tune it on a sorting to compute them")
+        return method
+
+    def preprocessed(self, recording):
+        """``recording`` filtered, referenced and whitened as the training run's traces were (the saved whitening
+        matrix), lazily: the traces the templates and ``settings.noise_levels`` belong to."""
+        import spikeinterface.preprocessing as spre
+
+        from .front_end import filtering_kwargs
+        from .preprocessing import preprocess
+
+        preprocessed = preprocess(recording, **filtering_kwargs(self.params), whitening=False)
+        whitening = self.settings.whitening
+        if whitening:
+            preprocessed = spre.whiten(preprocessed, W=whitening["W"], M=whitening.get("M"), dtype="float32",
+                                       mode="local", radius_um=100.0)
+        return preprocessed
+
+    def estimate_displacement(self, recording, max_um: float = 60.0, n_jobs: int = 2) -> float:
+        """How far (um, along the probe's depth, y) the units of ``recording`` sit from where they were in the
+        training session: the shift of the saved templates whose spatial footprints (every channel's value at the
+        alignment sample) best match those of the events detected on the first seconds of ``recording`` (every
+        channel's value at the event's peak; noise, of zero mean, favours no shift).
+
+        Each shift from -``max_um`` to ``max_um`` (1 um steps) moves the templates along the probe
+        (SpikeInterface's ``move_dense_templates``, cubic interpolation); an event's score is the cosine similarity
+        of its footprint with the closest moved template, and the shift with the best mean score wins. At most 3000
+        events are used, from about 4 s of 384 channels or 20 s of 32.
+        """
+        try:
+            return self._estimate_displacement(recording, max_um, n_jobs)
+        finally:
+            # SpikeInterface's select_segments (for several segments) re-points the user's segments to its copy
+            for segment in recording._recording_segments:
+                segment.set_parent_extractor(recording)
+
+    def _estimate_displacement(self, recording, max_um, n_jobs):
+        from spikeinterface.generation.drift_tools import move_dense_templates
+
+        from .detection import detect_spikes
+        from .params import sorter_job_kwargs
+        from .snippets import extract_snippets
+
+        self.check_recording(recording)
+        if self.templates.shape[0] == 0:
+            raise ValueError("this model holds no templates: the displacement cannot be estimated")
+        num_channels, fs = recording.get_num_channels(), recording.sampling_frequency
+        length = int(min(recording.get_num_samples(0), DISPLACEMENT_SAMPLES // num_channels))
+        excerpt = self.preprocessed(_first_samples(recording, length))
+        noise = np.asarray(self.settings.noise_levels, dtype=np.float32)
+        nbefore, nafter = self.settings.nbefore, self.settings.nafter
+        peaks = detect_spikes(
+            excerpt, noise, method="locally_exclusive", peak_sign=self.params["peak_sign"],
+            detect_threshold=self.params["detect_threshold"], exclude_sweep_ms=self.params["detect_exclude_sweep_ms"],
+            radius_um=self.params["detect_radius_um"], snippet_samples=nbefore + nafter,
+            job_kwargs=sorter_job_kwargs({"n_jobs": int(n_jobs)}, False),
+        )
+        inside = (peaks["sample_index"] >= nbefore) & (peaks["sample_index"] < length - nafter)
+        peaks = peaks[inside]
+        if peaks.size < 50:
+            raise ValueError(f"only {peaks.size} events in the first {length / fs:.1f} s: too few to estimate the "
+                             "displacement; give displacement= in um, or None")
+        if peaks.size > DISPLACEMENT_EVENTS:
+            peaks = peaks[np.sort(np.random.default_rng(0).choice(peaks.size, DISPLACEMENT_EVENTS, replace=False))]
+        # footprints: every channel's value at the event's peak (at the templates' alignment sample for them);
+        # the noise, of zero mean, favours no shift
+        every_channel = np.tile(np.arange(num_channels), (num_channels, 1))
+        footprints = np.concatenate([extract_snippets(excerpt, peaks[start:start + 500], every_channel, 0, 1)[:, 0]
+                                     for start in range(0, peaks.size, 500)])
+        footprints /= np.linalg.norm(footprints, axis=1, keepdims=True) + 1e-12
+        shifts = np.arange(-max_um, max_um + DISPLACEMENT_STEP_UM / 2, DISPLACEMENT_STEP_UM)
+        displacements = np.stack([np.zeros_like(shifts), shifts], axis=1)
+        moved = move_dense_templates(self.templates, displacements, recording.get_probe())[:, :, nbefore]
+        moved /= np.linalg.norm(moved, axis=2, keepdims=True) + 1e-12  # (shifts, units, channels)
+        scores = np.array([(footprints @ templates.T).max(axis=1).mean() for templates in moved])
+        return float(shifts[int(np.argmax(scores))])
+
+    def _moved_templates(self, recording, displacement, n_jobs):
+        """The templates for matching, moved by the session's displacement (see :meth:`sort`), and that value."""
+        from spikeinterface.generation.drift_tools import move_dense_templates
+
+        if displacement is None:
+            return self.templates, 0.0
+        if isinstance(displacement, str):
+            if displacement != "auto":
+                raise ValueError(f"displacement must be 'auto', a number (um) or None; got {displacement!r}")
+            try:
+                displacement = self.estimate_displacement(recording, n_jobs=n_jobs)
+            except ValueError as error:  # too few events (a short piece): sorted where the templates are
+                logger.info("displacement not estimated (%s): templates not moved", error)
+                return self.templates, 0.0
+            if abs(displacement) < MIN_DISPLACEMENT_UM:
+                return self.templates, 0.0
+        displacement = float(displacement)
+        moved = move_dense_templates(self.templates, np.array([[0.0, displacement]]), recording.get_probe())[0]
+        return moved.astype(np.float32), displacement
+
+    def _match(self, recording, method, displacement, noise_levels, n_jobs, verbose):
+        """Template matching with the saved templates, then the full run's duplicate rule (see :meth:`sort`)."""
+        from .cleanup import match_templates
+        from .curation import remove_duplicate_spikes
+        from .params import matching_job_kwargs, sorter_job_kwargs
+        from .preprocessing import seeded_noise_levels
+        from .results import to_sorting
+
+        self._warn_if_motion_corrected()
+        preprocessed = self.preprocessed(recording)
+        job_kwargs = sorter_job_kwargs({"n_jobs": int(n_jobs)}, verbose)
+        if not recording.check_serializability("pickle"):
+            # a recording that lives in memory only (generated, say): SpikeInterface's matching pipeline cannot read
+            # such a lazy chain (its segments lose their recording), so its preprocessed traces are kept in memory
+            preprocessed = preprocessed.save(format="memory", **(job_kwargs | {"progress_bar": False}))
+        if isinstance(noise_levels, str) and noise_levels == "recording":
+            noise = seeded_noise_levels(preprocessed, int(self.params["seed"]), job_kwargs)
+        elif isinstance(noise_levels, str) and noise_levels == "model":
+            noise = np.asarray(self.settings.noise_levels, dtype=np.float32)
+        else:
+            raise ValueError("with matching, noise_levels must be 'model' or 'recording' (the noise of the whitened "
+                             "traces); give an array with matching='none'")
+        templates, displacement = self._moved_templates(recording, displacement, n_jobs)
+        events, labels, kept, _ = match_templates(
+            preprocessed, templates, noise_levels=noise, nbefore=self.settings.nbefore, method=method,
+            job_kwargs=matching_job_kwargs({}, job_kwargs),
+        )
+        censor = max(int(round(self.params["duplicate_ms"] * recording.sampling_frequency / 1000.0)), 1)
+        keep = remove_duplicate_spikes(events["sample_index"], labels, events["segment_index"], censor)
+        lengths = np.array([recording.get_num_samples(s) for s in range(recording.get_num_segments())])
+        keep &= events["sample_index"] < lengths[events["segment_index"]]
+        # matching's unit indices are those of the kept templates: back to the model's units
+        units = np.flatnonzero(kept)[labels[keep]]
+        sorting = to_sorting(events[keep], units, self.unit_ids, recording.sampling_frequency,
+                             recording.get_num_segments())
+        sorting.annotate(displacement_um=displacement)
+        return sorting
 
     def _noise_levels(self, recording, noise_levels, block_ms):
         if isinstance(noise_levels, str):
@@ -199,8 +373,9 @@ class ElvisortModel:
         ----------
         recording : BaseRecording
             A recording of the model's probe.
-        sorting : BaseSorting
-            Labels for ``recording`` (for instance a Phy-curated sorting read back with ``read_phy``).
+        sorting : BaseSorting, or str or Path
+            Labels for ``recording``: a sorting, a saved sorting folder, or a Phy folder (for instance the session
+            sorted, exported with ``export_to_phy`` and curated in Phy; clusters labelled "noise" are left out).
         epochs : int, default: 10
         learning_rate : float, default: 0.01
             Adam's step for the classifier head (it trains on cached embeddings; a restarted head needs a larger
@@ -214,6 +389,7 @@ class ElvisortModel:
         from .training import TrainConfig, train_model
 
         self.check_recording(recording)
+        sorting = read_labels(sorting)
         _check_sorting(sorting, recording)
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1; got {epochs}")
@@ -260,130 +436,14 @@ class ElvisortModel:
         return path
 
 
-def check_same_probe(recording, channel_locations, sampling_frequency: float, reference: str, fix: str) -> None:
-    """Raise ValueError, before any work, when ``recording`` is not from the probe described by ``channel_locations``
-    and ``sampling_frequency`` (same channel count, rate, and locations in the same order within 1 um).
-    ``reference`` names that probe's source in the message ("the model was trained"), ``fix`` says what to do."""
-    num_channels = len(channel_locations)
-    if recording.get_num_channels() != num_channels:
-        raise ValueError(f"{reference} on {num_channels} channels but the recording has "
-                         f"{recording.get_num_channels()}: {fix}")
-    if abs(recording.sampling_frequency - sampling_frequency) > 1e-6 * sampling_frequency:
-        raise ValueError(
-            f"{reference} at {sampling_frequency:g} Hz but the recording is sampled at "
-            f"{recording.sampling_frequency:g} Hz: resample it (spikeinterface.preprocessing.resample) or {fix}"
-        )
-    if not recording.has_probe() and "location" not in recording.get_property_keys():
-        raise ValueError("the recording has no channel locations: attach its probe (recording.set_probe) first")
-    locations = recording.get_channel_locations()[:, :2]
-    reference_locations = np.asarray(channel_locations, dtype=np.float64)[:, :2]
-    if not np.allclose(locations, reference_locations, atol=1.0):
-        raise ValueError(
-            f"the recording's channel locations differ from those {reference} on (largest difference "
-            f"{np.abs(locations - reference_locations).max():.1f} um): the channels must be the same, in the same "
-            f"order; {fix}"
-        )
-
-
 def _scale_to_uV(recording) -> bool:
     # the rule of preprocessing.preprocess: integer traces with gains are filtered in microvolts
     return recording.get_dtype().kind in "iu" and recording.has_scaleable_traces()
 
 
-def _check_sorting(sorting, recording) -> None:
-    if sorting.get_num_segments() != recording.get_num_segments():
-        raise ValueError(f"the labelled sorting has {sorting.get_num_segments()} segment(s), the recording "
-                         f"{recording.get_num_segments()}: labels must belong to this recording")
-    if abs(sorting.sampling_frequency - recording.sampling_frequency) > 1e-6 * recording.sampling_frequency:
-        raise ValueError(f"the labelled sorting is at {sorting.sampling_frequency:g} Hz, the recording at "
-                         f"{recording.sampling_frequency:g} Hz: labels must belong to this recording")
-    if sorting.unit_ids.size == 0:
-        raise ValueError("the labelled sorting has no units")
-
-
-def measure_noise_levels(engine: BlockEngine, recording, scale: bool, num_blocks: int = 20, seed: int = 0):
-    """Median absolute deviation / 0.6745 per channel of the traces the engine detects on (its preprocessed
-    traces, or those before whitening: :meth:`BlockEngine.detection_traces`), on random blocks."""
-    rng = np.random.default_rng(seed)
-    pieces = []
-    for _ in range(num_blocks):
-        segment_index = int(rng.integers(recording.get_num_segments()))
-        num_samples = recording.get_num_samples(segment_index)
-        length = min(engine.block_samples, num_samples)
-        start = int(rng.integers(0, max(num_samples - length, 0) + 1))
-        raw = read_block(recording, segment_index, start, start + length, engine.margin, scale)
-        pieces.append(engine.detection_traces(raw)[0][engine.inner_margin : engine.inner_margin + length])
-    traces = np.concatenate(pieces)
-    return (np.median(np.abs(traces - np.median(traces, axis=0)), axis=0) / 0.6744897501960817).astype(np.float32)
-
-
-def collect_events(engine: BlockEngine, recording, scale: bool, sorting, max_events: int, seed: int = 0):
-    """Detect events as the engine does, label them with ``sorting`` (:func:`label_events`) and keep a random
-    subset of at most ``max_events`` with their snippets; memory stays bounded whatever the duration.
-
-    Returns
-    -------
-    events : dict of arrays
-        sample_index, segment_index, channel_index, label (-1: no labelled spike near), snippets.
-    templates : (num_units, num_samples, num_channels)
-        Mean full-probe waveform of every labelled event (all of them, not only the kept subset).
-    """
-    rng = np.random.default_rng(seed)
-    num_units = sorting.unit_ids.size
-    sums = np.zeros((num_units, engine.nbefore + engine.nafter, engine.num_channels), dtype=np.float64)
-    counts = np.zeros(num_units, dtype=np.int64)
-    kept = None
-    offsets = np.arange(-engine.nbefore, engine.nafter)
-    for segment_index in range(recording.get_num_segments()):
-        engine.reset()
-        num_samples = recording.get_num_samples(segment_index)
-        for start in range(0, num_samples, engine.block_samples):
-            end = min(start + engine.block_samples, num_samples)
-            detection, traces = engine.detection_traces(
-                read_block(recording, segment_index, start, end, engine.margin, scale)
-            )
-            samples, channels = engine.detect(detection, start, end - start)
-            block = dict(
-                sample_index=samples - engine.inner_margin + start,
-                segment_index=np.full(samples.size, segment_index, dtype=np.int64),
-                channel_index=channels,
-            )
-            block["label"] = label_events(block, sorting)
-            for unit in np.unique(block["label"][block["label"] >= 0]):
-                rows = samples[block["label"] == unit][:, None] + offsets[None, :]
-                sums[unit] += traces[rows].sum(axis=0)
-                counts[unit] += rows.shape[0]
-            block["snippets"] = engine.snippets(traces, samples, channels)
-            block["key"] = rng.random(samples.size)  # reservoir: keep the events with the smallest random keys
-            kept = block if kept is None else {k: np.concatenate([kept[k], block[k]]) for k in kept}
-            if kept["key"].size > max_events:
-                keep = np.sort(np.argpartition(kept["key"], max_events)[:max_events])
-                kept = {k: v[keep] for k, v in kept.items()}
-    if kept is None or kept["sample_index"].size == 0:
-        raise ValueError("no event was detected in the recording: nothing to train on")
-    templates = (sums / np.maximum(counts, 1)[:, None, None]).astype(np.float32)
-    return kept, templates
-
-
-def label_events(events, sorting, match_ms: float = LABEL_MATCH_MS) -> np.ndarray:
-    """Unit index (into ``sorting.unit_ids``) of the labelled spike nearest each event, -1 beyond ``match_ms``.
-    ``events`` needs sample_index and segment_index (samples at the sorting's rate)."""
-    max_distance = int(round(match_ms * sorting.sampling_frequency / 1000.0))
-    labels = np.full(events["sample_index"].size, -1, dtype=np.int64)
-    spikes = sorting.to_spike_vector()
-    for segment_index in np.unique(events["segment_index"]):
-        mine = np.flatnonzero(events["segment_index"] == segment_index)
-        theirs = spikes[spikes["segment_index"] == segment_index]
-        if theirs.size == 0:
-            continue
-        theirs = theirs[np.argsort(theirs["sample_index"], kind="stable")]
-        times = theirs["sample_index"].astype(np.int64)
-        position = np.searchsorted(times, events["sample_index"][mine])
-        left = np.clip(position - 1, 0, times.size - 1)
-        right = np.clip(position, 0, times.size - 1)
-        distance_left = np.abs(events["sample_index"][mine] - times[left])
-        distance_right = np.abs(times[right] - events["sample_index"][mine])
-        nearest = np.where(distance_left <= distance_right, left, right)
-        close = np.minimum(distance_left, distance_right) <= max_distance
-        labels[mine[close]] = theirs["unit_index"][nearest[close]]
-    return labels
+def _first_samples(recording, length: int):
+    """The first ``length`` samples of the first segment (for several segments, SpikeInterface's select_segments
+    re-points the segments to the new recording: :meth:`ElvisortModel.estimate_displacement` points them back)."""
+    if recording.get_num_segments() > 1:
+        recording = recording.select_segments([0])
+    return recording.frame_slice(0, length)

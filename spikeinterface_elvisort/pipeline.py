@@ -336,7 +336,7 @@ def _label_training_set(model, training_set, sorting):
     """Label the training events with ``sorting`` (an event within 0.4 ms of one of its spikes takes that unit) and
     size the classifier branch for its units + the non-spike class. Returns the events' labels (-1: none) and the
     classifier targets of every training snippet (unlabelled events and noise windows are the non-spike class)."""
-    from .instant import label_events
+    from .labels import label_events
 
     labels = label_events(training_set["events"], sorting)
     num_units = sorting.unit_ids.size
@@ -347,8 +347,8 @@ def _label_training_set(model, training_set, sorting):
 
 
 def _sort_pretrained(recording, model_path, params, folder, verbose, device, stages, *, save=True):
-    """Inference only: the model saved at ``model_path``, with its settings, detection and classifier (see
-    ElvisortModel.sort)."""
+    """Inference only: the model saved at ``model_path`` sorts ``recording`` (ElvisortModel.sort), with template
+    matching on its templates unless ``params["matching_method"]`` is "none" (then its detection and classifier)."""
     from .instant import load_model
 
     model = load_model(model_path, device=str(device))
@@ -356,7 +356,7 @@ def _sort_pretrained(recording, model_path, params, folder, verbose, device, sta
     n_jobs = sorter_job_kwargs(params["job_kwargs"], verbose)["n_jobs"]
     logger.info("elvisort inference with %r on %d channels, %.1f s; %s", model, recording.get_num_channels(),
                 recording.get_total_duration(), thread_summary(n_jobs))
-    sorting = model.sort(recording, n_jobs=n_jobs, verbose=verbose)
+    sorting = model.sort(recording, matching=params["matching_method"], n_jobs=n_jobs, verbose=verbose)
     # units of the model that did not fire in this recording are left out, as every sorter's output has no empty
     # units (export_to_phy and quality metrics break on them); the others keep the model's unit ids
     counts = sorting.count_num_spikes_per_unit(outputs="array")
@@ -372,23 +372,11 @@ def _sort_pretrained(recording, model_path, params, folder, verbose, device, sta
 
 def _read_labels(params, recording):
     """The labelled sorting (SpikeInterface folder or Phy folder) and the recording it labels, checked."""
-    from spikeinterface.core import BaseRecording, BaseSorting, load
+    from spikeinterface.core import BaseRecording, load
 
-    from .instant import _check_sorting, check_same_probe
+    from .labels import _check_sorting, check_same_probe, read_labels
 
-    path = Path(params["training_sorting"])
-    if (path / "params.py").is_file() and (path / "spike_times.npy").is_file():
-        from spikeinterface.extractors import read_phy
-
-        sorting = read_phy(path, exclude_cluster_groups=["noise"])
-    else:
-        try:
-            sorting = load(path)
-        except Exception as error:
-            raise ValueError(f"training_sorting={str(path)!r} is neither a saved SpikeInterface sorting nor a Phy "
-                             f"folder ({type(error).__name__}: {error})") from None
-    if not isinstance(sorting, BaseSorting):
-        raise ValueError(f"training_sorting={str(path)!r} holds a {type(sorting).__name__}, not a sorting")
+    sorting = read_labels(params["training_sorting"], "training_sorting")
     labelled_recording = recording
     if params["training_recording"] is not None:
         labelled_recording = load(Path(params["training_recording"]))

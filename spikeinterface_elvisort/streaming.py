@@ -237,7 +237,7 @@ class OnlineSorter:
 
     Feed consecutive (samples x channels) blocks of any size to :meth:`process`; each call returns the spikes decided
     since the previous call. :meth:`flush` ends the stream (the last samples are treated as the end of the
-    recording) and returns the rest. The result equals ``model.sort(recording, method="classifier")`` on the same
+    recording) and returns the rest. The result equals ``model.sort(recording, matching="none")`` on the same
     data, whatever the block sizes: internally the stream is cut into the model's fixed grid of ``block_ms`` blocks.
 
     Parameters

@@ -229,7 +229,7 @@ def test_stream_equals_offline_for_any_block_size(model, trained, block_sizes):
 
     _, recording, _, _ = trained
     piece = recording.frame_slice(0, int(6 * recording.sampling_frequency))
-    offline = model.sort(piece)
+    offline = model.sort(piece, matching="none")  # the mode the stream reproduces
     traces = piece.get_traces()
     rng = np.random.default_rng(0)
     sizes = {
@@ -286,7 +286,7 @@ def test_stream_equals_offline_with_algorithm1(trained, tmp_path):
     model = load_model(trained[0], device="cpu")
     model.params["detection_method"] = "algorithm1"
     piece = trained[1].frame_slice(0, int(3 * trained[1].sampling_frequency))
-    offline = model.sort(piece)
+    offline = model.sort(piece, matching="none")  # the mode the stream reproduces
     traces = piece.get_traces()
     rng = np.random.default_rng(1)
     spikes = _stream(OnlineSorter(model), traces, lambda: int(rng.integers(1, 5000)))
@@ -327,22 +327,100 @@ def test_training_sorting_transfers_to_another_recording(supervised_transfer, tr
     assert "supervised" in history
 
 
+def _collided(ground_truth, window_samples):
+    """Per spike of ``ground_truth`` (its spike vector), whether a spike of another unit lies within the window."""
+    spikes = ground_truth.to_spike_vector()
+    times, units = spikes["sample_index"].astype(np.int64), spikes["unit_index"]
+    collided = np.zeros(times.size, dtype=bool)
+    for shift in range(1, window_samples + 1):
+        near = (times[shift:] - times[:-shift] <= window_samples) & (units[shift:] != units[:-shift])
+        collided[shift:] |= near
+        collided[:-shift] |= near
+    return spikes, collided
+
+
+def _found(spikes, sorting, unit_map, tolerance):
+    """Whether each ground-truth spike has a spike of its matched unit in ``sorting`` within ``tolerance`` samples."""
+    found = np.zeros(spikes.size, dtype=bool)
+    for unit, matched in unit_map.items():
+        mine = np.flatnonzero(spikes["unit_index"] == unit)
+        train = sorting.get_unit_spike_train(matched).astype(np.int64)
+        if train.size == 0 or mine.size == 0:
+            continue
+        times = spikes["sample_index"][mine].astype(np.int64)
+        position = np.searchsorted(train, times)
+        left = train[np.clip(position - 1, 0, train.size - 1)]
+        right = train[np.clip(position, 0, train.size - 1)]
+        found[mine] = np.minimum(np.abs(times - left), np.abs(right - times)) <= tolerance
+    return found
+
+
+def test_instant_matching_finds_the_collided_spikes_the_forward_pass_misses(supervised_transfer, transfer_pair):
+    """On B, the saved model with template matching (the default) finds spikes that collide with another unit's
+    (within 1 ms) which detection plus classifier miss, and scores at least as well overall."""
+    from spikeinterface_elvisort import load_model
+
+    folder, _ = supervised_transfer
+    _, _, recording_b, gt_b, _ = transfer_pair
+    model = load_model(folder, device="cpu")
+    matched = model.sort(recording_b, n_jobs=1)
+    forward = model.sort(recording_b, matching="none", n_jobs=1)
+    assert list(matched.unit_ids) == list(forward.unit_ids) == list(model.unit_ids)
+    fs = recording_b.sampling_frequency
+    spikes, collided = _collided(gt_b, int(fs / 1000))
+    assert collided.sum() >= 50  # the generated trains collide often enough to measure
+    tolerance = int(0.4 * fs / 1000)
+    # the model's units are the ground truth's (trained on A's labels): unit index -> the same unit id
+    unit_map = {index: unit_id for index, unit_id in enumerate(gt_b.unit_ids) if unit_id in set(model.unit_ids)}
+    with_matching = _found(spikes, matched, unit_map, tolerance)
+    without = _found(spikes, forward, unit_map, tolerance)
+    print(f"\ncollided spikes found: {with_matching[collided].mean():.3f} with matching, "
+          f"{without[collided].mean():.3f} without; all spikes {with_matching.mean():.3f} / {without.mean():.3f}")
+    assert with_matching[collided].mean() >= without[collided].mean() + 0.05
+    assert _mean_accuracy(gt_b, matched) >= _mean_accuracy(gt_b, forward)
+    with pytest.raises(ValueError, match="matching='wobble' is not valid"):
+        model.sort(recording_b, matching="wobble")
+
+
+def _curated_phy_folder(sorting, recording, folder):
+    """``sorting`` exported to Phy with its first cluster labelled noise in Phy's cluster_group.tsv, the others good,
+    as after a curation; returns the cluster ids."""
+    from spikeinterface.core import create_sorting_analyzer
+    from spikeinterface.exporters import export_to_phy
+
+    analyzer = create_sorting_analyzer(sorting, recording, sparse=True, format="memory")
+    analyzer.compute(["random_spikes", "templates", "noise_levels"], progress_bar=False)
+    analyzer.compute("spike_amplitudes", progress_bar=False)
+    export_to_phy(analyzer, folder, compute_pc_features=False, copy_binary=False, verbose=False, progress_bar=False)
+    cluster_ids = np.unique(np.load(folder / "spike_clusters.npy"))
+    (folder / "cluster_group.tsv").write_text("cluster_id\tgroup\n" + "".join(
+        f"{c}\t{'noise' if i == 0 else 'good'}\n" for i, c in enumerate(cluster_ids)))
+    return cluster_ids
+
+
+def test_fine_tune_from_a_curated_phy_folder(supervised_transfer, transfer_pair, tmp_path):
+    """model.fine_tune(recording, phy_folder) takes the Phy folder itself: its clusters labelled noise are left out,
+    the others become the model's units."""
+    from spikeinterface_elvisort import load_model
+
+    recording_a, _, _, _, gt_a = transfer_pair
+    cluster_ids = _curated_phy_folder(gt_a, recording_a, tmp_path / "phy")
+    model = load_model(supervised_transfer[0], device="cpu")
+    history = model.fine_tune(recording_a, tmp_path / "phy", epochs=2)
+    assert len(history) == 2
+    assert list(model.unit_ids) == list(cluster_ids[1:])
+    assert model.templates.shape[0] == cluster_ids.size - 1
+    with pytest.raises(ValueError, match="neither a saved SpikeInterface sorting nor a Phy folder"):
+        model.fine_tune(recording_a, tmp_path / "nothing_here", epochs=1)
+
+
 def test_training_sorting_from_a_phy_folder(transfer_pair, tmp_path, sorter_device):
     """A Phy folder (as written by export_to_phy, with one cluster labelled noise) trains the classifier; the noise
     cluster is left out."""
     import spikeinterface.sorters as ss
-    from spikeinterface.core import create_sorting_analyzer
-    from spikeinterface.exporters import export_to_phy
 
     recording_a, _, _, _, gt_a = transfer_pair
-    analyzer = create_sorting_analyzer(gt_a, recording_a, sparse=True, format="memory")
-    analyzer.compute(["random_spikes", "templates", "noise_levels"])
-    analyzer.compute("spike_amplitudes")
-    export_to_phy(analyzer, tmp_path / "phy", compute_pc_features=False, copy_binary=False, verbose=False)
-    groups = (tmp_path / "phy" / "cluster_group.tsv")
-    cluster_ids = np.unique(np.load(tmp_path / "phy" / "spike_clusters.npy"))
-    groups.write_text("cluster_id\tgroup\n" + "".join(
-        f"{c}\t{'noise' if i == 0 else 'good'}\n" for i, c in enumerate(cluster_ids)))
+    cluster_ids = _curated_phy_folder(gt_a, recording_a, tmp_path / "phy")
     sorting = ss.run_sorter("elvisort", recording_a, folder=tmp_path / "run",
                             **fast_params(sorter_device, training_sorting=str(tmp_path / "phy")))
     from spikeinterface_elvisort import load_model
@@ -378,12 +456,12 @@ def test_fine_tune_learns_new_labels(trained, transfer_pair):
     _, recording, ground_truth, _ = trained
     model = load_model(trained[0], device="cpu")
     frozen = {k: v.clone() for k, v in model.network.state_dict().items() if not k.startswith("classifier")}
-    before = _mean_accuracy(ground_truth, model.sort(recording))
+    before = _mean_accuracy(ground_truth, model.sort(recording, matching="none"))  # the classifier's own
     history = model.fine_tune(recording, ground_truth, epochs=10)
     assert len(history) == 10 and history[-1]["classification"] < history[0]["classification"]
     assert all(np.array_equal(frozen[k], v) for k, v in model.network.state_dict().items() if k in frozen)
     assert list(model.unit_ids) == list(ground_truth.unit_ids)
-    after = _mean_accuracy(ground_truth, model.sort(recording))
+    after = _mean_accuracy(ground_truth, model.sort(recording, matching="none"))
     # measured 0.32 -> 0.34; 0.27 -> 0.34 before the classifier head took at least four steps per epoch (the
     # saved model's head, trained on few events, is better from the start now; the fine-tuned result is the same)
     assert after > before and after >= 0.3
@@ -407,12 +485,14 @@ def test_a_model_saved_before_the_settings_record_loads_sorts_and_saves_in_the_c
     assert settings.whitening is None and not settings.motion_corrected  # 4 channels: "auto" does not whiten
     assert settings.unit_ids.tolist() == [0] and settings.templates.shape[0] == 1
     recording, _ = make_ground_truth(num_channels=4, durations=[10.0], seed=1)
-    sorting = model.sort(recording)
+    sorting = model.sort(recording, matching="none")  # the forward pass, as the model sorted in 0.1.0
     assert sorting.count_total_num_spikes() > 300  # (its one unit, from 2 epochs of a tiny network, is no neuron)
+    assert model.sort(recording).count_total_num_spikes() > 0  # its saved template matches too
 
     again = load_model(model.save(tmp_path / "model.pt"), device="cpu")
     assert again.checkpoint["format"] == MODEL_FORMAT
-    np.testing.assert_array_equal(again.sort(recording).to_spike_vector(), sorting.to_spike_vector())
+    np.testing.assert_array_equal(again.sort(recording, matching="none").to_spike_vector(),
+                                  sorting.to_spike_vector())
 
 
 def test_a_model_file_of_a_newer_format_is_refused_with_what_to_do():
@@ -420,3 +500,43 @@ def test_a_model_file_of_a_newer_format_is_refused_with_what_to_do():
 
     with pytest.raises(ValueError, match="upgrade the package"):
         ModelSettings.from_checkpoint({"format": MODEL_FORMAT + 1, "params": {}})
+
+
+@pytest.fixture(scope="module")
+def displaced_pair(tmp_path_factory):
+    """A on 16 channels (140 um), and B with the same units moved 20 um along the probe: (A, gt_a folder, B, gt_b)."""
+    from spikeinterface_elvisort.benchmarks import generate_transfer_pair
+
+    folder = tmp_path_factory.mktemp("displaced")
+    recording_a, gt_a, recording_b, gt_b = generate_transfer_pair(
+        num_channels=16, num_units=6, durations=[20.0], seed_a=0, seed_b=1, displacement_um=20.0
+    )
+    recording_a = save_binary(recording_a, folder / "a")
+    gt_a.save(folder=folder / "gt_a")
+    return recording_a, folder / "gt_a", save_binary(recording_b, folder / "b"), gt_b
+
+
+def test_a_displaced_session_sorts_better_with_the_correction(displaced_pair, tmp_path, sorter_device):
+    """The displacement of B against the model is estimated near 20 um (0 for A itself), and moving the templates
+    by it sorts B better than matching A's templates where they were."""
+    import spikeinterface.sorters as ss
+
+    from spikeinterface_elvisort import load_model
+
+    recording_a, gt_a_folder, recording_b, gt_b = displaced_pair
+    ss.run_sorter("elvisort", recording_a, folder=tmp_path / "a",
+                  **fast_params(sorter_device, training_sorting=str(gt_a_folder)))
+    model = load_model(tmp_path / "a", device="cpu")
+    assert abs(model.estimate_displacement(recording_a)) <= 3.0
+    estimate = model.estimate_displacement(recording_b)
+    assert 14.0 <= estimate <= 26.0, estimate
+    corrected = model.sort(recording_b, n_jobs=1)
+    assert corrected.get_annotation("displacement_um") == estimate
+    uncorrected = model.sort(recording_b, displacement=None, n_jobs=1)
+    assert uncorrected.get_annotation("displacement_um") == 0.0
+    with_correction, without = _mean_accuracy(gt_b, corrected), _mean_accuracy(gt_b, uncorrected)
+    print(f"\ndisplaced by 20 um: estimated {estimate} um, accuracy {with_correction:.3f} corrected, "
+          f"{without:.3f} not")
+    assert with_correction >= without + 0.1
+    with pytest.raises(ValueError, match="displacement must be 'auto', a number"):
+        model.sort(recording_b, displacement="guess")

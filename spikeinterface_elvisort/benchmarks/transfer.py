@@ -6,7 +6,8 @@ import numpy as np
 
 
 def generate_transfer_pair(num_channels: int = 32, num_units: int = 15, durations=(120.0,), seed_a: int = 0,
-                           seed_b: int = 1, sampling_frequency: float = 30000.0, **kwargs):
+                           seed_b: int = 1, sampling_frequency: float = 30000.0, displacement_um: float = 0.0,
+                           **kwargs):
     """Two ground-truth recordings of the same units on the same probe: the paper's transfer experiment.
 
     Recording A is ``spikeinterface.core.generate_ground_truth_recording(seed=seed_a)``; recording B holds the same
@@ -18,6 +19,9 @@ def generate_transfer_pair(num_channels: int = 32, num_units: int = 15, duration
         As in ``generate_ground_truth_recording``.
     seed_a, seed_b : int
         Seeds of A (probe, templates, spikes, noise) and of B (spikes, noise).
+    displacement_um : float, default: 0
+        B's units sit this far (um) along the probe's depth from where they are in A, as in a later session of a
+        probe that moved: B's templates are A's moved by SpikeInterface's ``move_dense_templates`` (cubic).
     **kwargs :
         Passed to both calls (for instance ``noise_kwargs``).
 
@@ -34,6 +38,11 @@ def generate_transfer_pair(num_channels: int = 32, num_units: int = 15, duration
         num_units=num_units, seed=seed_a, **kwargs,
     )
     templates = np.asarray(recording_a._kwargs["templates"], dtype=np.float32)
+    if displacement_um:
+        from spikeinterface.generation.drift_tools import move_dense_templates
+
+        templates = move_dense_templates(templates, np.array([[0.0, float(displacement_um)]]),
+                                         recording_a.get_probe())[0].astype(np.float32)
     recording_b, sorting_b = generate_ground_truth_recording(
         durations=list(durations), sampling_frequency=sampling_frequency, num_units=num_units,
         probe=recording_a.get_probe(), templates=templates, seed=seed_b, **kwargs,
@@ -56,7 +65,8 @@ def classification_scores(model, recording, ground_truth, match_ms: float = 0.4)
         ``events`` and of ``spike_events``, ``per_unit_f1`` and ``per_unit_accuracy`` (unit id -> score; NaN for a
         unit never detected nor predicted).
     """
-    from ..instant import _scale_to_uV, label_events
+    from ..instant import _scale_to_uV
+    from ..labels import label_events
     from ..streaming import sort_segment
 
     model.check_recording(recording)
