@@ -63,10 +63,11 @@ def parameters_table(sorter: str = "elvisort") -> str:
         lines += [
             ".. list-table::",
             "   :header-rows: 1",
-            "   :widths: 22 14 64",
+            "   :widths: 20 12 16 52",
             "",
             "   * - Parameter",
             "     - Default",
+            "     - Type / values",
             "     - Description",
         ]
         for name in names:
@@ -74,10 +75,25 @@ def parameters_table(sorter: str = "elvisort") -> str:
             lines += [
                 f"   * - ``{name}``",
                 f"     - {_literal(param.default)}",
+                f"     - {_escape(_values(param))}",
                 f"     - {_escape(_cell(param.description))}",
             ]
         lines.append("")
     return "\n".join(lines)
+
+
+def _values(param) -> str:
+    """What the parameter accepts, from its declaration: its choices, a number range, a bool, or its default's type."""
+    if param.choices is not None:
+        return " | ".join(repr(choice) for choice in param.choices)
+    if param.bounds is not None:
+        low, high, integer = param.bounds
+        kind = "int" if integer else "float"
+        bounds = f"{kind} >= {low:g}" if high is None else f"{kind} in [{low:g}, {high:g}]"
+        return " | ".join([bounds] + [repr(value) for value in param.also])
+    if isinstance(param.default, bool):
+        return "bool"
+    return type(param.default).__name__ if param.default is not None else "see description"
 
 
 def _escape(text: str) -> str:
