@@ -64,8 +64,8 @@ def test_recording_without_a_probe(tmp_path):
     recording = NumpyRecording([noise()], 30_000.0)
     with pytest.raises(ValueError, match="set_probe"):
         check_recording(recording, DEFAULT_PARAMS)
-    # run_sorter refuses it itself (SpikeInterface's requires_locations check), before making the folder
-    with pytest.raises(RuntimeError, match="Channel locations are required"):
+    # run_sorter refuses it with the same message, before making the folder
+    with pytest.raises(ValueError, match="set_probe"):
         ss.run_sorter("elvisort", recording, folder=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
