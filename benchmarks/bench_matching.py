@@ -5,7 +5,7 @@ common reference, whitening, cached in shared memory), its ground-truth units' t
 preprocessed traces, and ``cleanup.match_templates`` (circus-omp by default) finds the spikes with
 
 * ``threads``: the job kwargs of the other chunked stages (one thread per core);
-* ``processes``: what ``params.matching_job_kwargs`` gives the sorter by default on Linux (forked workers, one
+* ``processes``: what ``jobs.matching_job_kwargs`` gives the sorter by default on Linux (forked workers, one
   thread each);
 * ``one worker``: ``n_jobs=1``.
 
@@ -35,7 +35,8 @@ def time_matching(recording, sorting, method, repeats, work):
     from spikeinterface.core.node_pipeline import base_peak_dtype
 
     from spikeinterface_elvisort.curation import compute_templates
-    from spikeinterface_elvisort.params import DEFAULT_PARAMS, matching_job_kwargs, sorter_job_kwargs
+    from spikeinterface_elvisort.params import DEFAULT_PARAMS
+    from spikeinterface_elvisort.jobs import matching_job_kwargs, sorter_job_kwargs
     from spikeinterface_elvisort.cleanup import match_templates
     from spikeinterface_elvisort.front_end import StageLog, drop_cache, run_front_end
     from spikeinterface_elvisort.snippets import window_samples

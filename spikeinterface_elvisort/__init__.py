@@ -18,7 +18,7 @@ _LAZY = {
     "register_sorters": "._registration",
     "DEFAULT_PARAMS": ".params",
     "PARAMS": ".params",
-    "check_params": ".params",
+    "check_params": ".checks",
     "resolve_device": ".device",
     "load_checkpoint": ".results",
     "load_model": ".instant",

@@ -13,7 +13,7 @@ from .curation import (
     split_multimodal, template_snr,
 )
 from .numpy_kernels import numpy_kernels
-from .params import matching_job_kwargs
+from .jobs import matching_job_kwargs
 
 logger = logging.getLogger("spikeinterface_elvisort")
 

@@ -150,7 +150,7 @@ def blas_threads(num_threads: int | None):
     whole block (None: no limit); the previous limits come back afterwards.
 
     The sorters' chunked stages run in threads with SpikeInterface's ``max_threads_per_worker`` off
-    (:func:`~spikeinterface_elvisort.params.sorter_job_kwargs`) and this limit around the whole run instead.
+    (:func:`~spikeinterface_elvisort.jobs.sorter_job_kwargs`) and this limit around the whole run instead.
     SpikeInterface applies ``max_threads_per_worker`` per chunk with ``threadpool_limits``, a process-wide setting,
     from every worker thread at once: one thread leaving its block restores the limit while another computes, so
     chunks ran with one or two BLAS threads at random, and OpenBLAS's matrix products round differently with each.

@@ -68,7 +68,7 @@ class StageLog:
 def log_run_start(sorter_name: str, recording, params: dict, device, verbose: bool) -> dict:
     """Log the run's first line (channels, duration, device, threads); returns the chunked stages' job kwargs."""
     from .device import thread_summary
-    from .params import sorter_job_kwargs
+    from .jobs import sorter_job_kwargs
 
     job_kwargs = sorter_job_kwargs(params["job_kwargs"], verbose)
     logger.info(
@@ -146,7 +146,7 @@ def run_front_end(recording, params: dict, folder: Path, job_kwargs: dict, stage
     folder : Path
         Where the preprocessing cache and the estimated motion go.
     job_kwargs : dict
-        The chunked stages' job kwargs (``params.sorter_job_kwargs``).
+        The chunked stages' job kwargs (``jobs.sorter_job_kwargs``).
     stages : StageLog
         Logs one line per stage.
     motion : Motion, optional

@@ -15,20 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .displacement import estimate_displacement, moved_templates
 from .labels import check_same_probe, collect_events, measure_noise_levels, read_labels, _check_sorting
 from .params import max_training_events
 from .streaming import DEFAULT_BLOCK_MS, BlockEngine, sort_segment
 
 logger = logging.getLogger(__name__)
 
-# displacement="auto": the templates are moved when a new session's estimated displacement is at least this large
-# (about a quarter of a typical 20 um contact pitch; smaller shifts cost no measurable accuracy)
-MIN_DISPLACEMENT_UM = 5.0
-DISPLACEMENT_STEP_UM = 1.0
-# the displacement is estimated on at most this many samples x channels of the recording (about 4 s of 384
-# channels, 20 s of 32 at 30 kHz) and at most DISPLACEMENT_EVENTS events
-DISPLACEMENT_SAMPLES = 50_000_000
-DISPLACEMENT_EVENTS = 3000
 
 
 def load_model(path, device: str = "auto") -> "ElvisortModel":
@@ -245,78 +238,17 @@ class ElvisortModel:
         events are used, from about 4 s of 384 channels or 20 s of 32.
         """
         try:
-            return self._estimate_displacement(recording, max_um, n_jobs)
+            return estimate_displacement(self, recording, max_um=max_um, n_jobs=n_jobs)
         finally:
             # SpikeInterface's select_segments (for several segments) re-points the user's segments to its copy
             for segment in recording._recording_segments:
                 segment.set_parent_extractor(recording)
 
-    def _estimate_displacement(self, recording, max_um, n_jobs):
-        from spikeinterface.generation.drift_tools import move_dense_templates
-
-        from .detection import detect_spikes
-        from .params import sorter_job_kwargs
-        from .snippets import extract_snippets
-
-        self.check_recording(recording)
-        if self.templates.shape[0] == 0:
-            raise ValueError("this model holds no templates: the displacement cannot be estimated")
-        num_channels, fs = recording.get_num_channels(), recording.sampling_frequency
-        length = int(min(recording.get_num_samples(0), DISPLACEMENT_SAMPLES // num_channels))
-        excerpt = self.preprocessed(_first_samples(recording, length))
-        noise = np.asarray(self.settings.noise_levels, dtype=np.float32)
-        nbefore, nafter = self.settings.nbefore, self.settings.nafter
-        peaks = detect_spikes(
-            excerpt, noise, method="locally_exclusive", peak_sign=self.params["peak_sign"],
-            detect_threshold=self.params["detect_threshold"], exclude_sweep_ms=self.params["detect_exclude_sweep_ms"],
-            radius_um=self.params["detect_radius_um"], snippet_samples=nbefore + nafter,
-            job_kwargs=sorter_job_kwargs({"n_jobs": int(n_jobs)}, False),
-        )
-        inside = (peaks["sample_index"] >= nbefore) & (peaks["sample_index"] < length - nafter)
-        peaks = peaks[inside]
-        if peaks.size < 50:
-            raise ValueError(f"only {peaks.size} events in the first {length / fs:.1f} s: too few to estimate the "
-                             "displacement; give displacement= in um, or None")
-        if peaks.size > DISPLACEMENT_EVENTS:
-            peaks = peaks[np.sort(np.random.default_rng(0).choice(peaks.size, DISPLACEMENT_EVENTS, replace=False))]
-        # footprints: every channel's value at the event's peak (at the templates' alignment sample for them);
-        # the noise, of zero mean, favours no shift
-        every_channel = np.tile(np.arange(num_channels), (num_channels, 1))
-        footprints = np.concatenate([extract_snippets(excerpt, peaks[start:start + 500], every_channel, 0, 1)[:, 0]
-                                     for start in range(0, peaks.size, 500)])
-        footprints /= np.linalg.norm(footprints, axis=1, keepdims=True) + 1e-12
-        shifts = np.arange(-max_um, max_um + DISPLACEMENT_STEP_UM / 2, DISPLACEMENT_STEP_UM)
-        displacements = np.stack([np.zeros_like(shifts), shifts], axis=1)
-        moved = move_dense_templates(self.templates, displacements, recording.get_probe())[:, :, nbefore]
-        moved /= np.linalg.norm(moved, axis=2, keepdims=True) + 1e-12  # (shifts, units, channels)
-        scores = np.array([(footprints @ templates.T).max(axis=1).mean() for templates in moved])
-        return float(shifts[int(np.argmax(scores))])
-
-    def _moved_templates(self, recording, displacement, n_jobs):
-        """The templates for matching, moved by the session's displacement (see :meth:`sort`), and that value."""
-        from spikeinterface.generation.drift_tools import move_dense_templates
-
-        if displacement is None:
-            return self.templates, 0.0
-        if isinstance(displacement, str):
-            if displacement != "auto":
-                raise ValueError(f"displacement must be 'auto', a number (um) or None; got {displacement!r}")
-            try:
-                displacement = self.estimate_displacement(recording, n_jobs=n_jobs)
-            except ValueError as error:  # too few events (a short piece): sorted where the templates are
-                logger.info("displacement not estimated (%s): templates not moved", error)
-                return self.templates, 0.0
-            if abs(displacement) < MIN_DISPLACEMENT_UM:
-                return self.templates, 0.0
-        displacement = float(displacement)
-        moved = move_dense_templates(self.templates, np.array([[0.0, displacement]]), recording.get_probe())[0]
-        return moved.astype(np.float32), displacement
-
     def _match(self, recording, method, displacement, noise_levels, n_jobs, verbose):
         """Template matching with the saved templates, then the full run's duplicate rule (see :meth:`sort`)."""
         from .cleanup import match_templates
         from .curation import remove_duplicate_spikes
-        from .params import matching_job_kwargs, sorter_job_kwargs
+        from .jobs import matching_job_kwargs, sorter_job_kwargs
         from .preprocessing import seeded_noise_levels
         from .results import to_sorting
 
@@ -334,7 +266,7 @@ class ElvisortModel:
         else:
             raise ValueError("with matching, noise_levels must be 'model' or 'recording' (the noise of the whitened "
                              "traces); give an array with matching='none'")
-        templates, displacement = self._moved_templates(recording, displacement, n_jobs)
+        templates, displacement = moved_templates(self, recording, displacement, n_jobs=n_jobs)
         events, labels, kept, _ = match_templates(
             preprocessed, templates, noise_levels=noise, nbefore=self.settings.nbefore, method=method,
             job_kwargs=matching_job_kwargs({}, job_kwargs),
@@ -439,11 +371,3 @@ class ElvisortModel:
 def _scale_to_uV(recording) -> bool:
     # the rule of preprocessing.preprocess: integer traces with gains are filtered in microvolts
     return recording.get_dtype().kind in "iu" and recording.has_scaleable_traces()
-
-
-def _first_samples(recording, length: int):
-    """The first ``length`` samples of the first segment (for several segments, SpikeInterface's select_segments
-    re-points the segments to the new recording: :meth:`ElvisortModel.estimate_displacement` points them back)."""
-    if recording.get_num_segments() > 1:
-        recording = recording.select_segments([0])
-    return recording.frame_slice(0, length)

@@ -1,22 +1,18 @@
 """Every sorter parameter, declared once: default, description and the stage that reads it.
 
 SpikeInterface merges the user's parameters into ``DEFAULT_PARAMS``, rejects unknown top-level keys and then calls
-``check_params`` (through the sorter's ``_check_params``), so every value here stays plain JSON.
+``checks.check_params`` (through the sorter's ``_check_params``), so every value here stays plain JSON.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-from os import PathLike
-from pathlib import Path
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Param:
     """One sorter parameter: its default, its description (what it does, its unit, when to change it) and the stage
-    that reads it, with the values :func:`check_declared` accepts: one of ``choices`` (compared with their types,
+    that reads it, with the values :func:`~spikeinterface_elvisort.checks.check_declared` accepts: one of ``choices`` (compared with their types,
     so that 1 is not True), a number within ``bounds`` = (minimum, maximum or None, integer?), inclusive, or one of
     the special values ``also`` beside the bounds ("auto", None). A parameter whose default is a bool and has no
     choices must be True or False."""
@@ -342,61 +338,6 @@ PARAMS = {
 }
 
 
-def sorter_job_kwargs(job_kwargs: dict, verbose: bool) -> dict:
-    """The job kwargs the chunked stages run with: one thread per core of this process's share
-    (:func:`~spikeinterface_elvisort.device.cpu_share`: all the cores, except in a worker of a process pool) unless
-    ``job_kwargs`` says otherwise (the sorter parameter), SpikeInterface's defaults for the rest, progress bars when
-    ``verbose`` and on a terminal.
-
-    In threads, ``max_threads_per_worker`` is turned off: the pipelines limit BLAS threads once for the whole run to
-    :func:`blas_thread_limit` instead (see :func:`~spikeinterface_elvisort.device.blas_threads`, why)."""
-    from .progress import on_terminal
-
-    fixed = _with_defaults(job_kwargs) | {"progress_bar": verbose and on_terminal()}
-    if fixed["pool_engine"] == "thread":
-        fixed["max_threads_per_worker"] = None
-    return fixed
-
-
-def _with_defaults(job_kwargs: dict) -> dict:
-    """``job_kwargs`` over the sorters' defaults (threads, one per core of this process's share), completed by
-    SpikeInterface's ``fix_job_kwargs``."""
-    from spikeinterface.core.job_tools import fix_job_kwargs
-
-    from .device import cpu_share
-
-    return fix_job_kwargs({"n_jobs": cpu_share(), "pool_engine": "thread"} | dict(job_kwargs))
-
-
-def blas_thread_limit(job_kwargs: dict) -> int:
-    """The BLAS threads a run gets (:func:`~spikeinterface_elvisort.device.blas_threads`): the user's
-    ``max_threads_per_worker`` (SpikeInterface's default, 1) when the chunked stages run in threads on more than one
-    job, else :func:`~spikeinterface_elvisort.device.default_blas_threads`."""
-    from .device import default_blas_threads
-
-    fixed = _with_defaults(job_kwargs)
-    if fixed["pool_engine"] != "thread" or fixed["n_jobs"] <= 1:
-        return default_blas_threads()
-    return fixed["max_threads_per_worker"]
-
-
-def matching_job_kwargs(user_job_kwargs: dict, job_kwargs: dict) -> dict:
-    """The job kwargs template matching runs with: ``job_kwargs`` (:func:`sorter_job_kwargs`'s), except that where
-    the user's ``job_kwargs`` parameter names no ``pool_engine``, the matching runs in forked worker processes, one
-    thread each, instead of threads. circus-omp and tdc-peeler pick spikes one at a time in a Python loop that
-    holds the GIL, so threads take turns on one core: on static seed 0 of ``benchmarks/bench_sorters.py`` (120 s,
-    32 channels, two cores) circus-omp took 16.5 s in two threads and 9.0-9.7 s in two processes, with the same
-    27117 spikes. Threads stay where forking is not safe or not possible: one job, not Linux (macOS and Windows
-    do not fork safely), or inside a daemonic process (which may not have children)."""
-    import multiprocessing
-    import sys
-
-    if ("pool_engine" in user_job_kwargs or job_kwargs["n_jobs"] <= 1 or not sys.platform.startswith("linux")
-            or multiprocessing.current_process().daemon):
-        return job_kwargs
-    return job_kwargs | {"pool_engine": "process", "mp_context": "fork", "max_threads_per_worker": 1}
-
-
 DEFAULT_PARAMS = {name: param.default for name, param in PARAMS.items()}
 PARAMS_DESCRIPTION = {name: param.description for name, param in PARAMS.items()}
 
@@ -411,135 +352,3 @@ def max_training_events(params: dict, num_channels: int) -> int:
     if value == "auto":
         return max(MIN_TRAIN_SNIPPETS, TRAIN_SNIPPETS_PER_CHANNEL * int(num_channels))
     return int(value)
-
-
-def _describe_range(low, high):
-    if high is None:
-        return f">= {low}"
-    return f"between {low} and {high}"
-
-
-def check_params(params: dict) -> dict:
-    """Validate a full parameter dict and return it (with ``device`` checked as far as possible without torch).
-
-    Raises
-    ------
-    ValueError
-        Naming the parameter, the value given and the valid values.
-    """
-    check_declared(params, PARAMS, "elvisort")
-    for name in ("pretrained_model", "training_sorting", "training_recording"):
-        value = params[name]
-        if value is not None and not isinstance(value, (str, PathLike)):
-            raise ValueError(f"{name}={value!r} must be None or a path (str or pathlib.Path)")
-        if value is not None and not Path(value).exists():
-            raise ValueError(f"{name}={str(value)!r} does not exist")
-    if params["pretrained_model"] is not None and params["training_sorting"] is not None:
-        raise ValueError("give either pretrained_model (inference only) or training_sorting (train on labels), not both")
-    for name in ("pretrained_model", "training_sorting"):
-        if params[name] is not None and params["features"] != "vae":
-            raise ValueError(f"features={params['features']!r} is an ablation without a network: {name} needs "
-                             "features='vae'")
-        if params[name] is not None and params["motion_correction"] not in (None, "auto"):
-            # both sort with the block engine of instant sorting, which reads raw blocks and corrects no motion
-            raise ValueError(f"motion_correction is not available with {name}: the saved model's inference does not "
-                             "correct motion; use motion_correction=None")
-    if params["training_recording"] is not None and params["training_sorting"] is None:
-        raise ValueError("training_recording is the recording of training_sorting's labels: give training_sorting too")
-    model_kwargs = params["model_kwargs"]
-    if not isinstance(model_kwargs, dict):
-        raise ValueError(f"model_kwargs={model_kwargs!r} must be a dict such as {{'beta': 4.0}}")
-    from .models.config import BetaVAEConfig
-
-    tunable = {f.name for f in fields(BetaVAEConfig)} - BetaVAEConfig.derived_fields
-    bad = sorted(set(model_kwargs) - tunable)
-    if bad:
-        raise ValueError(f"model_kwargs has unknown key(s) {bad}; valid keys are {sorted(tunable)}")
-    BetaVAEConfig(num_samples=32, num_channels=4, **model_kwargs).validate()
-    return params
-
-
-def check_declared(params: dict, declared: dict, sorter_name: str) -> dict:
-    """The checks every sorter of the package shares: exactly the ``declared`` names (name -> :class:`Param`), each
-    value among its parameter's choices, bounds or bools. ``model_kwargs`` is left to the sorter's own check.
-    """
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        raise ValueError(f"Unknown parameter(s) {unknown}; valid parameters are {sorted(declared)}")
-    missing = sorted(set(declared) - set(params))
-    if missing:
-        raise ValueError(f"Missing parameter(s) {missing}; start from get_default_sorter_params({sorter_name!r})")
-    for name, param in declared.items():
-        value = params[name]
-        if param.choices is not None:
-            # True == 1 in Python: compare types too so that 1 is not accepted for a boolean choice
-            if not any(value == choice and type(value) is type(choice) for choice in param.choices):
-                raise ValueError(f"{name}={value!r} is not valid; choose one of {list(param.choices)}")
-        elif isinstance(param.default, bool) and not isinstance(value, bool):
-            raise ValueError(f"{name}={value!r} must be True or False")
-    for name, param in declared.items():
-        value = params[name]
-        if param.bounds is None or any(value == special and type(value) is type(special) for special in param.also):
-            continue
-        low, high, integer = param.bounds
-        ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
-        if isinstance(value, bool) or not ok_type:
-            kind = "an integer" if integer else "a number"
-            raise ValueError(f"{name}={value!r} must be {kind} {_describe_range(low, high)}")
-        if not math.isfinite(value) or value < low or (high is not None and value > high):
-            raise ValueError(f"{name}={value!r} is out of range; it must be {_describe_range(low, high)}")
-    if "freq_min" in declared and params["freq_min"] >= params["freq_max"]:
-        raise ValueError(f"freq_min={params['freq_min']} must be below freq_max={params['freq_max']}")
-
-    device = params["device"]
-    if not isinstance(device, str) or not (
-        device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
-    ):
-        raise ValueError(f'device={device!r} is not valid; use "auto", "cpu", "cuda" or "cuda:N"')
-    if device.startswith("cuda"):  # CUDA asked for but absent: said now, before any work
-        from .device import resolve_device
-
-        resolve_device(device)
-    threads = params["torch_threads"]
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
-        raise ValueError(f"torch_threads={threads!r} must be None or an integer >= 1")
-
-    if "motion_correction" in declared:
-        check_motion_correction(params["motion_correction"], params["motion_correction_kwargs"])
-
-    if not isinstance(params["job_kwargs"], dict):
-        raise ValueError(f"job_kwargs={params['job_kwargs']!r} must be a dict such as {{'n_jobs': 2}}")
-    return params
-
-
-def check_motion_correction(preset, kwargs) -> None:
-    """``motion_correction`` is None or a preset of SpikeInterface's ``compute_motion``; ``motion_correction_kwargs``
-    a dict of dicts for its steps, whose interpolation keeps every channel."""
-    from importlib.util import find_spec
-
-    from spikeinterface.preprocessing.motion import get_motion_presets
-
-    from .preprocessing import MOTION_STEPS
-
-    if preset not in (None, "auto"):
-        presets = get_motion_presets()
-        if not isinstance(preset, str) or preset not in presets:
-            raise ValueError(f"motion_correction={preset!r} is not valid; choose None, 'auto' or one of {presets}")
-        if preset == "medicine" and find_spec("medicine") is None:
-            raise ValueError("motion_correction='medicine' needs the medicine package: pip install medicine-neuro")
-    if not isinstance(kwargs, dict) or not all(isinstance(value, dict) for value in kwargs.values()):
-        raise ValueError(f"motion_correction_kwargs={kwargs!r} must be a dict of dicts such as "
-                         "{'estimate_motion_kwargs': {'win_step_um': 200.0}}")
-    bad = sorted(set(kwargs) - set(MOTION_STEPS))
-    if bad:
-        raise ValueError(f"motion_correction_kwargs has unknown key(s) {bad}; valid keys are {list(MOTION_STEPS)}")
-    if kwargs and preset is None:
-        raise ValueError("motion_correction_kwargs is given but motion_correction is None: choose a preset too")
-    if preset == "auto" and set(kwargs) - {"interpolate_motion_kwargs"}:
-        raise ValueError(f"motion_correction_kwargs {sorted(set(kwargs) - {'interpolate_motion_kwargs'})} apply to a "
-                         "preset; motion_correction='auto' takes only interpolate_motion_kwargs: choose a preset "
-                         "(e.g. 'dredge_fast') to change the estimate")
-    border_mode = kwargs.get("interpolate_motion_kwargs", {}).get("border_mode", "force_extrapolate")
-    if border_mode not in ("force_extrapolate", "force_zeros"):
-        raise ValueError(f"motion_correction_kwargs: interpolate_motion_kwargs border_mode={border_mode!r} is not "
-                         "valid; choose 'force_extrapolate' or 'force_zeros' (the sorter keeps every channel)")

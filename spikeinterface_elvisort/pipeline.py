@@ -17,7 +17,8 @@ from .device import blas_threads, resolve_device, seed_everything, thread_summar
 from .front_end import RunContext, StageLog, drop_cache, log_run_start, run_front_end
 from .inference import encode, predict_proba
 from .models import build_model
-from .params import blas_thread_limit, max_training_events, sorter_job_kwargs
+from .params import max_training_events
+from .jobs import blas_thread_limit, sorter_job_kwargs
 from .results import ModelSettings, save_arrays, save_checkpoint, save_history, to_sorting
 from .snippets import extract_snippets, label_in_chunks, noise_peaks, sample_training_events
 from .training import TrainConfig, train_model

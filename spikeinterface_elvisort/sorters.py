@@ -14,7 +14,8 @@ from pathlib import Path
 from spikeinterface.sorters.internal.si_based import ComponentsBasedSorter
 
 from .checks import check_recording
-from .params import DEFAULT_PARAMS, PARAMS_DESCRIPTION, check_params
+from .params import DEFAULT_PARAMS, PARAMS_DESCRIPTION
+from .checks import check_params
 from .ssae.params import SSAE_DEFAULT_PARAMS, SSAE_PARAMS_DESCRIPTION, check_ssae_params
 
 

@@ -184,7 +184,12 @@ def make_ground_truth(num_channels=4, durations=(20.0,), seed=0, **kwargs):
 
 
 def save_binary(recording, folder):
-    return recording.save(folder=folder, format="binary", overwrite=True, verbose=False, progress_bar=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        # a generated recording has no provenance to save along with the traces, and says so
+        warnings.filterwarnings("ignore", message="The extractor is not serializable")
+        return recording.save(folder=folder, format="binary", overwrite=True, verbose=False, progress_bar=False)
 
 
 @pytest.fixture(scope="session")

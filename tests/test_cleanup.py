@@ -281,7 +281,7 @@ def test_auto_merge_compiles_no_numba_kernel():
 
 
 def test_template_matching_finds_the_same_spikes_in_forked_processes_as_in_threads():
-    """Matching runs in forked processes by default (params.matching_job_kwargs), after torch has trained in this
+    """Matching runs in forked processes by default (jobs.matching_job_kwargs), after torch has trained in this
     process: the spikes must be those that threads and a single worker find."""
     import sys
 

@@ -13,7 +13,8 @@ import pytest
 
 import spikeinterface.sorters as ss
 
-from spikeinterface_elvisort.params import DEFAULT_PARAMS, PARAMS, PARAMS_DESCRIPTION, STAGES, check_params
+from spikeinterface_elvisort.params import DEFAULT_PARAMS, PARAMS, PARAMS_DESCRIPTION, STAGES
+from spikeinterface_elvisort.checks import check_params
 
 from conftest import default_params, fast_params, make_ground_truth, save_binary
 
@@ -283,7 +284,7 @@ def test_resolve_device_rejects_a_missing_gpu():
 
 def test_chunked_stages_use_every_core_in_threads_unless_told_otherwise():
     from spikeinterface_elvisort.device import available_cores
-    from spikeinterface_elvisort.params import sorter_job_kwargs
+    from spikeinterface_elvisort.jobs import sorter_job_kwargs
 
     default = sorter_job_kwargs({}, verbose=False)
     assert default["n_jobs"] == available_cores() and default["pool_engine"] == "thread"
@@ -299,7 +300,7 @@ def test_blas_threads_are_limited_once_per_run_not_per_chunk():
     the user's max_threads_per_worker, SpikeInterface's default 1; processes and one job keep SpikeInterface's way
     in the chunks, and the run sets BLAS to the process's default threads (never what other code left behind)."""
     from spikeinterface_elvisort.device import default_blas_threads
-    from spikeinterface_elvisort.params import blas_thread_limit, sorter_job_kwargs
+    from spikeinterface_elvisort.jobs import blas_thread_limit, sorter_job_kwargs
 
     assert sorter_job_kwargs({"n_jobs": 2}, verbose=False)["max_threads_per_worker"] is None
     assert blas_thread_limit({"n_jobs": 2}) == 1
@@ -354,7 +355,7 @@ def test_template_matching_runs_in_forked_processes_unless_told_otherwise(monkey
     import multiprocessing
     import sys
 
-    from spikeinterface_elvisort.params import matching_job_kwargs, sorter_job_kwargs
+    from spikeinterface_elvisort.jobs import matching_job_kwargs, sorter_job_kwargs
 
     monkeypatch.setattr(sys, "platform", "linux")
     two = sorter_job_kwargs({"n_jobs": 2}, verbose=False)
@@ -378,7 +379,7 @@ def test_a_plain_process_gets_every_core_and_torch_threads_none_caps_torch_at_th
     import torch
 
     import spikeinterface_elvisort.device as device
-    from spikeinterface_elvisort.params import sorter_job_kwargs
+    from spikeinterface_elvisort.jobs import sorter_job_kwargs
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torch follows it by itself; the chunked stages only in workers
     assert device.cpu_share() == device.available_cores()

@@ -34,7 +34,7 @@ def test_whitened_cache_is_the_same_in_every_run(tmp_path):
     from spikeinterface.core import generate_ground_truth_recording
 
     from spikeinterface_elvisort.device import blas_threads
-    from spikeinterface_elvisort.params import blas_thread_limit, sorter_job_kwargs
+    from spikeinterface_elvisort.jobs import blas_thread_limit, sorter_job_kwargs
     from spikeinterface_elvisort.preprocessing import cache_recording, preprocess
 
     recording, _ = generate_ground_truth_recording(durations=[20.0], num_channels=32, num_units=10, seed=0)
@@ -89,6 +89,7 @@ def test_auto_cache_falls_back_to_no_cache_when_the_disk_is_too_small(tmp_path, 
     """cache_preprocessing="auto": memory below the memory limit, a folder when the traces fit in 80 % of the free
     disk, no cache beyond (the sort still runs, to the same sorting); "folder" on a disk too small is refused before
     anything is written."""
+    import spikeinterface.comparison as sc
     import spikeinterface.sorters as ss
 
     from spikeinterface_elvisort import preprocessing
@@ -113,8 +114,12 @@ def test_auto_cache_falls_back_to_no_cache_when_the_disk_is_too_small(tmp_path, 
     log = (tmp_path / "sort" / "sorter_output" / "elvisort.log").read_text()
     assert "cache: no-cache" in log
     assert not (tmp_path / "sort" / "sorter_output" / "cache_preprocessing").exists()
-    # the same sorting as with the traces cached in memory (measured: identical, as with a folder)
+    # the same sorting as with the traces cached in memory, within rounding: the lazy chain whitens chunks of other
+    # sizes than the cache does, which BLAS may round differently (identical on AVX2 machines; one spike of 1708
+    # differs on an AVX-512 one)
     monkeypatch.undo()
     in_memory = ss.run_sorter("elvisort", recording, folder=tmp_path / "memory", verbose=False, **fast_params())
     assert "cache: memory" in (tmp_path / "memory" / "sorter_output" / "elvisort.log").read_text()
-    np.testing.assert_array_equal(sorted_.to_spike_vector(), in_memory.to_spike_vector())
+    assert list(sorted_.unit_ids) == list(in_memory.unit_ids)
+    agreement = sc.compare_sorter_to_ground_truth(in_memory, sorted_, exhaustive_gt=True).get_performance()
+    assert agreement["accuracy"].min() >= 0.99

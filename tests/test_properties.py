@@ -14,7 +14,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from spikeinterface_elvisort.params import DEFAULT_PARAMS, PARAMS, check_params  # noqa: E402
+from spikeinterface_elvisort.checks import check_params  # noqa: E402
+from spikeinterface_elvisort.params import DEFAULT_PARAMS, PARAMS  # noqa: E402
 from spikeinterface_elvisort.snippets import extract_snippets  # noqa: E402
 
 from conftest import expected_snippets, peaks_at, probe_recording  # noqa: E402

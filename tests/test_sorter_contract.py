@@ -268,7 +268,7 @@ def test_progress_bars_have_plain_names_and_show_on_a_terminal_only(monkeypatch)
     import io
 
     from spikeinterface_elvisort import progress
-    from spikeinterface_elvisort.params import sorter_job_kwargs
+    from spikeinterface_elvisort.jobs import sorter_job_kwargs
 
     assert progress.bar(range(3), name="vae", verbose=True).disable  # not a terminal (pytest captures stderr)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numbers
 from dataclasses import fields
 
-from ..params import PARAMS, Param, check_declared
+from ..params import PARAMS, Param
+from ..checks import check_declared
 
 # elvisort's declarations that mean the same thing in ssae: preprocessing, detection, snippets, the clean-up after
 # clustering, the run settings and the generic training knobs. Listed by name (not by stage), so that a parameter

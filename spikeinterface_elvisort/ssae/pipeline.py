@@ -21,7 +21,8 @@ from ..device import blas_threads, resolve_device, seed_everything, torch_thread
 from ..front_end import RunContext, StageLog, drop_cache, filtering_kwargs, log_run_start, run_front_end
 from ..inference import encode
 from ..models import build_model
-from ..params import blas_thread_limit, max_training_events
+from ..params import max_training_events
+from ..jobs import blas_thread_limit
 from ..preprocessing import preprocess
 from ..results import ModelSettings, save_arrays, save_checkpoint, save_history, to_sorting
 from ..snippets import extract_snippets, label_in_chunks, sample_training_events

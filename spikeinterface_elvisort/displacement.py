@@ -1,0 +1,96 @@
+"""The displacement of a new session against a saved model: how far along the probe its units moved, estimated from
+the spatial footprints of its first events and the model's templates, and the templates moved by it for matching.
+
+Used by :meth:`~spikeinterface_elvisort.instant.ElvisortModel.sort` (``displacement="auto"``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger("spikeinterface_elvisort.instant")
+
+# displacement="auto": the templates are moved when a new session's estimated displacement is at least this large
+# (about a quarter of a typical 20 um contact pitch; smaller shifts cost no measurable accuracy)
+MIN_DISPLACEMENT_UM = 5.0
+DISPLACEMENT_STEP_UM = 1.0
+# the displacement is estimated on at most this many samples x channels of the recording (about 4 s of 384
+# channels, 20 s of 32 at 30 kHz) and at most DISPLACEMENT_EVENTS events
+DISPLACEMENT_SAMPLES = 50_000_000
+DISPLACEMENT_EVENTS = 3000
+
+
+def estimate_displacement(model, recording, *, max_um: float = 60.0, n_jobs: int = 2) -> float:
+    """The displacement (um, along the probe's depth) of ``recording``'s units from where they were in ``model``'s
+    training session: see :meth:`~spikeinterface_elvisort.instant.ElvisortModel.estimate_displacement`."""
+    from spikeinterface.generation.drift_tools import move_dense_templates
+
+    from .detection import detect_spikes
+    from .jobs import sorter_job_kwargs
+    from .snippets import extract_snippets
+
+    model.check_recording(recording)
+    if model.templates.shape[0] == 0:
+        raise ValueError("this model holds no templates: the displacement cannot be estimated")
+    num_channels, fs = recording.get_num_channels(), recording.sampling_frequency
+    length = int(min(recording.get_num_samples(0), DISPLACEMENT_SAMPLES // num_channels))
+    excerpt = model.preprocessed(_first_samples(recording, length))
+    noise = np.asarray(model.settings.noise_levels, dtype=np.float32)
+    nbefore, nafter = model.settings.nbefore, model.settings.nafter
+    peaks = detect_spikes(
+        excerpt, noise, method="locally_exclusive", peak_sign=model.params["peak_sign"],
+        detect_threshold=model.params["detect_threshold"], exclude_sweep_ms=model.params["detect_exclude_sweep_ms"],
+        radius_um=model.params["detect_radius_um"], snippet_samples=nbefore + nafter,
+        job_kwargs=sorter_job_kwargs({"n_jobs": int(n_jobs)}, False),
+    )
+    inside = (peaks["sample_index"] >= nbefore) & (peaks["sample_index"] < length - nafter)
+    peaks = peaks[inside]
+    if peaks.size < 50:
+        raise ValueError(f"only {peaks.size} events in the first {length / fs:.1f} s: too few to estimate the "
+                         "displacement; give displacement= in um, or None")
+    if peaks.size > DISPLACEMENT_EVENTS:
+        peaks = peaks[np.sort(np.random.default_rng(0).choice(peaks.size, DISPLACEMENT_EVENTS, replace=False))]
+    # footprints: every channel's value at the event's peak (at the templates' alignment sample for them);
+    # the noise, of zero mean, favours no shift
+    every_channel = np.tile(np.arange(num_channels), (num_channels, 1))
+    footprints = np.concatenate([extract_snippets(excerpt, peaks[start:start + 500], every_channel, 0, 1)[:, 0]
+                                 for start in range(0, peaks.size, 500)])
+    footprints /= np.linalg.norm(footprints, axis=1, keepdims=True) + 1e-12
+    shifts = np.arange(-max_um, max_um + DISPLACEMENT_STEP_UM / 2, DISPLACEMENT_STEP_UM)
+    displacements = np.stack([np.zeros_like(shifts), shifts], axis=1)
+    moved = move_dense_templates(model.templates, displacements, recording.get_probe())[:, :, nbefore]
+    moved /= np.linalg.norm(moved, axis=2, keepdims=True) + 1e-12  # (shifts, units, channels)
+    scores = np.array([(footprints @ templates.T).max(axis=1).mean() for templates in moved])
+    return float(shifts[int(np.argmax(scores))])
+
+
+def moved_templates(model, recording, displacement, *, n_jobs: int = 2):
+    """``model``'s templates for matching on ``recording``, moved by ``displacement`` (um along the probe's depth;
+    "auto": estimated, and moved only from :data:`MIN_DISPLACEMENT_UM` on; None: not moved), and that value."""
+    from spikeinterface.generation.drift_tools import move_dense_templates
+
+    if displacement is None:
+        return model.templates, 0.0
+    if isinstance(displacement, str):
+        if displacement != "auto":
+            raise ValueError(f"displacement must be 'auto', a number (um) or None; got {displacement!r}")
+        try:
+            displacement = model.estimate_displacement(recording, n_jobs=n_jobs)
+        except ValueError as error:  # too few events (a short piece): sorted where the templates are
+            logger.info("displacement not estimated (%s): templates not moved", error)
+            return model.templates, 0.0
+        if abs(displacement) < MIN_DISPLACEMENT_UM:
+            return model.templates, 0.0
+    displacement = float(displacement)
+    moved = move_dense_templates(model.templates, np.array([[0.0, displacement]]), recording.get_probe())[0]
+    return moved.astype(np.float32), displacement
+
+
+def _first_samples(recording, length: int):
+    """The first ``length`` samples of the first segment (for several segments, SpikeInterface's select_segments
+    re-points the segments to the new recording: ``ElvisortModel.estimate_displacement`` points them back)."""
+    if recording.get_num_segments() > 1:
+        recording = recording.select_segments([0])
+    return recording.frame_slice(0, length)
