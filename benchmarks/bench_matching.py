@@ -49,7 +49,7 @@ def time_matching(recording, sorting, method, repeats, work):
     events = np.zeros(spikes.size, dtype=base_peak_dtype)
     events["sample_index"], events["segment_index"] = spikes["sample_index"], spikes["segment_index"]
     templates = compute_templates(preprocessed, events, spikes["unit_index"], sorting.unit_ids.size, nbefore, nafter,
-                                  job_kwargs)
+                                  job_kwargs=job_kwargs)
     modes = {
         "threads": job_kwargs,
         "processes": matching_job_kwargs({}, job_kwargs),

@@ -33,7 +33,7 @@ def merge_near_identical(recording, peaks, labels, num_units, *, nbefore, nafter
     """Full-probe templates of the labelled events, agglomerative merge of those closer than
     ``params["merge_threshold"]`` (aligned over +-0.3 ms) that the split test does not call distinct; returns the
     relabelled events (-1 stays -1) and the new unit count."""
-    templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
+    templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs=job_kwargs)
     counts = np.bincount(labels[labels >= 0], minlength=num_units)
     max_lag = int(round(0.3e-3 * recording.sampling_frequency))
     distinct = None
@@ -81,14 +81,14 @@ def clean_up(recording, peaks, labels, num_units, *, noise_levels, nbefore, naft
         # units the classifier joined (elvisort; ssae has no such parameter): split them on a sample of their spikes
         # (template matching finds the rest)
         labels, num_units = split_multimodal(
-            recording, peaks, labels, num_units, nbefore, nafter, noise_levels, max_events=1000,
+            recording, peaks, labels, num_units, nbefore, nafter, noise_levels=noise_levels, max_events=1000,
             seed=int(params["seed"]),
         )
     labels, num_units = merge_near_identical(
         recording, peaks, labels, num_units, nbefore=nbefore, nafter=nafter, noise_levels=noise_levels, params=params,
         job_kwargs=job_kwargs,
     )
-    templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
+    templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs=job_kwargs)
 
     # weak (noise-like) and tiny units go
     counts = np.bincount(labels[labels >= 0], minlength=num_units)
@@ -104,7 +104,7 @@ def clean_up(recording, peaks, labels, num_units, *, noise_levels, nbefore, naft
         if params["auto_merge"] and num_units > 1:
             labels, num_units = auto_merge(recording, peaks, labels, templates_object, noise_levels=noise_levels,
                                            job_kwargs=job_kwargs, min_spikes=params["auto_merge_min_spikes"])
-        templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs)
+        templates = compute_templates(recording, peaks, labels, num_units, nbefore, nafter, job_kwargs=job_kwargs)
 
     censor = max(int(round(params["duplicate_ms"] * sampling_frequency / 1000.0)), 1)
     keep = remove_duplicate_spikes(peaks["sample_index"], labels, peaks["segment_index"], censor) & (labels >= 0)
@@ -206,7 +206,8 @@ def auto_merge(recording, events, labels, templates, *, noise_levels, job_kwargs
     spikes["unit_index"] = labels
     spikes["segment_index"] = events["segment_index"]
     sorting = NumpySorting(spikes, recording.sampling_frequency, templates.unit_ids)
-    merged = _merged_sorting(recording, sorting, templates, events["amplitude"], noise_levels, min_spikes, job_kwargs)
+    merged = _merged_sorting(recording, sorting, templates, amplitudes=events["amplitude"], noise_levels=noise_levels,
+                             min_spikes=min_spikes, job_kwargs=job_kwargs)
     # map every unit to its merged unit: the merged spikes (the auto-merge may censor some of them) are found
     # among the events by (segment, sample); each original unit goes to the merged unit most of its spikes went to
     merged_vector = merged.to_spike_vector()
@@ -227,7 +228,7 @@ def auto_merge(recording, events, labels, templates, *, noise_levels, job_kwargs
     return mapping[labels], int(new_index.max()) + 1
 
 
-def _merged_sorting(recording, sorting, templates, amplitudes, noise_levels, min_spikes, job_kwargs):
+def _merged_sorting(recording, sorting, templates, *, amplitudes, noise_levels, min_spikes, job_kwargs):
     """SpikeInterface's auto-merge with the steps of SpykingCircus2's ``final_cleaning_circus`` (x_contaminations
     presets at template differences 0.05 to 0.35, units at most 50 um apart), units from ``min_spikes`` spikes
     on; returns the merged sorting."""

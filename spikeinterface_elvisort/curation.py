@@ -6,7 +6,7 @@ import numpy as np
 
 
 def compute_templates(recording, peaks: np.ndarray, labels: np.ndarray, num_units: int, nbefore: int, nafter: int,
-                      job_kwargs: dict | None = None) -> np.ndarray:
+                      *, job_kwargs: dict | None = None) -> np.ndarray:
     """Mean waveform of each unit on every channel, (num_units, nbefore + nafter, num_channels).
 
     Uses SpikeInterface's ``estimate_templates_with_accumulator`` (chunked; memory does not grow with the number
@@ -92,12 +92,12 @@ def _sample(members: np.ndarray, max_events: int | None, rng: np.random.Generato
 CUT_EVENTS_PER_PASS = 50_000
 
 
-def _cut(recording, peaks, members, channels, nbefore, nafter, noise_levels):
+def _cut(recording, peaks, members, channels, nbefore, nafter, *, noise_levels):
     """Waveforms (num, nbefore + nafter, len(channels)) of ``peaks[members]`` on ``channels``, in noise units."""
     return next(_cut_groups(recording, peaks, [(members, channels)], nbefore, nafter, noise_levels))
 
 
-def _cut_groups(recording, peaks, groups, nbefore, nafter, noise_levels, max_events: int = CUT_EVENTS_PER_PASS):
+def _cut_groups(recording, peaks, groups, nbefore, nafter, noise_levels, *, max_events: int = CUT_EVENTS_PER_PASS):
     """``_cut`` of each ``(members, channels)`` of ``groups`` (every ``channels`` of the same length), yielded group
     by group. Consecutive groups share a pass over the traces up to ``max_events`` events: a pass over a lazily
     whitened recording whitens all of it, so one pass per group would whiten it once per group."""
@@ -197,7 +197,7 @@ class SplitTest:
 
 
 def split_multimodal(recording, peaks: np.ndarray, labels: np.ndarray, num_units: int, nbefore: int, nafter: int,
-                     noise_levels: np.ndarray, *, num_channels: int = 8, num_features: int = 3,
+                     *, noise_levels: np.ndarray, num_channels: int = 8, num_features: int = 3,
                      max_p_value: float = 1e-3, min_separation: float = 6.0, min_size: int = 20, max_depth: int = 3,
                      max_events: int | None = None, seed: int = 0):
     """Split clusters whose waveforms hold two populations: the counterpart of ``SplitTest`` for one cluster.
@@ -374,7 +374,7 @@ def template_snr(templates: np.ndarray, noise_levels: np.ndarray) -> np.ndarray:
 
 def isi_violations_ratio(sample_index: np.ndarray, unit_index: np.ndarray, segment_index: np.ndarray,
                          num_units: int, sampling_frequency: float, total_duration: float,
-                         isi_threshold_ms: float = 1.5, min_isi_ms: float = 0.0) -> np.ndarray:
+                         *, isi_threshold_ms: float = 1.5, min_isi_ms: float = 0.0) -> np.ndarray:
     """Refractory-period violations of each unit's spike train, as the ratio of Hill et al. (2011, J. Neurosci.
     31:8699), the ``isi_violations_ratio`` of SpikeInterface's quality metrics: the rate of inter-spike intervals
     shorter than ``isi_threshold_ms`` (and at least ``min_isi_ms``, the censored period) over the rate expected if

@@ -69,10 +69,10 @@ def algorithm1(traces: np.ndarray, thresholds: np.ndarray, snippet_samples: int,
 
     traces (num_samples, num_channels), thresholds (num_channels,) -> centres (num_events,)
     """
-    return algorithm1_scan(traces, thresholds, snippet_samples, peak_sign)[0]
+    return algorithm1_scan(traces, thresholds, snippet_samples, peak_sign=peak_sign)[0]
 
 
-def algorithm1_scan(traces: np.ndarray, thresholds: np.ndarray, snippet_samples: int, peak_sign: str = "neg",
+def algorithm1_scan(traces: np.ndarray, thresholds: np.ndarray, snippet_samples: int, *, peak_sign: str = "neg",
                     first: int = 0, stop: int | None = None, next_free: int = -1) -> tuple[np.ndarray, int]:
     """Algorithm 1's scan restricted to windows opening in ``traces[first:stop]``, resuming after ``next_free``
     (the state carried from the previous block); a window may read up to st/2 samples past ``stop``.

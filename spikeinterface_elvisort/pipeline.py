@@ -60,9 +60,10 @@ def run_elvisort(recording, params: dict, folder: Path, verbose: bool = False):
 def _run(recording, params, folder, verbose, device, rng):
     stages = StageLog()
     if params["pretrained_model"] is not None:
-        return _sort_pretrained(recording, params["pretrained_model"], params, folder, verbose, device, stages)
+        return _sort_pretrained(recording, params["pretrained_model"], params, folder=folder, verbose=verbose,
+                                device=device, stages=stages)
     if params["training_sorting"] is not None:
-        return _sort_supervised(recording, params, folder, verbose, device, rng, stages)
+        return _sort_supervised(recording, params, folder, verbose=verbose, device=device, rng=rng, stages=stages)
     job_kwargs = log_run_start("elvisort", recording, params, device, verbose)
     preprocessed, cache_info, noise_levels, peaks = run_front_end(recording, params, folder, job_kwargs, stages)
     run = RunContext.of(recording, params, noise_levels, device=device, rng=rng, job_kwargs=job_kwargs, stages=stages,
@@ -102,7 +103,7 @@ def _run(recording, params, folder, verbose, device, rng):
     return sorting
 
 
-def _sort_supervised(target, params, folder, verbose, device, rng, stages):
+def _sort_supervised(target, params, folder, *, verbose, device, rng, stages):
     """Supervised mode: train on ``training_sorting``'s labels (of ``target``, or of ``training_recording``), save
     model.pt, then sort ``target`` with that model as instant sorting does."""
     labelled, recording = _read_labels(params, target)
@@ -112,14 +113,15 @@ def _sort_supervised(target, params, folder, verbose, device, rng, stages):
                         verbose=verbose)
     model, history, training_set = _learn_from_labels(preprocessed, peaks, labelled, run)
     templates = compute_templates(preprocessed, training_set["events"], training_set["labels"],
-                                  labelled.unit_ids.size, run.nbefore, run.nafter, job_kwargs)
+                                  labelled.unit_ids.size, run.nbefore, run.nafter, job_kwargs=job_kwargs)
     settings = ModelSettings.for_run(recording, params, noise_levels, run.nbefore, run.nafter, cache_info)
     settings.unit_ids, settings.templates = np.asarray(labelled.unit_ids), templates
     save_checkpoint(folder / "model.pt", model, "beta_vae", history, extra=settings.to_dict())
     save_history(folder / "history.csv", history)
     del preprocessed
     drop_cache(cache_info)
-    return _sort_pretrained(target, folder / "model.pt", params, folder, verbose, device, stages, save=False)
+    return _sort_pretrained(target, folder / "model.pt", params, folder=folder, verbose=verbose, device=device,
+                            stages=stages, save=False)
 
 
 def _train_vae(preprocessed, peaks, run: RunContext):
@@ -245,7 +247,7 @@ def _cluster(preprocessed, features, train_events, run: RunContext):
     num_clusters = num_found = int(labels.max()) + 1
     if num_clusters and params["clustering_split"]:
         labels, num_clusters = split_multimodal(
-            preprocessed, train_events, labels, num_clusters, nbefore, nafter, noise_levels, seed=seed
+            preprocessed, train_events, labels, num_clusters, nbefore, nafter, noise_levels=noise_levels, seed=seed
         )
     num_split = num_clusters
     if num_clusters:
@@ -347,7 +349,7 @@ def _label_training_set(model, training_set, sorting):
     return labels, targets
 
 
-def _sort_pretrained(recording, model_path, params, folder, verbose, device, stages, *, save=True):
+def _sort_pretrained(recording, model_path, params, *, folder, verbose, device, stages, save=True):
     """Inference only: the model saved at ``model_path`` sorts ``recording`` (ElvisortModel.sort), with template
     matching on its templates unless ``params["matching_method"]`` is "none" (then its detection and classifier)."""
     from .instant import load_model

@@ -140,7 +140,7 @@ class BlockEngine:
             from .detection import _signed, algorithm1_scan
 
             centres, self.next_free = algorithm1_scan(
-                traces, self.thresholds, self.span, self.peak_sign, first=lo, stop=hi,
+                traces, self.thresholds, self.span, peak_sign=self.peak_sign, first=lo, stop=hi,
                 next_free=self.next_free - start + lo,
             )
             self.next_free += start - lo
@@ -356,7 +356,7 @@ class OnlineSorter:
         return np.concatenate(out)
 
 
-def sort_segment(engine: BlockEngine, recording, segment_index: int, scale: bool, num_workers: int = 1,
+def sort_segment(engine: BlockEngine, recording, segment_index: int, scale: bool, *, num_workers: int = 1,
                  progress_bar: bool = False, censor: bool = True):
     """Offline pass over one segment on the engine's block grid; returns (samples, labels, channels, amplitudes).
 

@@ -39,7 +39,7 @@ class TrainConfig:
 
 
 def train_model(
-    model, snippets, config: TrainConfig, device, labels=None, positions=None, verbose: bool = False
+    model, snippets, config: TrainConfig, device, *, labels=None, positions=None, verbose: bool = False
 ) -> list[dict]:
     """Train ``model`` in place on ``snippets`` (num, num_samples, num_channels); ``labels`` (num,) with -1 for
     unlabelled events feeds the classifier branch, ``positions`` (num, 2) its side features and DEC's. Returns one
@@ -60,16 +60,17 @@ def train_model(
         if attempts:  # a retry starts from the weights the first attempt started from
             model.load_state_dict(initial)
         attempts.append(batch_size)
-        return _train(model, snippets, replace(config, batch_size=batch_size), device_, labels, positions, verbose)
+        return _train(model, snippets, replace(config, batch_size=batch_size), device_, labels=labels,
+                      positions=positions, verbose=verbose)
 
     return retry_on_out_of_memory(attempt, config.batch_size, device, f"{config.stage} training")
 
 
-def _train(model, snippets, config: TrainConfig, device, labels, positions, verbose: bool) -> list[dict]:
+def _train(model, snippets, config: TrainConfig, device, *, labels, positions, verbose: bool) -> list[dict]:
     import torch
     model.to(device)
     if config.trainable == "classifier":
-        return _train_classifier_head(model, snippets, labels, positions, config, device, verbose)
+        return _train_classifier_head(model, snippets, labels, positions, config=config, device=device, verbose=verbose)
     data = torch.as_tensor(np.ascontiguousarray(snippets), dtype=torch.float32, device=device)
     target = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
     where = None if positions is None else torch.as_tensor(positions, dtype=torch.float32, device=device)
@@ -156,7 +157,8 @@ def _alternating_batches(labels, batch_size: int, generator) -> list:
 MIN_HEAD_BATCH = 16  # the classifier head's smallest batch (see _train_classifier_head)
 
 
-def _train_classifier_head(model, snippets, labels, positions, config: TrainConfig, device, verbose: bool) -> list[dict]:
+def _train_classifier_head(model, snippets, labels, positions, *, config: TrainConfig, device,
+                           verbose: bool) -> list[dict]:
     """Classifier branch only, everything else frozen: the encoder runs once (eval mode, no gradients) and the
     head trains on the cached embeddings, so many epochs cost about as much as one encoder pass."""
     import torch

@@ -140,7 +140,7 @@ def test_clean_up_at_128_channels_equals_the_all_pairs_version(monkeypatch, coun
 
     spikes = gt.to_spike_vector()
     labels = spikes["unit_index"].astype(np.int64)
-    templates = compute_templates(preprocessed, spikes, labels, 30, nbefore, nafter, job_kwargs)
+    templates = compute_templates(preprocessed, spikes, labels, 30, nbefore, nafter, job_kwargs=job_kwargs)
     peaks = np.zeros(spikes.size, dtype=base_peak_dtype)
     peaks["sample_index"] = spikes["sample_index"]
     peaks["segment_index"] = spikes["segment_index"]
@@ -219,7 +219,8 @@ def test_auto_merge_joins_a_small_piece_of_a_unit_from_min_spikes_on():
     events["sample_index"] = samples
     events["amplitude"] = 1.0
     nbefore, nafter = 30, 45
-    array = compute_templates(recording, events, labels, 3, nbefore, nafter, {"n_jobs": 1, "progress_bar": False})
+    array = compute_templates(recording, events, labels, 3, nbefore, nafter,
+                              job_kwargs={"n_jobs": 1, "progress_bar": False})
     templates = Templates(templates_array=array, sampling_frequency=recording.sampling_frequency, nbefore=nbefore,
                           sparsity_mask=np.ones((3, 4), dtype=bool), channel_ids=recording.channel_ids,
                           unit_ids=np.arange(3), probe=recording.get_probe(), is_in_uV=False)
@@ -251,7 +252,7 @@ spikes = gt.to_spike_vector()
 events = np.zeros(spikes.size, dtype=base_peak_dtype)
 events["sample_index"], events["amplitude"] = spikes["sample_index"], 1.0
 labels = spikes["unit_index"].astype(np.int64)
-array = compute_templates(recording, events, labels, 3, 30, 45, {"n_jobs": 1, "progress_bar": False})
+array = compute_templates(recording, events, labels, 3, 30, 45, job_kwargs={"n_jobs": 1, "progress_bar": False})
 templates = Templates(templates_array=array, sampling_frequency=recording.sampling_frequency, nbefore=30,
                       sparsity_mask=np.ones((3, 4), dtype=bool), channel_ids=recording.channel_ids,
                       unit_ids=np.arange(3), probe=recording.get_probe(), is_in_uV=False)
@@ -299,7 +300,7 @@ def test_template_matching_finds_the_same_spikes_in_forked_processes_as_in_threa
     spikes = sorting.to_spike_vector()
     peaks = np.zeros(spikes.size, dtype=base_peak_dtype)
     peaks["sample_index"] = spikes["sample_index"]
-    templates = compute_templates(recording, peaks, spikes["unit_index"], 4, 30, 45, {"n_jobs": 1})
+    templates = compute_templates(recording, peaks, spikes["unit_index"], 4, 30, 45, job_kwargs={"n_jobs": 1})
     noise_levels = np.ones(8, dtype=np.float32)
     base = {"chunk_duration": "1s", "progress_bar": False, "n_jobs": 2}
     found = [

@@ -138,7 +138,8 @@ def test_cut_groups_reads_several_groups_per_pass_as_one_at_a_time():
     noise_levels = rng.uniform(0.5, 2.0, 6)
     groups = [(np.sort(rng.choice(300, size, replace=False)), np.sort(rng.choice(6, 3, replace=False)))
               for size in (40, 0, 120, 75)]
-    alone = [_cut(recording, peaks, members, channels, 20, 40, noise_levels) for members, channels in groups]
+    alone = [_cut(recording, peaks, members, channels, 20, 40, noise_levels=noise_levels)
+             for members, channels in groups]
     assert alone[2].shape == (120, 60, 3)
     for max_events in (1000, 100, 1):  # one pass; two; one per group
         together = list(_cut_groups(recording, peaks, groups, 20, 40, noise_levels, max_events=max_events))
@@ -194,18 +195,19 @@ def test_split_multimodal_separates_a_mixed_cluster_only():
     recording, peaks, units, scale, nbefore, nafter = _two_unit_recording(amplitudes_b=(4, 10, 9, 3))
     # one cluster holding both units, one holding unit A alone (its amplitude spread is one broad mode)
     mixed = np.where(np.arange(units.size) % 2 == 0, 0, np.where(units == 0, 1, -1))
-    labels, num = split_multimodal(recording, peaks, mixed, 2, nbefore, nafter, np.ones(6))
+    labels, num = split_multimodal(recording, peaks, mixed, 2, nbefore, nafter, noise_levels=np.ones(6))
     assert num == 3
     assert np.array_equal(labels < 0, mixed < 0)
     for part in range(num):
         truth = units[labels == part]
         assert np.bincount(truth, minlength=2).max() >= 0.98 * truth.size  # every part is one unit
     assert len(set(labels[mixed == 1])) == 1  # unit A alone stays whole
-    again, num_again = split_multimodal(recording, peaks, mixed, 2, nbefore, nafter, np.ones(6))
+    again, num_again = split_multimodal(recording, peaks, mixed, 2, nbefore, nafter, noise_levels=np.ones(6))
     assert num_again == num and np.array_equal(again, labels)  # deterministic
     # tested on a sample (the clean-up's mode): a cluster that splits keeps only its sampled events, one that does not
     # split keeps all of them
-    sampled, num_sampled = split_multimodal(recording, peaks, mixed, 2, nbefore, nafter, np.ones(6), max_events=150)
+    sampled, num_sampled = split_multimodal(recording, peaks, mixed, 2, nbefore, nafter, noise_levels=np.ones(6),
+                                            max_events=150)
     assert num_sampled == 3
     assert (sampled[mixed == 0] >= 0).sum() == 150
     assert np.array_equal(sampled[mixed == 1] >= 0, np.ones((mixed == 1).sum(), dtype=bool))
@@ -223,6 +225,7 @@ def test_templates_do_not_depend_on_the_workers():
     peaks = np.zeros(spikes.size, dtype=base_peak_dtype)
     peaks["sample_index"] = spikes["sample_index"]
     job_kwargs = {"n_jobs": 2, "pool_engine": "thread", "chunk_duration": "0.5s"}
-    first = compute_templates(recording, peaks, spikes["unit_index"], 6, 30, 45, job_kwargs)
+    first = compute_templates(recording, peaks, spikes["unit_index"], 6, 30, 45, job_kwargs=job_kwargs)
     for _ in range(4):
-        assert np.array_equal(compute_templates(recording, peaks, spikes["unit_index"], 6, 30, 45, job_kwargs), first)
+        again = compute_templates(recording, peaks, spikes["unit_index"], 6, 30, 45, job_kwargs=job_kwargs)
+        assert np.array_equal(again, first)

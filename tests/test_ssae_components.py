@@ -122,7 +122,7 @@ def hybrid_setup():
     rng = np.random.default_rng(0)
     hybrid = make_hybrid_set(recording, peaks, neighbours, nbefore, nafter, preprocess=preprocess, num_templates=6,
                              spikes_per_template=100, rng=rng, seed=0)
-    noise = aligned_noise_windows(preprocessed, peaks, 1200, neighbours, nbefore, nafter, "neg", rng)
+    noise = aligned_noise_windows(preprocessed, peaks, 1200, neighbours, nbefore, nafter, peak_sign="neg", rng=rng)
     return recording, preprocessed, peaks, neighbours, nbefore, nafter, hybrid, noise, noise_levels
 
 

@@ -58,7 +58,7 @@ def save_dataset(recording, sorting, folder: Path):
     return recording, sorting
 
 
-def generated_set(name: str, folder: Path, seeds=(0, 1), channels=(32, 128), duration: float = 120.0,
+def generated_set(name: str, folder: Path, seeds=(0, 1), *, channels=(32, 128), duration: float = 120.0,
                   noise_level: float = 5.0, alpha=None, depth_um=None) -> StudySet:
     """``generate_ground_truth_recording`` at several seeds and probe sizes (the "static", "noise10" and "lowsnr"
     sets).
@@ -95,21 +95,22 @@ def generated_set(name: str, folder: Path, seeds=(0, 1), channels=(32, 128), dur
 
 def static_set(folder: Path, seeds=(0, 1), channels=(32, 128), duration: float = 120.0) -> StudySet:
     """Generated recordings, noise level 5: most units have a comfortable SNR."""
-    return generated_set("static", folder, seeds, channels, duration, noise_level=5.0)
+    return generated_set("static", folder, seeds, channels=channels, duration=duration, noise_level=5.0)
 
 
 def lowsnr_set(folder: Path, seeds=(0, 1), channels=(32, 128), duration: float = 120.0) -> StudySet:
     """Generated recordings, noise level 10, templates of amplitude 70-140 instead of 100-500, units 10-30 um from the
     probe instead of 5-50 um: on 32 channels, 8 and 11 units of 15 have an SNR between 3 and 6 (seeds 0 and 1;
     SpikeInterface's snr on the recording, range 1.4-8.9; higher on the 300-6000 Hz band)."""
-    return generated_set("lowsnr", folder, seeds, channels, duration, noise_level=10.0, alpha=(70.0, 140.0),
+    return generated_set("lowsnr", folder, seeds, channels=channels, duration=duration, noise_level=10.0,
+                         alpha=(70.0, 140.0),
                          depth_um=(10.0, 30.0))
 
 
 def noise10_set(folder: Path, seeds=(0, 1), channels=(32, 128), duration: float = 120.0) -> StudySet:
     """Generated recordings as in the static set but with noise level 10 (the generator's templates and unit depths
     kept): the harder of the two generated sets of ``benchmarks/bench_sorters.py``, milder than "lowsnr"."""
-    return generated_set("noise10", folder, seeds, channels, duration, noise_level=10.0)
+    return generated_set("noise10", folder, seeds, channels=channels, duration=duration, noise_level=10.0)
 
 
 def neuropixels1_128():

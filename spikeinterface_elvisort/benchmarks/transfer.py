@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def generate_transfer_pair(num_channels: int = 32, num_units: int = 15, durations=(120.0,), seed_a: int = 0,
+def generate_transfer_pair(*, num_channels: int = 32, num_units: int = 15, durations=(120.0,), seed_a: int = 0,
                            seed_b: int = 1, sampling_frequency: float = 30000.0, displacement_um: float = 0.0,
                            **kwargs):
     """Two ground-truth recordings of the same units on the same probe: the paper's transfer experiment.

@@ -106,6 +106,7 @@ class SpikeCompressor:
 
     def __init__(
         self,
+        *,
         channels_per_group: int = 4,
         n_features: int = 2,
         codebook_size: int = 64,

@@ -36,7 +36,7 @@ class HybridSet:
     templates: object  # spikeinterface.core.Templates: the templates after filtering, peak 1, every channel
 
 
-def generate_probe_templates(recording, num_templates: int, nbefore: int, nafter: int, peak_sign: str = "neg",
+def generate_probe_templates(recording, num_templates: int, nbefore: int, nafter: int, *, peak_sign: str = "neg",
                              band: tuple[float, float] | None = None, seed: int = 0):
     """Templates from SpikeInterface's generator for ``recording``'s probe and sampling rate.
 
@@ -229,7 +229,7 @@ def make_hybrid_set(
 
 
 def aligned_noise_windows(recording, peaks: np.ndarray, count: int, neighbours: np.ndarray, nbefore: int,
-                          nafter: int, peak_sign: str, rng: np.random.Generator) -> np.ndarray:
+                          nafter: int, *, peak_sign: str, rng: np.random.Generator) -> np.ndarray:
     """Pure-noise snippets that look like threshold crossings: quiet stretches (a snippet's length away from every
     detection) of the preprocessed ``recording``, each re-centred on its own largest excursion (``peak_sign``) on a
     random channel, so that the cleaner learns shapes, not the position of the peak.

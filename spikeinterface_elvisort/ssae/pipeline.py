@@ -140,7 +140,7 @@ def _learn_and_label(recording, preprocessed, peaks, run: RunContext):
     cleaner_used = bool(params["train_cleaner_epochs"])
     if cleaner_used:
         noise = aligned_noise_windows(preprocessed, peaks, hybrid.labels.size, neighbours, nbefore, nafter,
-                                      params["peak_sign"], rng)
+                                      peak_sign=params["peak_sign"], rng=rng)
         cleaner, cleaner_history = train_cleaner(
             hybrid.snippets, noise, epochs=params["train_cleaner_epochs"], batch_size=batch,
             learning_rate=params["train_learning_rate"], seed=seed, device=device, verbose=verbose,
@@ -204,7 +204,8 @@ def _learn_and_label(recording, preprocessed, peaks, run: RunContext):
     # optional Atom-loss fine-tuning (seed 001 v2): centroids of the current clusters, refitted every epoch
     if params["train_atom_epochs"]:
         clustering.fit(member_latents(fit_snippets), regions[events], positions[events])
-        history += _atom_fine_tuning(model, fit_snippets, clustering.labels_, base, params, device, verbose)
+        history += _atom_fine_tuning(model, fit_snippets, clustering.labels_, base, params=params, device=device,
+                                     verbose=verbose)
         stages.done("atom", "%d epochs on %d clusters, atom loss %.3f", params["train_atom_epochs"],
                     clustering.num_clusters_, history[-1]["atom"])
 
@@ -270,7 +271,7 @@ def _preprocess(recording, params):
     return preprocess(recording, **filtering_kwargs(params), whitening=params["whitening"], seed=int(params["seed"]))
 
 
-def _atom_fine_tuning(model, snippets, labels, base, params, device, verbose):
+def _atom_fine_tuning(model, snippets, labels, base, *, params, device, verbose):
     """Reconstruction + Atom loss on the recording's events; before each epoch every member's centroids are refitted:
     a Gaussian mixture with one component per current cluster, started at the clusters' means in that member's
     latent (seed 001 v2: "we fit a GMM at each epoch, which gives a new set of centroids")."""
