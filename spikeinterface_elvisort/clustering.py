@@ -94,3 +94,32 @@ def gmm_bic(features: np.ndarray, max_components: int = 8, min_cluster_size: int
         elif num > 2 and bic > best_bic:
             break  # past the minimum BIC (from 3 components on): more components will not win
     return best.predict(features)
+
+
+def most_confident(labels: np.ndarray, confidence: np.ndarray, fraction: float) -> np.ndarray:
+    """Per cluster, the ``fraction`` of its events with the highest confidence (events with confidence < 0, those
+    DEC moved to another cluster, never count)."""
+    confident = np.zeros(labels.size, dtype=bool)
+    for label in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero((labels == label) & (confidence >= 0))
+        if members.size == 0:
+            continue
+        cut = np.quantile(confidence[members], 1.0 - fraction)
+        confident[members[confidence[members] >= cut]] = True
+    return confident
+
+
+def dec_soft_assignment(model, snippets: np.ndarray, positions: np.ndarray, *, device, batch_size: int) -> np.ndarray:
+    """The DEC head's soft assignment of each event to the model's clusters, (num_events, num_clusters): the latent
+    means of ``snippets`` embedded with their ``positions`` (um), on the CPU."""
+    import torch
+
+    from .inference import encode
+
+    latents = encode(model, snippets, device, batch_size)
+    embedding = model.embed(torch.from_numpy(latents), torch.as_tensor(positions, dtype=torch.float32))
+    model.cpu()
+    with torch.no_grad():
+        q = model.soft_assignment(embedding).numpy()
+    model.to(device)
+    return q

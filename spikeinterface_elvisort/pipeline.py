@@ -11,7 +11,7 @@ import numpy as np
 
 from .checks import check_recording
 from .cleanup import clean_up, merge_near_identical
-from .clustering import cluster_latents
+from .clustering import cluster_latents, dec_soft_assignment, most_confident
 from .curation import compute_templates, split_multimodal
 from .device import blas_threads, resolve_device, seed_everything, thread_summary, torch_threads, uses_mixed_precision
 from .front_end import RunContext, StageLog, drop_cache, log_run_start, run_front_end
@@ -202,9 +202,10 @@ def _learn_and_label(preprocessed, peaks, run: RunContext):
                     stage="dec"),
             device, positions=train_positions, verbose=verbose,
         )
-        q = _soft_assignment(model, train_snippets, train_positions, device, params["train_batch_size"] * 4)
+        q = dec_soft_assignment(model, train_snippets, train_positions, device=device,
+                                batch_size=params["train_batch_size"] * 4)
         confidence = np.where(np.argmax(q, axis=1) == labels, q[np.arange(num_train), np.maximum(labels, 0)], -1.0)
-    confident = _most_confident(labels, confidence, params["clustering_confidence"])
+    confident = most_confident(labels, confidence, params["clustering_confidence"])
 
     # self-training of the classifier branch: confident events + the non-spike class
     model.set_num_classes(num_clusters + 1)
@@ -393,28 +394,3 @@ def _read_labels(params, recording):
 
     _check_sorting(sorting, labelled_recording)
     return sorting, labelled_recording
-
-
-def _most_confident(labels, confidence, fraction):
-    """Per cluster, the ``fraction`` of its events with the highest confidence (events with confidence < 0, those
-    DEC moved to another cluster, never count)."""
-    confident = np.zeros(labels.size, dtype=bool)
-    for label in np.unique(labels[labels >= 0]):
-        members = np.flatnonzero((labels == label) & (confidence >= 0))
-        if members.size == 0:
-            continue
-        cut = np.quantile(confidence[members], 1.0 - fraction)
-        confident[members[confidence[members] >= cut]] = True
-    return confident
-
-
-def _soft_assignment(model, snippets, positions, device, batch_size):
-    import torch
-
-    latents = encode(model, snippets, device, batch_size)
-    embedding = model.embed(torch.from_numpy(latents), torch.as_tensor(positions, dtype=torch.float32))
-    model.cpu()
-    with torch.no_grad():
-        q = model.soft_assignment(embedding).numpy()
-    model.to(device)
-    return q
