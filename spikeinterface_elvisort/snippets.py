@@ -40,7 +40,8 @@ def extract_snippets(
     neighbours: np.ndarray,
     nbefore: int,
     nafter: int,
-    *, chunk_samples: int = 30_000,
+    *,
+    chunk_samples: int = 30_000,
     max_gap_samples: int = 1_000,
 ) -> np.ndarray:
     """Cut (num_peaks, nbefore + nafter, K) float32 snippets around ``peaks`` on each peak channel's neighbours.
