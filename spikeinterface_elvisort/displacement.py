@@ -25,6 +25,15 @@ DISPLACEMENT_EVENTS = 3000
 def estimate_displacement(model, recording, *, max_um: float = 60.0, n_jobs: int = 2) -> float:
     """The displacement (um, along the probe's depth) of ``recording``'s units from where they were in ``model``'s
     training session: see :meth:`~spikeinterface_elvisort.instant.ElvisortModel.estimate_displacement`."""
+    try:
+        return _estimate_displacement(model, recording, max_um, n_jobs)
+    finally:
+        # SpikeInterface's select_segments (for several segments) re-points the user's segments to its copy
+        for segment in recording._recording_segments:
+            segment.set_parent_extractor(recording)
+
+
+def _estimate_displacement(model, recording, max_um, n_jobs):
     from spikeinterface.generation.drift_tools import move_dense_templates
 
     from .detection import detect_spikes
@@ -90,7 +99,7 @@ def moved_templates(model, recording, displacement, *, n_jobs: int = 2):
 
 def _first_samples(recording, length: int):
     """The first ``length`` samples of the first segment (for several segments, SpikeInterface's select_segments
-    re-points the segments to the new recording: ``ElvisortModel.estimate_displacement`` points them back)."""
+    re-points the segments to the new recording: :func:`estimate_displacement` points them back)."""
     if recording.get_num_segments() > 1:
         recording = recording.select_segments([0])
     return recording.frame_slice(0, length)

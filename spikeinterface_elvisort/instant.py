@@ -23,7 +23,6 @@ from .streaming import DEFAULT_BLOCK_MS, BlockEngine, sort_segment
 logger = logging.getLogger(__name__)
 
 
-
 def load_model(path, device: str = "auto") -> "ElvisortModel":
     """Load a trained ELVISort model for inference-only sorting.
 
@@ -237,12 +236,7 @@ class ElvisortModel:
         of its footprint with the closest moved template, and the shift with the best mean score wins. At most 3000
         events are used, from about 4 s of 384 channels or 20 s of 32.
         """
-        try:
-            return estimate_displacement(self, recording, max_um=max_um, n_jobs=n_jobs)
-        finally:
-            # SpikeInterface's select_segments (for several segments) re-points the user's segments to its copy
-            for segment in recording._recording_segments:
-                segment.set_parent_extractor(recording)
+        return estimate_displacement(self, recording, max_um=max_um, n_jobs=n_jobs)
 
     def _match(self, recording, method, displacement, noise_levels, n_jobs, verbose):
         """Template matching with the saved templates, then the full run's duplicate rule (see :meth:`sort`)."""

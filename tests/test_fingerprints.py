@@ -119,14 +119,26 @@ def save_sortings(sortings: dict, path: Path = SORTINGS_FILE) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def recorded_sorting(case: str, sampling_frequency: float):
+def _one_segment_sorting(samples, units, num_units: int, sampling_frequency: float):
     from spikeinterface.core import NumpySorting
 
+    return NumpySorting.from_samples_and_labels([samples], [units], sampling_frequency, unit_ids=np.arange(num_units))
+
+
+def recorded_sorting(case: str, sampling_frequency: float):
+    """The sorting of ``case`` kept in ``SORTINGS_FILE``."""
     with np.load(SORTINGS_FILE) as data:
         samples, units = data[f"{case}/samples"], data[f"{case}/units"]
         num_units = int(data[f"{case}/num_units"])
-    return NumpySorting.from_samples_and_labels([samples], [units], sampling_frequency,
-                                                unit_ids=np.arange(num_units))
+    return _one_segment_sorting(samples, units, num_units, sampling_frequency)
+
+
+def accuracies(recorded, sorting) -> np.ndarray:
+    """Each recorded unit's accuracy in ``sorting`` (SpikeInterface's comparison, 0.4 ms)."""
+    import spikeinterface.comparison as sc
+
+    comparison = sc.compare_sorter_to_ground_truth(recorded, sorting, exhaustive_gt=True)
+    return comparison.get_performance()["accuracy"].to_numpy()
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +156,9 @@ def test_sorting_is_unchanged_bit_for_bit(computed, case):
         "`python tests/test_fingerprints.py` and update EXPECTED, saying why in the commit"
     )
     # a CPU type of no recorded hash: the recorded sorting, within rounding
-    import spikeinterface.comparison as sc
-
     recorded = recorded_sorting(case, sorting.sampling_frequency)
     assert sorting.get_num_units() == recorded.get_num_units(), f"{case}: {_hash(sorting)} on {cpu_type()}"
-    accuracy = sc.compare_sorter_to_ground_truth(recorded, sorting, exhaustive_gt=True).get_performance()["accuracy"]
+    accuracy = accuracies(recorded, sorting)
     assert accuracy.min() >= OTHER_CPU_MIN_ACCURACY, f"{case} on {cpu_type()}: accuracies {accuracy.round(3).tolist()}"
 
 
@@ -159,20 +169,15 @@ def test_the_stream_gives_the_instant_sort(computed):
 def test_other_cpu_comparison_accepts_rounding_and_refuses_a_change():
     """The comparison used on unrecorded CPU types: the recorded sorting with one spike moved passes, with a unit's
     spikes given to another unit fails."""
-    import spikeinterface.comparison as sc
-
     recorded = recorded_sorting("elvisort b", 30000.0)
     vector = recorded.to_spike_vector()
     samples, units = vector["sample_index"].copy(), vector["unit_index"].copy()
     samples[10] += 3  # 0.1 ms: within rounding
-    moved = recorded_sorting("elvisort b", 30000.0).from_samples_and_labels([samples], [units], 30000.0,
-                                                                            unit_ids=np.arange(4))
-    ok = sc.compare_sorter_to_ground_truth(recorded, moved, exhaustive_gt=True).get_performance()["accuracy"]
-    assert ok.min() >= OTHER_CPU_MIN_ACCURACY
+    moved = _one_segment_sorting(samples, units, recorded.get_num_units(), 30000.0)
+    assert accuracies(recorded, moved).min() >= OTHER_CPU_MIN_ACCURACY
     units[units == 1] = 0
-    merged = moved.from_samples_and_labels([samples], [units], 30000.0, unit_ids=np.arange(4))
-    bad = sc.compare_sorter_to_ground_truth(recorded, merged, exhaustive_gt=True).get_performance()["accuracy"]
-    assert bad.min() < OTHER_CPU_MIN_ACCURACY
+    merged = _one_segment_sorting(samples, units, recorded.get_num_units(), 30000.0)
+    assert accuracies(recorded, merged).min() < OTHER_CPU_MIN_ACCURACY
 
 
 if __name__ == "__main__":

@@ -115,8 +115,8 @@ def test_auto_cache_falls_back_to_no_cache_when_the_disk_is_too_small(tmp_path, 
     assert "cache: no-cache" in log
     assert not (tmp_path / "sort" / "sorter_output" / "cache_preprocessing").exists()
     # the same sorting as with the traces cached in memory, within rounding: the lazy chain whitens chunks of other
-    # sizes than the cache does, which BLAS may round differently (identical on AVX2 machines; one spike of 1708
-    # differs on an AVX-512 one)
+    # sizes than the cache does, which BLAS may round differently (identical on the machine this test was written on;
+    # one spike of 1708 differs on an AMD EPYC with AVX-512)
     monkeypatch.undo()
     in_memory = ss.run_sorter("elvisort", recording, folder=tmp_path / "memory", verbose=False, **fast_params())
     assert "cache: memory" in (tmp_path / "memory" / "sorter_output" / "elvisort.log").read_text()
