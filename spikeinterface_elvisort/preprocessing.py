@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from spikeinterface.preprocessing.common_reference import CommonReferenceRecording
 
 
 # whitening="auto" whitens from this many channels on: it raised accuracy on the 32-channel benchmark recordings,
@@ -45,7 +46,7 @@ def preprocess(
         freq_max = min(freq_max, 0.45 * recording.sampling_frequency)
         recording = spre.bandpass_filter(recording, freq_min=freq_min, freq_max=freq_max, dtype="float32")
         if common_reference and recording.get_num_channels() > 1:
-            recording = spre.common_reference(recording, reference="global", operator="median")
+            recording = GlobalMedianReference(recording)
         if whitens(recording, True, whitening):
             recording = whiten(recording, seed)
     if motion is not None:
@@ -57,6 +58,43 @@ def preprocess(
         # bump recording of seed 0 rose from 0.893 to 0.963). The motion is still estimated on unwhitened traces.
         recording = interpolate_motion(recording, motion, **(interpolate_motion_kwargs or {}))
     return recording
+
+
+def median_of_channels(traces: np.ndarray) -> np.ndarray:
+    """The median over channels of each sample of ``traces`` (samples, channels), as a (samples, 1) column: the
+    values of ``np.median(traces, axis=1, keepdims=True)`` to the bit (the mean of the two middle samples for an
+    even count, rounded as numpy rounds it, NaN where a row holds NaN), about 4x faster on hundreds of channels: one
+    partition around the upper middle, then the largest sample below it, where numpy partitions around both."""
+    traces = np.asarray(traces)
+    count = traces.shape[1]
+    if count == 0 or traces.dtype.kind != "f":
+        return np.median(traces, axis=1, keepdims=True)
+    middle = count // 2
+    ordered = np.partition(traces, middle, axis=1)
+    median = ordered[:, middle : middle + 1]
+    if count % 2 == 0:
+        median = (ordered[:, :middle].max(axis=1, keepdims=True) + median) * traces.dtype.type(0.5)
+    with_nan = np.isnan(ordered[:, -1:])  # partition puts NaN last
+    return np.where(with_nan, traces.dtype.type(np.nan), median) if with_nan.any() else median
+
+
+class GlobalMedianReference(CommonReferenceRecording):
+    """SpikeInterface's common median reference over all channels (``common_reference(recording,
+    reference="global", operator="median")``, the same traces to the bit) with the faster median of
+    :func:`median_of_channels`: on 384 channels numpy's median took about as long as the band-pass filter."""
+
+    def __init__(self, recording):
+        super().__init__(recording, reference="global", operator="median")
+        for segment in self._recording_segments:
+            segment.operator_func = _median_operator
+        self._kwargs = dict(recording=recording)
+
+
+def _median_operator(traces, axis=1, keepdims=True):
+    # the call CommonReferenceRecordingSegment makes: operator_func(traces, axis=1, keepdims=True)
+    if axis != 1 or not keepdims:
+        return np.median(traces, axis=axis, keepdims=keepdims)
+    return median_of_channels(traces)
 
 
 def whitens(recording, apply_preprocessing: bool, whitening: bool | str) -> bool:

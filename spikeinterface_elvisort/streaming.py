@@ -123,13 +123,15 @@ class BlockEngine:
         """Band-pass filter and common median reference, without whitening; ``inner_margin`` on each side."""
         from scipy.signal import sosfiltfilt
 
+        from .preprocessing import median_of_channels
+
         traces = np.asarray(raw, dtype=np.float32)
         if self.filter:
             traces = sosfiltfilt(self.sos, traces, axis=0).astype(np.float32)
             if self.filter_margin:
                 traces = traces[self.filter_margin : traces.shape[0] - self.filter_margin]
         if self.common_reference:
-            traces = traces - np.median(traces, axis=1, keepdims=True)
+            traces = traces - median_of_channels(traces)
         return np.ascontiguousarray(traces, dtype=np.float32)
 
     def detect(self, traces: np.ndarray, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,42 @@ def test_auto_whitening_from_eight_channels(num_channels, whitened):
     assert not isinstance(preprocess(recording, whitening=False, seed=0), WhitenRecording)
 
 
+@pytest.mark.parametrize("num_channels", [1, 2, 7, 384])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_median_of_channels_is_numpys_median_to_the_bit(num_channels, dtype):
+    """The faster median the common reference uses gives numpy's values exactly, NaN rows included."""
+    from spikeinterface_elvisort.preprocessing import median_of_channels
+
+    traces = (np.random.default_rng(num_channels).standard_normal((500, num_channels)) * 20).astype(dtype)
+    traces[10, 0] = np.nan
+    traces[20] = np.nan
+    expected = np.median(traces, axis=1, keepdims=True)
+    median = median_of_channels(traces)
+    assert median.dtype == expected.dtype and median.shape == (500, 1)
+    assert np.array_equal(median, expected, equal_nan=True)
+    assert np.isnan(median[[10, 20], 0]).all()
+
+
+def test_common_reference_equals_spikeinterfaces_and_reloads():
+    """GlobalMedianReference gives SpikeInterface's global median reference to the bit, and rebuilds from its dict
+    and from a pickle (as worker processes do) with the same traces."""
+    import pickle
+
+    import spikeinterface.preprocessing as spre
+    from spikeinterface.core import generate_ground_truth_recording, load
+
+    from spikeinterface_elvisort.preprocessing import GlobalMedianReference
+
+    recording, _ = generate_ground_truth_recording(durations=[2.0], num_channels=64, num_units=5, seed=0)
+    filtered = spre.bandpass_filter(recording, freq_min=300.0, freq_max=6000.0, dtype="float32")
+    ours = GlobalMedianReference(filtered)
+    traces = ours.get_traces()
+    assert np.array_equal(traces, spre.common_reference(filtered, reference="global", operator="median").get_traces())
+    for rebuilt in (load(ours.to_dict()), pickle.loads(pickle.dumps(ours))):
+        assert isinstance(rebuilt, GlobalMedianReference)
+        assert np.array_equal(rebuilt.get_traces(), traces)
+
+
 def test_whitened_cache_is_the_same_in_every_run(tmp_path):
     """The memory cache of whitened traces, written by two threads, equals the one written chunk by chunk in one
     thread with one BLAS thread, every time. SpikeInterface's per-chunk BLAS limit (max_threads_per_worker, a
