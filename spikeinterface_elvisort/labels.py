@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .streaming import BlockEngine, read_block
+from .blocks import BlockEngine, read_block
 
 LABEL_MATCH_MS = 0.4  # a detected event takes the label of a labelled spike at most this far away
 

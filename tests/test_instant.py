@@ -199,7 +199,7 @@ def test_a_whitened_model_detects_before_whitening_as_its_training_run_did(super
     those traces (snippets still come from the whitened ones); a model saved before detect_before_whitening
     existed has no such levels and detects on the whitened traces, as it did."""
     from spikeinterface_elvisort import load_model
-    from spikeinterface_elvisort.streaming import BlockEngine, read_block
+    from spikeinterface_elvisort.blocks import BlockEngine, read_block
 
     folder, _ = supervised_transfer
     recording_b = transfer_pair[2]
