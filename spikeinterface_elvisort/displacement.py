@@ -34,8 +34,6 @@ def estimate_displacement(model, recording, *, max_um: float = 60.0, n_jobs: int
 
 
 def _estimate_displacement(model, recording, max_um, n_jobs):
-    from spikeinterface.generation.drift_tools import move_dense_templates
-
     from .detection import detect_spikes
     from .jobs import sorter_job_kwargs
     from .snippets import extract_snippets
@@ -69,7 +67,8 @@ def _estimate_displacement(model, recording, max_um, n_jobs):
     footprints /= np.linalg.norm(footprints, axis=1, keepdims=True) + 1e-12
     shifts = np.arange(-max_um, max_um + DISPLACEMENT_STEP_UM / 2, DISPLACEMENT_STEP_UM)
     displacements = np.stack([np.zeros_like(shifts), shifts], axis=1)
-    moved = move_dense_templates(model.templates, displacements, recording.get_probe())[:, :, nbefore]
+    moved = move_whitened_templates(model.templates, displacements, recording.get_probe(),
+                                    model.settings.whitening)[:, :, nbefore]
     moved /= np.linalg.norm(moved, axis=2, keepdims=True) + 1e-12  # (shifts, units, channels)
     scores = np.array([(footprints @ templates.T).max(axis=1).mean() for templates in moved])
     return float(shifts[int(np.argmax(scores))])
@@ -78,8 +77,6 @@ def _estimate_displacement(model, recording, max_um, n_jobs):
 def moved_templates(model, recording, displacement, *, n_jobs: int = 2):
     """``model``'s templates for matching on ``recording``, moved by ``displacement`` (um along the probe's depth;
     "auto": estimated, and moved only from :data:`MIN_DISPLACEMENT_UM` on; None: not moved), and that value."""
-    from spikeinterface.generation.drift_tools import move_dense_templates
-
     if displacement is None:
         return model.templates, 0.0
     if isinstance(displacement, str):
@@ -93,8 +90,31 @@ def moved_templates(model, recording, displacement, *, n_jobs: int = 2):
         if abs(displacement) < MIN_DISPLACEMENT_UM:
             return model.templates, 0.0
     displacement = float(displacement)
-    moved = move_dense_templates(model.templates, np.array([[0.0, displacement]]), recording.get_probe())[0]
-    return moved.astype(np.float32), displacement
+    moved = move_whitened_templates(model.templates, np.array([[0.0, displacement]]), recording.get_probe(),
+                                    model.settings.whitening)[0]
+    return moved, displacement
+
+
+def move_whitened_templates(templates, displacements, probe, whitening):
+    """Templates of whitened traces (units, samples, channels), moved by each of ``displacements`` (um, (n, 2)):
+    (n, units, samples, channels).
+
+    The whitening matrix was learned on the training session, spikes included, so it shrinks the spatial patterns
+    of the units where they were; the same unit one contact further has another pattern, which that matrix does not
+    shrink. Moving the whitened template would keep the shrunk pattern, so the templates are unwhitened with the
+    saved matrix, moved on the probe (SpikeInterface's ``move_dense_templates``, cubic) and whitened again: the
+    templates the moved units have in the new session's whitened traces. Without whitening (``whitening`` None)
+    they are moved as they are.
+    """
+    from spikeinterface.generation.drift_tools import move_dense_templates
+
+    if not whitening:
+        return move_dense_templates(templates, displacements, probe).astype(np.float32)
+    W = np.asarray(whitening["W"], dtype=np.float64)
+    M = 0.0 if whitening.get("M") is None else np.asarray(whitening["M"], dtype=np.float64)
+    # SpikeInterface's whitening: white = (traces - M) @ W
+    raw = np.asarray(templates, dtype=np.float64) @ np.linalg.pinv(W) + M
+    return ((move_dense_templates(raw, displacements, probe) - M) @ W).astype(np.float32)
 
 
 def _first_samples(recording, length: int):

@@ -540,3 +540,33 @@ def test_a_displaced_session_sorts_better_with_the_correction(displaced_pair, tm
     assert with_correction >= without + 0.1
     with pytest.raises(ValueError, match="displacement must be 'auto', a number"):
         model.sort(recording_b, displacement="guess")
+
+
+def test_whitened_templates_are_moved_as_the_units_they_whiten():
+    """Moving whitened templates gives the moved raw templates whitened with the same matrix (and the plain move
+    without whitening): the whitening learned where the units were does not travel with them."""
+    from probeinterface import generate_multi_columns_probe
+    from spikeinterface.generation.drift_tools import move_dense_templates
+
+    from spikeinterface_elvisort.displacement import move_whitened_templates
+
+    rng = np.random.default_rng(0)
+    probe = generate_multi_columns_probe(num_columns=2, num_contact_per_column=8, xpitch=20, ypitch=20)
+    locations = probe.contact_positions
+    centres = np.array([[10.0, 40.0], [0.0, 100.0]])
+    distance = np.linalg.norm(locations[None] - centres[:, None], axis=2)  # (units, channels)
+    shape = -np.exp(-0.5 * ((np.arange(60) - 20) / 3.0) ** 2)
+    raw = shape[None, :, None] * 50.0 * np.exp(-distance / 30.0)[:, None, :]
+    mixing = rng.normal(size=(16, 16))
+    W = np.linalg.cholesky(np.linalg.inv(mixing @ mixing.T + 16 * np.eye(16)))
+    M = rng.normal(size=16)
+    whitening = {"W": W, "M": M}
+    displacements = np.array([[0.0, 20.0], [0.0, -10.0]])
+    moved = move_whitened_templates((raw - M) @ W, displacements, probe, whitening)
+    expected = (move_dense_templates(raw, displacements, probe) - M) @ W
+    np.testing.assert_allclose(moved, expected, rtol=1e-4, atol=1e-4)
+    assert moved.dtype == np.float32 and moved.shape == (2, 2, 60, 16)
+    plain = move_whitened_templates(raw, displacements, probe, None)
+    np.testing.assert_allclose(plain, move_dense_templates(raw, displacements, probe), rtol=1e-5, atol=1e-4)
+    # moving the whitened templates themselves would give another answer: the point of the unwhitening
+    assert np.abs(move_dense_templates((raw - M) @ W, displacements, probe) - expected).max() > 1e-2
