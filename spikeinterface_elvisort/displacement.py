@@ -67,8 +67,9 @@ def _estimate_displacement(model, recording, max_um, n_jobs):
     footprints /= np.linalg.norm(footprints, axis=1, keepdims=True) + 1e-12
     shifts = np.arange(-max_um, max_um + DISPLACEMENT_STEP_UM / 2, DISPLACEMENT_STEP_UM)
     displacements = np.stack([np.zeros_like(shifts), shifts], axis=1)
-    moved = move_whitened_templates(model.templates, displacements, recording.get_probe(),
-                                    model.settings.whitening)[:, :, nbefore]
+    # the move is per sample: only the alignment sample is moved (121 shifts of 100 units x 384 channels)
+    moved = move_whitened_templates(model.templates[:, nbefore:nbefore + 1], displacements, recording.get_probe(),
+                                    model.settings.whitening)[:, :, 0]
     moved /= np.linalg.norm(moved, axis=2, keepdims=True) + 1e-12  # (shifts, units, channels)
     scores = np.array([(footprints @ templates.T).max(axis=1).mean() for templates in moved])
     return float(shifts[int(np.argmax(scores))])
