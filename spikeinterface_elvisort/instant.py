@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .blocks import DEFAULT_BLOCK_MS, BlockEngine
 from .displacement import estimate_displacement, moved_templates
 from .labels import check_same_probe, collect_events, measure_noise_levels, read_labels, _check_sorting
 from .params import max_training_events
-from .blocks import DEFAULT_BLOCK_MS, BlockEngine
 from .streaming import sort_segment
 
 logger = logging.getLogger(__name__)

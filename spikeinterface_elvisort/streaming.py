@@ -1,10 +1,10 @@
 """Inference on a fixed grid of blocks: the one code path behind ``ElvisortModel.sort`` and ``OnlineSorter``.
 
-A recording (or a stream) is cut into consecutive blocks of ``block_samples`` samples, counted from the start of
-the segment, and each block goes through :class:`~spikeinterface_elvisort.blocks.BlockEngine` (filter, reference,
-whitening, detection, snippets, classifier) from its raw traces plus fixed margins. Because the grid and the margins do not depend on how the data arrive, a stream cut into blocks of
-any size gives exactly the offline result, and a spike is reported at most one block plus the margins after it
-happened.
+A recording (or a stream) is cut into consecutive blocks of ``block_samples`` samples, counted from the start of the
+segment, and each block goes through :class:`~spikeinterface_elvisort.blocks.BlockEngine` (filter, reference,
+whitening, detection, snippets, classifier) from its raw traces plus fixed margins. Because the grid and the margins
+do not depend on how the data arrive, a stream cut into blocks of any size gives exactly the offline result, and a
+spike is reported at most one block plus the margins after it happened.
 """
 
 from __future__ import annotations
