@@ -16,8 +16,8 @@ logger = logging.getLogger("spikeinterface_elvisort.instant")
 # (about a quarter of a typical 20 um contact pitch; smaller shifts cost no measurable accuracy)
 MIN_DISPLACEMENT_UM = 5.0
 DISPLACEMENT_STEP_UM = 1.0
-# the displacement is estimated on at most this many samples x channels of the recording (about 4 s of 384
-# channels, 20 s of 32 at 30 kHz) and at most DISPLACEMENT_EVENTS events
+# the displacement is estimated on the first DISPLACEMENT_EVENTS events, found within at most this many
+# samples x channels of the recording (4.3 s of 384 channels, 52 s of 32 at 30 kHz)
 DISPLACEMENT_SAMPLES = 50_000_000
 DISPLACEMENT_EVENTS = 3000
 
@@ -34,37 +34,17 @@ def estimate_displacement(model, recording, *, max_um: float = 60.0, n_jobs: int
 
 
 def _estimate_displacement(model, recording, max_um, n_jobs):
-    from .detection import detect_spikes
-    from .jobs import sorter_job_kwargs
-    from .snippets import extract_snippets
-
     model.check_recording(recording)
     if model.templates.shape[0] == 0:
         raise ValueError("this model holds no templates: the displacement cannot be estimated")
-    num_channels, fs = recording.get_num_channels(), recording.sampling_frequency
+    num_channels = recording.get_num_channels()
     length = int(min(recording.get_num_samples(0), DISPLACEMENT_SAMPLES // num_channels))
-    excerpt = model.preprocessed(_first_samples(recording, length))
-    noise = np.asarray(model.settings.noise_levels, dtype=np.float32)
-    nbefore, nafter = model.settings.nbefore, model.settings.nafter
-    peaks = detect_spikes(
-        excerpt, noise, method="locally_exclusive", peak_sign=model.params["peak_sign"],
-        detect_threshold=model.params["detect_threshold"], exclude_sweep_ms=model.params["detect_exclude_sweep_ms"],
-        radius_um=model.params["detect_radius_um"], snippet_samples=nbefore + nafter,
-        job_kwargs=sorter_job_kwargs({"n_jobs": int(n_jobs)}, False),
-    )
-    inside = (peaks["sample_index"] >= nbefore) & (peaks["sample_index"] < length - nafter)
-    peaks = peaks[inside]
-    if peaks.size < 50:
-        raise ValueError(f"only {peaks.size} events in the first {length / fs:.1f} s: too few to estimate the "
-                         "displacement; give displacement= in um, or None")
-    if peaks.size > DISPLACEMENT_EVENTS:
-        peaks = peaks[np.sort(np.random.default_rng(0).choice(peaks.size, DISPLACEMENT_EVENTS, replace=False))]
-    # footprints: every channel's value at the event's peak (at the templates' alignment sample for them);
-    # the noise, of zero mean, favours no shift
-    every_channel = np.tile(np.arange(num_channels), (num_channels, 1))
-    footprints = np.concatenate([extract_snippets(excerpt, peaks[start:start + 500], every_channel, 0, 1)[:, 0]
-                                 for start in range(0, peaks.size, 500)])
+    footprints = first_footprints(model, _first_samples(recording, length), DISPLACEMENT_EVENTS, n_jobs=n_jobs)
+    if footprints.shape[0] < 50:
+        raise ValueError(f"only {footprints.shape[0]} events in the first {length / recording.sampling_frequency:.1f}"
+                         " s: too few to estimate the displacement; give displacement= in um, or None")
     footprints /= np.linalg.norm(footprints, axis=1, keepdims=True) + 1e-12
+    nbefore = model.settings.nbefore
     shifts = np.arange(-max_um, max_um + DISPLACEMENT_STEP_UM / 2, DISPLACEMENT_STEP_UM)
     displacements = np.stack([np.zeros_like(shifts), shifts], axis=1)
     # the move is per sample: only the alignment sample is moved (121 shifts of 100 units x 384 channels)
@@ -73,6 +53,49 @@ def _estimate_displacement(model, recording, max_um, n_jobs):
     moved /= np.linalg.norm(moved, axis=2, keepdims=True) + 1e-12  # (shifts, units, channels)
     scores = np.array([(footprints @ templates.T).max(axis=1).mean() for templates in moved])
     return float(shifts[int(np.argmax(scores))])
+
+
+def first_footprints(model, recording, max_events: int, *, chunk_s: float = 1.0, n_jobs: int = 2) -> np.ndarray:
+    """Spatial footprints (every channel's value at the event's peak, (events, channels)) of the first
+    ``max_events`` events of ``recording`` (first segment), preprocessed as ``model``'s training traces were and
+    detected there with the training run's locally exclusive detector. Chunks of ``chunk_s`` are read in order,
+    ``n_jobs`` at a time in threads, until enough events are found: a busy probe needs a second or two, a quiet one
+    reads further. The result does not depend on ``n_jobs``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .detection import locally_exclusive_peaks
+
+    preprocessed = model.preprocessed(recording)
+    params, fs = model.params, recording.sampling_frequency
+    num_samples = recording.get_num_samples(0)
+    nbefore, nafter = model.settings.nbefore, model.settings.nafter
+    thresholds = np.asarray(model.settings.noise_levels, dtype=np.float32) * float(params["detect_threshold"])
+    sweep = int(params["detect_exclude_sweep_ms"] * fs / 1000.0)
+    locations = np.asarray(model.channel_locations)[:, :2]
+    neighbours = np.linalg.norm(locations[:, None] - locations[None, :], axis=2) <= params["detect_radius_um"]
+    chunk, margin = max(int(chunk_s * fs), 1), sweep + 1
+
+    def chunk_footprints(start):
+        stop = min(start + chunk, num_samples)
+        lo, hi = max(start - margin, 0), min(stop + margin, num_samples)
+        traces = preprocessed.get_traces(segment_index=0, start_frame=lo, end_frame=hi)
+        samples, _ = locally_exclusive_peaks(traces, params["peak_sign"], thresholds, sweep, neighbours)
+        absolute = samples + lo
+        samples = samples[(absolute >= max(start, nbefore)) & (absolute < min(stop, num_samples - nafter))]
+        return np.asarray(traces[np.sort(samples)], dtype=np.float32)
+
+    starts = list(range(0, num_samples, chunk))
+    workers = max(int(n_jobs), 1)
+    parts, found = [], 0
+    with ThreadPoolExecutor(workers) as pool:
+        for first in range(0, len(starts), workers):
+            parts += list(pool.map(chunk_footprints, starts[first : first + workers]))
+            found = sum(part.shape[0] for part in parts)
+            if found >= max_events:
+                break
+    if not parts:
+        return np.zeros((0, recording.get_num_channels()), dtype=np.float32)
+    return np.concatenate(parts)[:max_events]
 
 
 def moved_templates(model, recording, displacement, *, n_jobs: int = 2):

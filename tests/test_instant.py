@@ -527,6 +527,7 @@ def test_a_displaced_session_sorts_better_with_the_correction(displaced_pair, tm
     ss.run_sorter("elvisort", recording_a, folder=tmp_path / "a",
                   **fast_params(sorter_device, training_sorting=str(gt_a_folder)))
     model = load_model(tmp_path / "a", device="cpu")
+    _check_first_footprints(model, recording_b)
     assert abs(model.estimate_displacement(recording_a)) <= 3.0
     estimate = model.estimate_displacement(recording_b)
     assert 14.0 <= estimate <= 26.0, estimate
@@ -540,6 +541,25 @@ def test_a_displaced_session_sorts_better_with_the_correction(displaced_pair, tm
     assert with_correction >= without + 0.1
     with pytest.raises(ValueError, match="displacement must be 'auto', a number"):
         model.sort(recording_b, displacement="guess")
+
+
+def _check_first_footprints(model, recording, count=300):
+    """The estimate's footprints are the traces at the first ``count`` peaks that SpikeInterface's locally exclusive
+    detector finds on the model's preprocessing of ``recording``, whatever the number of threads."""
+    from spikeinterface_elvisort.detection import detect_spikes
+    from spikeinterface_elvisort.displacement import first_footprints
+
+    footprints = first_footprints(model, recording, count, n_jobs=1)
+    np.testing.assert_array_equal(footprints, first_footprints(model, recording, count, n_jobs=2))
+    preprocessed = model.preprocessed(recording)
+    params, nbefore = model.params, model.settings.nbefore
+    peaks = detect_spikes(preprocessed, model.settings.noise_levels, peak_sign=params["peak_sign"],
+                          detect_threshold=params["detect_threshold"],
+                          exclude_sweep_ms=params["detect_exclude_sweep_ms"], radius_um=params["detect_radius_um"])
+    samples = peaks["sample_index"][peaks["sample_index"] >= nbefore][:count]
+    assert footprints.shape == (count, recording.get_num_channels())
+    expected = preprocessed.get_traces(end_frame=int(samples[-1]) + 1)[samples]
+    np.testing.assert_allclose(footprints, expected, atol=1e-3)
 
 
 def test_whitened_templates_are_moved_as_the_units_they_whiten():
