@@ -54,6 +54,11 @@ class OnlineSorter:
         as SpikeInterface does for int16 recordings with gains.
     device : str, optional
         "auto" | "cpu" | "cuda" | "cuda:N"; the model's device when None.
+    n_jobs : int, default: 2
+        Worker threads for the model-free part of the blocks (filter, reference, detection): the blocks that one
+        call completes are processed side by side, and a single block shares its filter and median among them, as
+        ``model.sort``'s offline pass does. The classifier runs in the calling thread. The spikes do not depend on
+        it; 1 processes everything in the calling thread.
 
     Examples
     --------
@@ -64,7 +69,9 @@ class OnlineSorter:
     """
 
     def __init__(self, model, block_ms: float = DEFAULT_BLOCK_MS, noise_levels=None, gain_to_uV=None,
-                 offset_to_uV=None, device=None):
+                 offset_to_uV=None, device=None, n_jobs: int = 2):
+        if int(n_jobs) < 1:
+            raise ValueError(f"n_jobs must be >= 1; got {n_jobs}")
         self.model = model
         self.engine = model._engine(block_ms=block_ms, noise_levels=noise_levels, device=device)
         self.unit_ids = model.unit_ids
@@ -77,6 +84,8 @@ class OnlineSorter:
         self._next_block = 0
         self._received = 0
         self._done = False
+        self.n_jobs = int(n_jobs)
+        self._pool = None  # WorkerThreads, started on the first block (and closed by flush)
 
     @property
     def latency_ms(self) -> float:
@@ -131,7 +140,7 @@ class OnlineSorter:
 
     def _run(self, final: bool) -> np.ndarray:
         engine = self.engine
-        out = []
+        ready = []  # (start, length, raw with margins) of the blocks this call completes, in order
         while self._next_block < self._received:
             start = self._next_block
             end = min(start + engine.block_samples, self._received) if final else start + engine.block_samples
@@ -142,19 +151,40 @@ class OnlineSorter:
             raw = self._buffer[lo : needed - self._buffer_start]
             if raw.shape[0] < needed - start + engine.margin:  # past the end of the stream: zeros
                 raw = np.pad(raw, ((0, needed - start + engine.margin - raw.shape[0]), (0, 0)))
-            samples, channels, amplitudes, snippets = engine.front(raw, start, end - start)
-            labels = engine.censor(samples, engine.label(snippets, channels))
-            out.append(_to_spikes(self.unit_ids, samples, labels, channels, amplitudes))
+            ready.append((start, end - start, raw))
             self._next_block = end
-            # keep only what the next block needs
-            drop = self._next_block - engine.margin - self._buffer_start
-            if drop > 0:
-                self._buffer = self._buffer[drop:]
-                self._buffer_start += drop
+        out = [_to_spikes(self.unit_ids, samples, engine.censor(samples, engine.label(snippets, channels)), channels,
+                          amplitudes)
+               for samples, channels, amplitudes, snippets in self._fronts(ready)]
+        # keep only what the next block needs
+        drop = self._next_block - engine.margin - self._buffer_start
+        if drop > 0:
+            self._buffer = self._buffer[drop:]
+            self._buffer_start += drop
+        if final:
+            self.close()
         if not out:
             return np.zeros(0, dtype=_spike_dtype(self.unit_ids))
         return np.concatenate(out)
 
+    def _fronts(self, ready):
+        """The model-free part of the ready blocks, in order: side by side in the worker threads when there are
+        several (not with Algorithm 1, whose scan runs from block to block), or one block sharing its filter and
+        median among them."""
+        engine = self.engine
+        if self.n_jobs > 1 and ready and self._pool is None:
+            from .blocks import WorkerThreads
+
+            self._pool = WorkerThreads(self.n_jobs)
+        if self._pool is not None and len(ready) > 1 and engine.detection != "algorithm1":
+            return self._pool.map(lambda block: engine.front(block[2], block[0], block[1]), ready)
+        return (engine.front(raw, start, length, pool=self._pool) for start, length, raw in ready)
+
+    def close(self) -> None:
+        """Stop the worker threads (:meth:`flush` does; a stream that is abandoned can call it)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 def sort_segment(engine: BlockEngine, recording, segment_index: int, scale: bool, *, num_workers: int = 1,
                  progress_bar: bool = False, censor: bool = True):

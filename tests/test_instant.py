@@ -247,6 +247,29 @@ def test_stream_equals_offline_for_any_block_size(model, trained, block_sizes):
         sorter.process(traces[:10])
 
 
+
+def test_stream_threads_change_nothing(model, trained):
+    """The worker threads (blocks side by side, or one block's filter and median shared) give the single-threaded
+    stream's spikes, amplitudes included, and a block's preprocessing to the bit."""
+    from spikeinterface_elvisort import OnlineSorter
+    from spikeinterface_elvisort.blocks import WorkerThreads, read_block
+
+    _, recording, _, _ = trained
+    traces = recording.get_traces(end_frame=int(4 * recording.sampling_frequency))
+    streams = {}
+    for n_jobs in (1, 3):
+        rng = np.random.default_rng(2)
+        streams[n_jobs] = _stream(OnlineSorter(model, n_jobs=n_jobs), traces, lambda: int(rng.integers(1, 20000)))
+    assert streams[1].size > 10
+    np.testing.assert_array_equal(streams[1], streams[3])
+    engine = model._engine()
+    raw = read_block(recording, 0, 6000, 6000 + engine.block_samples, engine.margin, scale=False)
+    with WorkerThreads(3) as pool:
+        np.testing.assert_array_equal(engine.preprocess(raw, pool), engine.preprocess(raw))
+    with pytest.raises(ValueError, match="n_jobs"):
+        OnlineSorter(model, n_jobs=0)
+
+
 def test_stream_latency_is_bounded(model, trained):
     from spikeinterface_elvisort import OnlineSorter
 
