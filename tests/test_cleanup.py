@@ -291,6 +291,7 @@ def test_template_matching_finds_the_same_spikes_in_forked_processes_as_in_threa
 
     from spikeinterface_elvisort.curation import compute_templates
     from spikeinterface_elvisort.cleanup import match_templates
+    from spikeinterface_elvisort.device import blas_threads
 
     if not sys.platform.startswith("linux"):
         pytest.skip("forked workers are used on Linux only")
@@ -303,11 +304,15 @@ def test_template_matching_finds_the_same_spikes_in_forked_processes_as_in_threa
     templates = compute_templates(recording, peaks, spikes["unit_index"], 4, 30, 45, job_kwargs={"n_jobs": 1})
     noise_levels = np.ones(8, dtype=np.float32)
     base = {"chunk_duration": "1s", "progress_bar": False, "n_jobs": 2}
-    found = [
-        match_templates(recording, templates, noise_levels=noise_levels, nbefore=30, method="circus-omp",
-                        job_kwargs=base | extra)[:2]
-        for extra in ({"pool_engine": "process", "mp_context": "fork"}, {"pool_engine": "thread"}, {"n_jobs": 1})
-    ]
+    # one BLAS thread in every case, set once: SpikeInterface's per-chunk max_threads_per_worker is a process-wide
+    # limit that threads restore under each other's feet (see device.blas_threads), which made this test flaky
+    with blas_threads(1):
+        found = [
+            match_templates(recording, templates, noise_levels=noise_levels, nbefore=30, method="circus-omp",
+                            job_kwargs=base | extra)[:2]
+            for extra in ({"pool_engine": "process", "mp_context": "fork", "max_threads_per_worker": 1},
+                          {"pool_engine": "thread", "max_threads_per_worker": None}, {"n_jobs": 1})
+        ]
     assert found[0][0].size > 0.9 * spikes.size
     for events, labels in found[1:]:
         np.testing.assert_array_equal(events, found[0][0])
