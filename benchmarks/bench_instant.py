@@ -7,11 +7,13 @@
   full ``run_sorter("elvisort", B)`` is the reference. Scores on B: SpikeInterface's accuracy (compare_sorter_to_ground_truth, exhaustive_gt, 0.4 ms, mean over
   units with SNR >= 5) and the paper's classification scores on the detected events (micro-F1, accuracy).
 * speed: wall time of the inference-only ``run_sorter`` call on B (filtering, detection, classification and writing
-  the result, everything) and of ``ElvisortModel.sort``; xRT = recording duration / wall time. 32 and 128 channels.
+  the result, everything) and of ``ElvisortModel.sort`` (with matching: SpikeInterface's pipeline and the stream's
+  block grid, ``pipeline="blocks"``), with its accuracy; xRT = recording duration / wall time. 32 and 128 channels.
 * displaced: B's units moved along the probe (0, 10, 20, 40 um): accuracy of the forward pass, of matching with A's
   templates where they were, and of matching after the estimated displacement (``displacement="auto"``).
-* streaming: ``OnlineSorter`` fed with B in blocks of 10, 50 and 200 ms: time per call (median, 99th percentile,
-  max), throughput (xRT) and the worst delay between a spike and the call that reported it.
+* streaming: ``OnlineSorter`` (with matching and without) fed with B in blocks of 10, 50 and 200 ms: time per call
+  (median, 99th percentile, max), throughput (xRT) and the worst delay between a spike and the call that reported
+  it.
 
 Examples
 --------
@@ -115,17 +117,24 @@ def part_speed(args, work):
         if not (work / f"{name}_train" / "sorter_output" / "model.pt").exists():
             train_supervised(work / f"{name}_train", path_a, recording_a, gt_a_path)
         model = load_model(work / f"{name}_train", device=args.device)
+        snr = unit_snr(recording_b, gt_b)
+        units = snr.index[snr.values >= args.min_snr]
         for matching in args.matching:
             _, run_s = sort_inference_only(work / f"{name}_sort", work / f"{name}_train", recording_b, matching)
-            model.sort(recording_b.frame_slice(0, 30000), matching=matching)  # compile numba, warm torch up
-            start = time.perf_counter()
-            events = model.sort(recording_b, matching=matching).to_spike_vector().size
-            sort_s = time.perf_counter() - start
-            row = dict(channels=num_channels, matching=matching, duration_s=args.duration, device=str(model.device),
-                       spikes=events, run_sorter_s=run_s, run_sorter_xRT=args.duration / run_s, sort_s=sort_s,
-                       sort_xRT=args.duration / sort_s)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            for pipeline in ("spikeinterface", "blocks") if matching != "none" else ("blocks",):
+                # compile numba, warm torch up
+                model.sort(recording_b.frame_slice(0, 30000), matching=matching, pipeline=pipeline)
+                start = time.perf_counter()
+                sorting = model.sort(recording_b, matching=matching, pipeline=pipeline)
+                sort_s = time.perf_counter() - start
+                row = dict(channels=num_channels, matching=matching, pipeline=pipeline, duration_s=args.duration,
+                           device=str(model.device), spikes=sorting.to_spike_vector().size,
+                           accuracy=mean_accuracy(gt_b, sorting, units)["accuracy"],
+                           sort_s=sort_s, sort_xRT=args.duration / sort_s)
+                if pipeline == "spikeinterface" or matching == "none":  # what run_sorter(pretrained_model=) runs
+                    row.update(run_sorter_s=run_s, run_sorter_xRT=args.duration / run_s)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     return rows
 
 
@@ -175,11 +184,11 @@ def part_streaming(args, work):
     fs = recording_b.sampling_frequency
     traces = recording_b.get_traces(end_frame=int(min(args.duration, 60) * fs))
     rows = []
-    for input_ms in (10, 50, 200):
-        sorter = OnlineSorter(model)
+    for matching, input_ms in ((matching, input_ms) for matching in args.matching for input_ms in (10, 50, 200)):
+        sorter = OnlineSorter(model, matching=matching)
         block = int(input_ms * fs / 1000)
         sorter.process(traces[:block])  # warm-up call (numba compilation)
-        sorter = OnlineSorter(model)
+        sorter = OnlineSorter(model, matching=matching)
         times, worst = [], 0
         for start in range(0, traces.shape[0], block):
             tic = time.perf_counter()
@@ -188,7 +197,8 @@ def part_streaming(args, work):
             if spikes.size:
                 worst = max(worst, int(min(start + block, traces.shape[0]) - spikes["sample_index"].min()))
         times = np.array(times) * 1000
-        row = dict(input_block_ms=input_ms, internal_block_ms=1000 * sorter.engine.block_samples / fs,
+        row = dict(matching=matching, input_block_ms=input_ms,
+                   internal_block_ms=1000 * sorter.engine.block_samples / fs,
                    call_median_ms=float(np.median(times)), call_p99_ms=float(np.percentile(times, 99)),
                    call_max_ms=float(times.max()), xRT=traces.shape[0] / fs / (times.sum() / 1000),
                    worst_delay_ms=1000 * worst / fs, latency_bound_ms=sorter.latency_ms)

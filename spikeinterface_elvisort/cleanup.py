@@ -144,31 +144,11 @@ def match_templates(recording, templates_array, *, noise_levels, nbefore, method
     mask, the sparse Templates of the kept units)."""
     from spikeinterface.core import Templates
     from spikeinterface.core.node_pipeline import base_peak_dtype
-    from spikeinterface.core.template_tools import get_template_peak_shift_on_main_channel
     from spikeinterface.sortingcomponents.matching import find_spikes_from_templates
-    from spikeinterface.sortingcomponents.tools import clean_templates
 
-    num_units = templates_array.shape[0]
-    templates = Templates(
-        templates_array=templates_array,
-        sampling_frequency=recording.sampling_frequency,
-        nbefore=nbefore,
-        channel_ids=recording.channel_ids,
-        unit_ids=np.arange(num_units),
-        probe=recording.get_probe(),
-        is_in_uV=False,
-    )
-    # sparsify, and drop templates whose peak sits more than 0.2 ms off the alignment point: those come from
-    # events caught on another phase of a unit that has its own, aligned template. These are clean_templates' steps
-    # in its order (sparsify, empty, jitter, SNR), with the jitter step's peak sign given (SpikeInterface's own call
-    # leaves it out and warns on every run)
-    templates = clean_templates(templates, sparsify_threshold=1.5, noise_levels=noise_levels, remove_empty=True)
-    shifts = get_template_peak_shift_on_main_channel(templates, peak_sign="both", with_dict=False)
-    templates = templates.select_units(templates.unit_ids[np.abs(shifts) <= int(0.2 * templates.sampling_frequency
-                                                                                / 1000.0)])
-    templates = clean_templates(templates, sparsify_threshold=None, noise_levels=noise_levels,
-                                min_snr=MIN_TEMPLATE_SNR, remove_empty=False)
-    kept = np.isin(np.arange(num_units), templates.unit_ids)
+    templates, kept = matching_templates(templates_array, sampling_frequency=recording.sampling_frequency,
+                                         nbefore=nbefore, channel_ids=recording.channel_ids,
+                                         probe=recording.get_probe(), noise_levels=noise_levels)
     method_kwargs = {"noise_levels": noise_levels} if method == "tdc-peeler" else {}
     spikes = find_spikes_from_templates(
         recording, templates, method=method, method_kwargs=method_kwargs, job_kwargs=job_kwargs
@@ -192,6 +172,28 @@ def match_templates(recording, templates_array, *, noise_levels, nbefore, method
         is_in_uV=False,
     )
     return events, labels, kept, templates
+
+
+def matching_templates(templates_array, *, sampling_frequency, nbefore, channel_ids, probe, noise_levels):
+    """The templates template matching looks for: ``templates_array`` (units, samples, channels, full probe)
+    sparsified, without the templates whose peak sits more than 0.2 ms off the alignment point (events caught on
+    another phase of a unit that has its own, aligned template) and those below :data:`MIN_TEMPLATE_SNR`. These are
+    SpikeInterface's ``clean_templates`` steps in its order (sparsify, empty, jitter, SNR), with the jitter step's
+    peak sign given (its own call leaves it out and warns on every run). Returns (Templates whose ``unit_ids`` are
+    the kept units' indices, kept unit mask)."""
+    from spikeinterface.core import Templates
+    from spikeinterface.core.template_tools import get_template_peak_shift_on_main_channel
+    from spikeinterface.sortingcomponents.tools import clean_templates
+
+    num_units = templates_array.shape[0]
+    templates = Templates(templates_array=templates_array, sampling_frequency=sampling_frequency, nbefore=nbefore,
+                          channel_ids=channel_ids, unit_ids=np.arange(num_units), probe=probe, is_in_uV=False)
+    templates = clean_templates(templates, sparsify_threshold=1.5, noise_levels=noise_levels, remove_empty=True)
+    shifts = get_template_peak_shift_on_main_channel(templates, peak_sign="both", with_dict=False)
+    templates = templates.select_units(templates.unit_ids[np.abs(shifts) <= int(0.2 * sampling_frequency / 1000.0)])
+    templates = clean_templates(templates, sparsify_threshold=None, noise_levels=noise_levels,
+                                min_snr=MIN_TEMPLATE_SNR, remove_empty=False)
+    return templates, np.isin(np.arange(num_units), templates.unit_ids)
 
 
 def auto_merge(recording, events, labels, templates, *, noise_levels, job_kwargs, min_spikes):

@@ -100,9 +100,14 @@ def first_footprints(model, recording, max_events: int, *, chunk_s: float = 1.0,
 
 def moved_templates(model, recording, displacement, *, n_jobs: int = 2):
     """``model``'s templates for matching on ``recording``, moved by ``displacement`` (um along the probe's depth;
-    "auto": estimated, and moved only from :data:`MIN_DISPLACEMENT_UM` on; None: not moved), and that value."""
+    "auto": estimated, and moved only from :data:`MIN_DISPLACEMENT_UM` on; None: not moved), and that value.
+    ``recording`` is only read for "auto" (a stream gives None and a number)."""
+    from .block_matching import geometry_recording
+
     if displacement is None:
         return model.templates, 0.0
+    if isinstance(displacement, (bool, np.bool_)) or not isinstance(displacement, (str, int, float, np.number)):
+        raise ValueError(f"displacement must be 'auto', a number (um) or None; got {displacement!r}")
     if isinstance(displacement, str):
         if displacement != "auto":
             raise ValueError(f"displacement must be 'auto', a number (um) or None; got {displacement!r}")
@@ -114,7 +119,13 @@ def moved_templates(model, recording, displacement, *, n_jobs: int = 2):
         if abs(displacement) < MIN_DISPLACEMENT_UM:
             return model.templates, 0.0
     displacement = float(displacement)
-    moved = move_whitened_templates(model.templates, np.array([[0.0, displacement]]), recording.get_probe(),
+    if not np.isfinite(displacement):
+        raise ValueError(f"displacement must be a finite number of um; got {displacement}")
+    if displacement == 0.0:
+        return model.templates, 0.0
+    # the model's contact positions (those of any recording it sorts: check_same_probe)
+    probe = geometry_recording(model.sampling_frequency, model.channel_locations).get_probe()
+    moved = move_whitened_templates(model.templates, np.array([[0.0, displacement]]), probe,
                                     model.settings.whitening)[0]
     return moved, displacement
 

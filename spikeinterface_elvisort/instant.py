@@ -2,9 +2,10 @@
 
 ``load_model(path)`` rebuilds what an ``elvisort`` run saved in ``sorter_output/model.pt``; the model's
 ``sort(recording)`` finds the spikes of its units by template matching with their saved templates (moved when the
-session's units sit elsewhere on the probe), or, with ``matching="none"``, runs the fixed-grid block engine of
-:mod:`spikeinterface_elvisort.streaming` (filter, reference, detect, classify); ``fine_tune(recording, labels)``
-retrains the classifier branch alone on labels, for instance a Phy folder curated for a new session.
+session's units sit elsewhere on the probe), or, with ``matching="none"``, by detection and the classifier, both
+on the fixed block grid of :mod:`spikeinterface_elvisort.streaming` that a stream shares;
+``fine_tune(recording, labels)`` retrains the classifier branch alone on labels, for instance a Phy folder curated
+for a new session.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .blocks import DEFAULT_BLOCK_MS, BlockEngine
 from .displacement import estimate_displacement, moved_templates
 from .labels import check_same_probe, collect_events, measure_noise_levels, read_labels, _check_sorting
 from .params import max_training_events
-from .streaming import sort_segment
+from .streaming import scale_to_uV, sort_on_grid
 
 logger = logging.getLogger(__name__)
 
@@ -139,15 +140,16 @@ class ElvisortModel:
             )
 
     def sort(self, recording, *, matching: str = "model", displacement="auto", noise_levels="model",
-             block_ms: float = DEFAULT_BLOCK_MS, device=None, n_jobs: int = 2, verbose: bool = False):
+             pipeline: str = "blocks", block_ms: float = DEFAULT_BLOCK_MS, device=None, n_jobs: int = 2,
+             verbose: bool = False):
         """Sort ``recording`` with the trained model: inference only, no training.
 
         With matching (the default), the spikes are found by SpikeInterface's template matching with the saved
         units' templates on the traces preprocessed as at training (the same filter, reference and whitening
         matrix), as the last stage of a full run finds them: spikes in collisions and below the detection threshold
-        are found too. With ``matching="none"``, filtering, referencing, detection and the classifier run block by
-        block (the grid of :class:`~spikeinterface_elvisort.OnlineSorter`, so a stream gives this exact result);
-        spikes that detection misses in a collision are lost.
+        are found too. With ``matching="none"``, detection and the classifier label the events instead; spikes
+        that detection misses in a collision are lost. Both run block by block on the fixed grid of
+        :class:`~spikeinterface_elvisort.OnlineSorter`, so a stream with the same options gives this exact result.
 
         Parameters
         ----------
@@ -165,13 +167,20 @@ class ElvisortModel:
             Noise per channel for the detection threshold (and, with matching, for sparsifying the templates): the
             training recording's ("model"), measured on this recording ("recording", for sessions with another
             noise level), or given (the forward pass only).
+        pipeline : "blocks" | "spikeinterface", default: "blocks"
+            With matching: "blocks" matches on the fixed grid of ``block_ms`` blocks that
+            :class:`~spikeinterface_elvisort.OnlineSorter` uses, so that a stream with the same ``matching``,
+            ``displacement`` (as a number) and ``block_ms`` gives exactly these spikes; "spikeinterface" runs
+            SpikeInterface's own chunked matching pipeline instead (as a full run's clean-up does). Both run in
+            ``n_jobs`` worker processes and take about the same time; they differ by the few spikes whose matching
+            depends on where the blocks end. The forward pass always runs on the grid.
         block_ms : float, default: 200
-            Block length of the processing grid of the forward pass.
+            Block length of the processing grid (forward pass, and matching with ``pipeline="blocks"``).
         device : str, optional
             Overrides the model's device.
         n_jobs : int, default: 2
-            Threads (with matching: worker processes on Linux) for reading, filtering and matching; the result
-            does not depend on it.
+            Threads (with matching: worker processes on Linux, threads elsewhere) for reading, filtering and
+            matching; the result does not depend on it.
         verbose : bool
             Progress bar.
 
@@ -185,30 +194,43 @@ class ElvisortModel:
 
         self.check_recording(recording)
         method = self._matching_method(matching)
+        if pipeline not in ("spikeinterface", "blocks"):
+            raise ValueError(f"pipeline must be 'spikeinterface' or 'blocks'; got {pipeline!r}")
+        if block_ms <= 0:
+            raise ValueError(f"block_ms must be > 0; got {block_ms}")
         # as in a full run: one BLAS thread per worker thread (BLAS's own threads fought the workers for the cores:
         # the forward pass of 120 s of 32 channels took 6.0 s instead of 4.4 s)
         with blas_threads(blas_thread_limit({"n_jobs": int(n_jobs)})):
-            return self._sort(recording, method, displacement, noise_levels, block_ms, device, n_jobs, verbose)
+            if method != "none" and pipeline == "spikeinterface":
+                return self._match(recording, method, displacement, noise_levels, n_jobs, verbose)
+            return self._sort_blocks(recording, method, displacement=displacement, noise_levels=noise_levels,
+                                     block_ms=block_ms, device=device, n_jobs=n_jobs, verbose=verbose)
 
-    def _sort(self, recording, method, displacement, noise_levels, block_ms, device, n_jobs, verbose):
-        from .results import to_sorting
+    def _sort_blocks(self, recording, method, *, displacement, noise_levels, block_ms, device, n_jobs, verbose):
+        """The fixed block grid of the stream: the forward pass, or matching (``pipeline="blocks"``)."""
+        from .jobs import sorter_job_kwargs
 
-        if method != "none":
-            return self._match(recording, method, displacement, noise_levels, n_jobs, verbose)
-        noise = self._noise_levels(recording, noise_levels, block_ms)
-        engine = self._engine(block_ms, noise, device)
-        scale = _scale_to_uV(recording)
-        parts = []
-        for segment_index in range(recording.get_num_segments()):
-            samples, labels, channels, amplitudes = sort_segment(
-                engine, recording, segment_index, scale, num_workers=int(n_jobs), progress_bar=verbose
-            )
-            events = np.zeros(samples.size, dtype=[("sample_index", "int64"), ("segment_index", "int64")])
-            events["sample_index"], events["segment_index"] = samples, segment_index
-            parts.append((events, labels))
-        events = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
-        return to_sorting(events, labels, self.unit_ids, recording.sampling_frequency, recording.get_num_segments())
+        if method == "none":
+            engine = self._engine(block_ms, self._noise_levels(recording, noise_levels, block_ms), device)
+            return sort_on_grid(engine, None, recording, self.unit_ids, n_jobs=int(n_jobs), verbose=verbose)
+        engine = self._engine(block_ms, None, device)
+        noise = self._matching_noise_levels(self.preprocessed(recording), noise_levels,
+                                            sorter_job_kwargs({"n_jobs": int(n_jobs)}, verbose))
+        templates, displacement = moved_templates(self, recording, displacement, n_jobs=n_jobs)
+        sorting = sort_on_grid(engine, self.matcher(engine, method, templates, noise), recording, self.unit_ids,
+                               n_jobs=int(n_jobs), verbose=verbose)
+        sorting.annotate(displacement_um=displacement)
+        return sorting
+
+    def matcher(self, engine, method: str, templates=None, noise_levels=None):
+        """The block matcher (:class:`~spikeinterface_elvisort.block_matching.BlockMatcher`) of ``engine``'s grid
+        with ``templates`` (the saved ones when None) and the noise levels of the whitened traces (the model's
+        when None)."""
+        from .block_matching import BlockMatcher
+
+        templates = self.templates if templates is None else templates
+        noise = self.settings.noise_levels if noise_levels is None else noise_levels
+        return BlockMatcher(engine, templates, nbefore=self.settings.nbefore, noise_levels=noise, method=method)
 
     def _matching_method(self, matching) -> str:
         methods = ("circus-omp", "tdc-peeler", "none")
@@ -254,7 +276,6 @@ class ElvisortModel:
         from .cleanup import match_templates
         from .curation import remove_duplicate_spikes
         from .jobs import matching_job_kwargs, sorter_job_kwargs
-        from .preprocessing import seeded_noise_levels
         from .results import to_sorting
 
         self._warn_if_motion_corrected()
@@ -264,13 +285,7 @@ class ElvisortModel:
             # a recording that lives in memory only (generated, say): SpikeInterface's matching pipeline cannot read
             # such a lazy chain (its segments lose their recording), so its preprocessed traces are kept in memory
             preprocessed = preprocessed.save(format="memory", **(job_kwargs | {"progress_bar": False}))
-        if isinstance(noise_levels, str) and noise_levels == "recording":
-            noise = seeded_noise_levels(preprocessed, int(self.params["seed"]), job_kwargs)
-        elif isinstance(noise_levels, str) and noise_levels == "model":
-            noise = np.asarray(self.settings.noise_levels, dtype=np.float32)
-        else:
-            raise ValueError("with matching, noise_levels must be 'model' or 'recording' (the noise of the whitened "
-                             "traces); give an array with matching='none'")
+        noise = self._matching_noise_levels(preprocessed, noise_levels, job_kwargs)
         templates, displacement = moved_templates(self, recording, displacement, n_jobs=n_jobs)
         events, labels, kept, _ = match_templates(
             preprocessed, templates, noise_levels=noise, nbefore=self.settings.nbefore, method=method,
@@ -287,12 +302,24 @@ class ElvisortModel:
         sorting.annotate(displacement_um=displacement)
         return sorting
 
+    def _matching_noise_levels(self, preprocessed, noise_levels, job_kwargs):
+        """Noise of the whitened traces for matching: the model's, or measured on ``preprocessed``
+        (:meth:`preprocessed` of the recording)."""
+        from .preprocessing import seeded_noise_levels
+
+        if isinstance(noise_levels, str) and noise_levels == "recording":
+            return seeded_noise_levels(preprocessed, int(self.params["seed"]), job_kwargs)
+        if isinstance(noise_levels, str) and noise_levels == "model":
+            return np.asarray(self.settings.noise_levels, dtype=np.float32)
+        raise ValueError("with matching, noise_levels must be 'model' or 'recording' (the noise of the whitened "
+                         "traces); give an array with matching='none'")
+
     def _noise_levels(self, recording, noise_levels, block_ms):
         if isinstance(noise_levels, str):
             if noise_levels == "model":
                 return None
             if noise_levels == "recording":
-                return measure_noise_levels(self._engine(block_ms), recording, _scale_to_uV(recording))
+                return measure_noise_levels(self._engine(block_ms), recording, scale_to_uV(recording))
             raise ValueError(f"noise_levels must be 'model', 'recording' or an array; got {noise_levels!r}")
         return np.asarray(noise_levels, dtype=np.float32)
 
@@ -332,7 +359,7 @@ class ElvisortModel:
             raise ValueError(f"epochs must be >= 1; got {epochs}")
         engine = self._engine(noise_levels=self._noise_levels(recording, noise_levels, DEFAULT_BLOCK_MS))
         unit_ids = np.asarray(sorting.unit_ids)
-        events, templates = collect_events(engine, recording, _scale_to_uV(recording), sorting,
+        events, templates = collect_events(engine, recording, scale_to_uV(recording), sorting,
                                            max_training_events(self.params, recording.get_num_channels()) * 5,
                                            seed=int(self.params["seed"]))
         labels = events["label"]
@@ -371,8 +398,3 @@ class ElvisortModel:
         extra = self.settings.to_dict()
         save_checkpoint(path, self.network, self.checkpoint.get("model", "beta_vae"), self.history, extra=extra)
         return path
-
-
-def _scale_to_uV(recording) -> bool:
-    # the rule of preprocessing.preprocess: integer traces with gains are filtered in microvolts
-    return recording.get_dtype().kind in "iu" and recording.has_scaleable_traces()

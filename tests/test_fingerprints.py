@@ -96,7 +96,7 @@ def fingerprints(folder: Path) -> dict:
     target = recordings["c"]
     with torch_threads(1), blas_threads(1):
         sortings["instant b->c"] = model.sort(target, matching="none", n_jobs=1)
-        stream = OnlineSorter(model)
+        stream = OnlineSorter(model, matching="none")
         traces = target.get_traces(return_in_uV=False)
         step = int(0.007 * target.sampling_frequency)
         spikes = [stream.process(traces[start:start + step]) for start in range(0, traces.shape[0], step)]

@@ -223,28 +223,70 @@ def test_a_whitened_model_detects_before_whitening_as_its_training_run_did(super
     assert detection is traces
 
 
-@pytest.mark.parametrize("block_sizes", ["one-block", "small-random", "large-random", "odd"])
-def test_stream_equals_offline_for_any_block_size(model, trained, block_sizes):
+@pytest.fixture(scope="module")
+def offline_blocks(model, trained):
+    """model.sort of the first 3 s on the stream's block grid, with matching and without: {matching: (traces,
+    spike keys)}."""
+    _, recording, _, _ = trained
+    piece = recording.frame_slice(0, int(3 * recording.sampling_frequency))
+    return {matching: (piece.get_traces(), _sorting_keys(model.sort(piece, matching=matching, pipeline="blocks",
+                                                                     displacement=None, n_jobs=1)))
+            for matching in ("circus-omp", "none")}
+
+
+@pytest.mark.parametrize("matching", ["circus-omp", "none"])
+@pytest.mark.parametrize("block_sizes", ["1 sample", "7 ms", "200 ms", "1 s", "one-block", "small-random",
+                                         "large-random"])
+def test_stream_equals_offline_for_any_block_size(model, offline_blocks, matching, block_sizes):
+    """With matching and without, a stream cut into blocks of any size gives model.sort's spikes on the same block
+    grid (pipeline="blocks"; the forward pass always runs on it)."""
     from spikeinterface_elvisort import OnlineSorter
 
-    _, recording, _, _ = trained
-    piece = recording.frame_slice(0, int(6 * recording.sampling_frequency))
-    offline = model.sort(piece, matching="none")  # the mode the stream reproduces
-    traces = piece.get_traces()
+    traces, offline = offline_blocks[matching]
+    fs = model.sampling_frequency
     rng = np.random.default_rng(0)
     sizes = {
+        "1 sample": lambda: 1,
+        "7 ms": lambda: int(0.007 * fs),
+        "200 ms": lambda: int(0.2 * fs),
+        "1 s": lambda: int(fs),
         "one-block": lambda: traces.shape[0],
         "small-random": lambda: int(rng.integers(1, 300)),
         "large-random": lambda: int(rng.integers(1000, 40000)),
-        "odd": lambda: 4097,
     }[block_sizes]
-    sorter = OnlineSorter(model)
+    sorter = OnlineSorter(model, matching=matching)
     spikes = _stream(sorter, traces, sizes)
     assert spikes.size > 20
-    assert _spike_keys(spikes["sample_index"], spikes["unit_id"]) == _sorting_keys(offline)
+    assert _spike_keys(spikes["sample_index"], spikes["unit_id"]) == offline
     assert sorter.flush().size == 0
     with pytest.raises(RuntimeError, match="flushed"):
         sorter.process(traces[:10])
+
+
+def test_stream_with_matching_moves_the_templates_as_offline(model, trained):
+    """A displacement given to the stream moves the templates as model.sort(displacement=) does: same spikes, in
+    worker threads too, and offline in worker processes; a stream cannot estimate one ("auto") and says what to do."""
+    from spikeinterface_elvisort import OnlineSorter
+
+    _, recording, _, _ = trained
+    piece = recording.frame_slice(0, int(3 * recording.sampling_frequency))
+    offline = model.sort(piece, pipeline="blocks", displacement=12.0, n_jobs=1)
+    assert offline.get_annotation("displacement_um") == 12.0
+    rng = np.random.default_rng(3)
+    spikes = _stream(OnlineSorter(model, displacement=12.0, n_jobs=3), piece.get_traces(),
+                     lambda: int(rng.integers(1, 9000)))
+    assert spikes.size > 20
+    assert _spike_keys(spikes["sample_index"], spikes["unit_id"]) == _sorting_keys(offline)
+    unmoved = model.sort(piece, pipeline="blocks", displacement=None, n_jobs=1)
+    assert _sorting_keys(unmoved) != _sorting_keys(offline)
+    # two workers (forked processes on Linux) find the single worker's spikes
+    assert _sorting_keys(model.sort(piece, displacement=12.0, n_jobs=2)) == _sorting_keys(offline)
+    with pytest.raises(ValueError, match="estimate_displacement"):
+        OnlineSorter(model, displacement="auto")
+    with pytest.raises(ValueError, match="matching='none'"):
+        OnlineSorter(model, noise_levels=np.ones(4))
+    with pytest.raises(ValueError, match="pipeline"):
+        model.sort(piece, pipeline="stream")
 
 
 
@@ -256,12 +298,14 @@ def test_stream_threads_change_nothing(model, trained):
 
     _, recording, _, _ = trained
     traces = recording.get_traces(end_frame=int(4 * recording.sampling_frequency))
-    streams = {}
-    for n_jobs in (1, 3):
-        rng = np.random.default_rng(2)
-        streams[n_jobs] = _stream(OnlineSorter(model, n_jobs=n_jobs), traces, lambda: int(rng.integers(1, 20000)))
-    assert streams[1].size > 10
-    np.testing.assert_array_equal(streams[1], streams[3])
+    for matching in ("circus-omp", "none"):
+        streams = {}
+        for n_jobs in (1, 3):
+            rng = np.random.default_rng(2)
+            streams[n_jobs] = _stream(OnlineSorter(model, n_jobs=n_jobs, matching=matching), traces,
+                                      lambda: int(rng.integers(1, 20000)))
+        assert streams[1].size > 10
+        np.testing.assert_array_equal(streams[1], streams[3])
     engine = model._engine()
     raw = read_block(recording, 0, 6000, 6000 + engine.block_samples, engine.margin, scale=False)
     with WorkerThreads(3) as pool:
@@ -270,11 +314,16 @@ def test_stream_threads_change_nothing(model, trained):
         OnlineSorter(model, n_jobs=0)
 
 
-def test_stream_latency_is_bounded(model, trained):
+@pytest.mark.parametrize("matching", ["circus-omp", "none"])
+def test_stream_latency_is_bounded(model, trained, matching):
+    """No spike comes later than latency_ms (one block plus the margins, the matching window included) after
+    the data that hold it, plus one input block."""
     from spikeinterface_elvisort import OnlineSorter
 
     _, recording, _, _ = trained
-    sorter = OnlineSorter(model, block_ms=50.0)
+    sorter = OnlineSorter(model, block_ms=50.0, matching=matching)
+    margin = sorter.engine.filter_margin + (2 * model.templates.shape[1] if matching != "none" else 0)
+    assert sorter.latency_ms >= 50.0 + 1000 * margin / model.sampling_frequency
     fs = recording.sampling_frequency
     traces = recording.get_traces(end_frame=int(4 * fs))
     block = int(0.01 * fs)
@@ -312,7 +361,7 @@ def test_stream_equals_offline_with_algorithm1(trained, tmp_path):
     offline = model.sort(piece, matching="none")  # the mode the stream reproduces
     traces = piece.get_traces()
     rng = np.random.default_rng(1)
-    spikes = _stream(OnlineSorter(model), traces, lambda: int(rng.integers(1, 5000)))
+    spikes = _stream(OnlineSorter(model, matching="none"), traces, lambda: int(rng.integers(1, 5000)))
     assert spikes.size > 10
     assert _spike_keys(spikes["sample_index"], spikes["unit_id"]) == _sorting_keys(offline)
 
@@ -379,9 +428,10 @@ def _found(spikes, sorting, unit_map, tolerance):
 
 
 def test_instant_matching_finds_the_collided_spikes_the_forward_pass_misses(supervised_transfer, transfer_pair):
-    """On B, the saved model with template matching (the default) finds spikes that collide with another unit's
-    (within 1 ms) which detection plus classifier miss, and scores at least as well overall."""
-    from spikeinterface_elvisort import load_model
+    """On B, the saved model with template matching (the default, on the stream's block grid) finds spikes that
+    collide with another unit's (within 1 ms) which detection plus classifier miss, and scores at least as well
+    overall; a stream of 7 ms blocks gives its spikes, and SpikeInterface's own pipeline scores the same."""
+    from spikeinterface_elvisort import OnlineSorter, load_model
 
     folder, _ = supervised_transfer
     _, _, recording_b, gt_b, _ = transfer_pair
@@ -401,6 +451,14 @@ def test_instant_matching_finds_the_collided_spikes_the_forward_pass_misses(supe
           f"{without[collided].mean():.3f} without; all spikes {with_matching.mean():.3f} / {without.mean():.3f}")
     assert with_matching[collided].mean() >= without[collided].mean() + 0.05
     assert _mean_accuracy(gt_b, matched) >= _mean_accuracy(gt_b, forward)
+    stream = _stream(OnlineSorter(model, displacement=matched.get_annotation("displacement_um")),
+                     recording_b.get_traces(), lambda: int(0.007 * fs))
+    assert _spike_keys(stream["sample_index"], stream["unit_id"]) == _sorting_keys(matched)
+    chunked = model.sort(recording_b, pipeline="spikeinterface", n_jobs=1)
+    on_chunks = _found(spikes, chunked, unit_map, tolerance)
+    print(f"SpikeInterface's pipeline: collided {on_chunks[collided].mean():.3f}, all {on_chunks.mean():.3f}")
+    assert on_chunks[collided].mean() >= without[collided].mean() + 0.05
+    assert abs(_mean_accuracy(gt_b, chunked) - _mean_accuracy(gt_b, matched)) <= 0.02
     with pytest.raises(ValueError, match="matching='wobble' is not valid"):
         model.sort(recording_b, matching="wobble")
 

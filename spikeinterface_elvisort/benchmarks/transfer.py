@@ -65,9 +65,8 @@ def classification_scores(model, recording, ground_truth, match_ms: float = 0.4)
         ``events`` and of ``spike_events``, ``per_unit_f1`` and ``per_unit_accuracy`` (unit id -> score; NaN for a
         unit never detected nor predicted).
     """
-    from ..instant import _scale_to_uV
     from ..labels import label_events
-    from ..streaming import sort_segment
+    from ..streaming import scale_to_uV, sort_segment
 
     model.check_recording(recording)
     engine = model._engine()
@@ -77,7 +76,7 @@ def classification_scores(model, recording, ground_truth, match_ms: float = 0.4)
     model_to_gt = np.array([lookup.get(str(u), -2) for u in model.unit_ids] + [-1])
     truth, predicted = [], []
     for segment_index in range(recording.get_num_segments()):
-        samples, labels, _, _ = sort_segment(engine, recording, segment_index, _scale_to_uV(recording),
+        samples, labels, _, _ = sort_segment(engine, recording, segment_index, scale_to_uV(recording),
                                              censor=False)
         events = {"sample_index": samples, "segment_index": np.full(samples.size, segment_index)}
         truth.append(label_events(events, ground_truth, match_ms))
