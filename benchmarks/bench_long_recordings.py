@@ -11,7 +11,7 @@ Examples
 --------
 python benchmarks/bench_long_recordings.py --minutes 10 60 --out benchmarks/results
 python benchmarks/bench_long_recordings.py --minutes 1 6 --params '{"matching_method": "none"}'
-python benchmarks/bench_long_recordings.py --minutes 1 3 --channels 384 --units 100 --neuropixels
+python benchmarks/bench_long_recordings.py --minutes 1 3 --channels 384 --units 100 --neuropixels --score
 """
 
 from __future__ import annotations
@@ -87,6 +87,31 @@ def run_one(minutes, num_channels, num_units, folder, params, poll_s=0.2, neurop
     return result
 
 
+def score(folder, min_snr: float = 5.0):
+    """The run in ``folder`` against its ground truth (saved beside it by the child): SpikeInterface's accuracy
+    (exhaustive, 0.4 ms) averaged over the ground-truth units with SNR >= ``min_snr`` and over all units, and the
+    counts of the Neuropixels study: well-detected units (accuracy >= 0.8 among the SNR >= ``min_snr`` ones), false
+    positive, redundant and over-merged units."""
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+    from spikeinterface.core import load
+
+    from spikeinterface_elvisort.benchmarks.runner import unit_snr
+
+    folder = Path(folder)
+    ground_truth = load(str(folder) + "_ground_truth")
+    recording = load(folder / "spikeinterface_recording.json")
+    sorting = load(folder / "sorter_output" / "sorting")
+    comparison = compare_sorter_to_ground_truth(ground_truth, sorting, exhaustive_gt=True)
+    accuracy = comparison.get_performance()["accuracy"].astype(float)
+    snr = unit_snr(recording, ground_truth)
+    units = snr.index[snr.values >= min_snr]
+    return {"units_snr5": len(units), "accuracy_snr5": float(accuracy.loc[units].mean()),
+            "accuracy_all": float(accuracy.mean()), "well_detected": int((accuracy.loc[units] >= 0.8).sum()),
+            "false_positive": int(comparison.count_false_positive_units()),
+            "redundant": int(comparison.count_redundant_units()),
+            "overmerged": int(comparison.count_overmerged_units())}
+
+
 def stage_lines(folder):
     """From the run's spikeinterface_log.json (which holds elvisort.log's lines): the seconds of each stage, and the
     process's peak RSS (MiB) at the end of each stage, which tells the stage that set the peak."""
@@ -112,6 +137,8 @@ def main():
     parser.add_argument("--params", default="{}", help="JSON sorter parameters over the defaults")
     parser.add_argument("--work", default="/tmp/bench_long_recordings", help="where the sorter folders go")
     parser.add_argument("--out", default=None, help="folder for long_recordings.json")
+    parser.add_argument("--score", action="store_true",
+                        help="score each run against its ground truth after it ended (outside the timed run)")
     args = parser.parse_args()
 
     import spikeinterface
@@ -124,6 +151,9 @@ def main():
     for minutes in args.minutes:
         folder = Path(args.work) / f"elvisort_{minutes:g}min"
         result = run_one(minutes, args.channels, args.units, folder, params, neuropixels=args.neuropixels)
+        if args.score:
+            result["scores"] = score(folder)
+            print(f"{minutes:g} min scores: {result['scores']}", flush=True)
         results.append(result)
         print(f"{minutes:g} min: wall {result['wall_s']:.0f} s, peak RSS {result['maxrss_self_mib']:.0f} MiB "
               f"(process tree {result['peak_tree_rss_mib']:.0f} MiB), {result['num_units']} units; stages "
