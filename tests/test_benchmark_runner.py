@@ -51,3 +51,25 @@ def test_bench_contention_reports_the_slowdown_and_the_same_sorting(tmp_path):
     assert table["same_as_idle"].all()
     assert (table["accuracy"] > 0.5).all() and (table["training_s"] > 0).all()
     assert "| quickstart " in (tmp_path / "results.md").read_text()
+
+
+def test_bench_long_recordings_scores_each_run_against_its_ground_truth(tmp_path):
+    """benchmarks/bench_long_recordings.py --score on its smallest case: the run's stages, peak memory and, measured
+    after the run, its accuracy and unit counts against the ground truth the child saved."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_long_recordings.py"
+    params = '{"train_epochs": 2, "train_dec_epochs": 1, "train_kl_warmup_epochs": 1, "train_max_snippets": 500}'
+    result = subprocess.run([sys.executable, str(script), "--minutes", "0.2", "--channels", "16", "--units", "5",
+                             "--params", params, "--score", "--work", str(tmp_path / "work"),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = json.loads((tmp_path / "out" / "long_recordings.json").read_text())["results"]
+    assert run["num_units"] >= 1 and run["stages_s"]["clean-up"] > 0 and run["maxrss_self_mib"] > 0
+    scores = run["scores"]
+    assert 1 <= scores["units_snr5"] <= 5 and 0 <= scores["well_detected"] <= scores["units_snr5"]
+    assert 0.5 < scores["accuracy_snr5"] <= 1.0 and 0 <= scores["accuracy_all"] <= 1.0
+    assert min(scores["false_positive"], scores["redundant"], scores["overmerged"]) >= 0
