@@ -81,7 +81,7 @@ def run_one(minutes, num_channels, num_units, folder, params, poll_s=0.2, neurop
     if child.returncode != 0:
         raise RuntimeError(f"the {minutes} min run failed:\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(minutes=minutes, num_channels=num_channels, num_units=num_units, process_s=total_s,
+    result.update(minutes=minutes, num_channels=num_channels, generated_units=num_units, process_s=total_s,
                   peak_tree_rss_mib=peak_tree / 2**20)
     result["stages_s"], result["stages_peak_rss_mib"] = stage_lines(folder)
     return result
@@ -156,7 +156,7 @@ def main():
             print(f"{minutes:g} min scores: {result['scores']}", flush=True)
         results.append(result)
         print(f"{minutes:g} min: wall {result['wall_s']:.0f} s, peak RSS {result['maxrss_self_mib']:.0f} MiB "
-              f"(process tree {result['peak_tree_rss_mib']:.0f} MiB), {result['num_units']} units; stages "
+              f"(process tree {result['peak_tree_rss_mib']:.0f} MiB), {result['num_units']} units found of {result['generated_units']}; stages "
               f"{result['stages_s']}; peak RSS after each stage (MiB) {result['stages_peak_rss_mib']}", flush=True)
     if len(results) > 1:
         first, last = results[0], results[-1]
