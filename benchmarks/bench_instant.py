@@ -131,7 +131,7 @@ def part_speed(args, work):
                            device=str(model.device), spikes=sorting.to_spike_vector().size,
                            accuracy=mean_accuracy(gt_b, sorting, units)["accuracy"],
                            sort_s=sort_s, sort_xRT=args.duration / sort_s)
-                if pipeline == "spikeinterface" or matching == "none":  # what run_sorter(pretrained_model=) runs
+                if pipeline == "blocks":  # what run_sorter(pretrained_model=) runs (model.sort's default)
                     row.update(run_sorter_s=run_s, run_sorter_xRT=args.duration / run_s)
                 print(json.dumps(row), flush=True)
                 rows.append(row)

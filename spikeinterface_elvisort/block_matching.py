@@ -58,8 +58,7 @@ class BlockMatcher:
             self.node = matching_methods[method](geometry, sparse, **kwargs)
             if hasattr(self.node, "_push_to_torch"):  # circus-omp's lazy set-up, done once (not in the threads)
                 self.node._push_to_torch()
-        num_samples = sparse.num_samples if self.units.size else 0
-        self.node_margin = self.node.get_margin() if self.node is not None else 2 * num_samples
+        self.node_margin = self.node.get_margin() if self.node is not None else 0
         self.margin = engine.filter_margin + self.node_margin  # raw samples needed on each side of a block
 
     def match(self, raw: np.ndarray, start: int, length: int, pool=None):
@@ -86,6 +85,7 @@ def match_segment(matcher: BlockMatcher, recording, segment_index: int, scale: b
     a daemonic process), else threads: the matching picks spikes in a Python loop that holds the GIL, so threads
     take turns on one core (120 s of 32 channels on two cores: 13.9 s in threads). The duplicate rule runs here, in
     time order; the result does not depend on ``num_workers``."""
+    from .jobs import can_fork
     from .streaming import _fronts
 
     engine = matcher.engine
@@ -98,7 +98,7 @@ def match_segment(matcher: BlockMatcher, recording, segment_index: int, scale: b
         raw = read_block(recording, segment_index, start, end, matcher.margin, scale)
         return matcher.match(raw, start, end - start)
 
-    if num_workers > 1 and _can_fork():
+    if num_workers > 1 and can_fork():
         matches = _in_processes(read, starts, num_workers)
     else:
         matches = _fronts(read, starts, num_workers if num_workers > 1 else 0)
@@ -113,15 +113,6 @@ def match_segment(matcher: BlockMatcher, recording, segment_index: int, scale: b
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, np.zeros(0, dtype=np.float32)
     return tuple(np.concatenate(parts) for parts in zip(*results))
-
-
-def _can_fork() -> bool:
-    """Whether worker processes may be forked here: Linux (macOS and Windows do not fork safely), outside a daemonic
-    process (which may not have children). The rule of :func:`~spikeinterface_elvisort.jobs.matching_job_kwargs`."""
-    import multiprocessing
-    import sys
-
-    return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
 
 
 _WORK = None  # the function the forked workers call (inherited by the fork: closures cannot be pickled)

@@ -53,11 +53,16 @@ def matching_job_kwargs(user_job_kwargs: dict, job_kwargs: dict) -> dict:
     holds the GIL, so threads take turns on one core: on static seed 0 of ``benchmarks/bench_sorters.py`` (120 s,
     32 channels, two cores) circus-omp took 16.5 s in two threads and 9.0-9.7 s in two processes, with the same
     27117 spikes. Threads stay where forking is not safe or not possible: one job, not Linux (macOS and Windows
-    do not fork safely), or inside a daemonic process (which may not have children)."""
+    do not fork safely), or inside a daemonic process (which may not have children): see :func:`can_fork`."""
+    if "pool_engine" in user_job_kwargs or job_kwargs["n_jobs"] <= 1 or not can_fork():
+        return job_kwargs
+    return job_kwargs | {"pool_engine": "process", "mp_context": "fork", "max_threads_per_worker": 1}
+
+
+def can_fork() -> bool:
+    """Whether worker processes may be forked here: on Linux (macOS and Windows do not fork safely), outside a
+    daemonic process (which may not have children)."""
     import multiprocessing
     import sys
 
-    if ("pool_engine" in user_job_kwargs or job_kwargs["n_jobs"] <= 1 or not sys.platform.startswith("linux")
-            or multiprocessing.current_process().daemon):
-        return job_kwargs
-    return job_kwargs | {"pool_engine": "process", "mp_context": "fork", "max_threads_per_worker": 1}
+    return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon

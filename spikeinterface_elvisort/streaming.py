@@ -218,6 +218,7 @@ class OnlineSorter:
             self._pool.shutdown()
             self._pool = None
 
+
 def scale_to_uV(recording) -> bool:
     """Whether the raw traces are read in microvolts: the rule of ``preprocessing.preprocess`` (integer traces with
     gains are filtered in microvolts)."""
