@@ -30,27 +30,9 @@ from spikeinterface_elvisort.compression import (  # noqa: E402
     sorting_change,
 )
 
+from conftest import make_spikes  # noqa: E402
+
 SMALL = dict(width=64, decoder_width=32)  # the seed's widths are 256; small ones keep the tests fast
-
-
-def make_spikes(num_spikes=600, num_samples=24, num_channels=4, num_units=3, noise=0.05, seed=0):
-    """Spikes of ``num_units`` smooth templates with amplitude jitter and white noise; (spikes, labels, clean)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(num_samples)
-    templates = []
-    for unit in range(num_units):
-        centre = num_samples / 3 + 2 * unit
-        shape = -np.exp(-0.5 * ((t - centre) / 1.5) ** 2) + 0.4 * np.exp(-0.5 * ((t - centre - 5) / 3.0) ** 2)
-        gains = np.exp(
-            -0.5 * ((np.arange(num_channels) - unit * (num_channels - 1) / max(num_units - 1, 1)) / 1.2) ** 2
-        )
-        templates.append(shape[:, None] * gains[None, :])
-    templates = np.stack(templates)
-    labels = rng.integers(0, num_units, num_spikes)
-    amplitudes = 1.0 + 0.05 * rng.standard_normal(num_spikes)
-    clean = templates[labels] * amplitudes[:, None, None]
-    spikes = clean + noise * rng.standard_normal(clean.shape)
-    return spikes.astype(np.float32), labels, clean.astype(np.float32)
 
 
 @pytest.fixture(scope="module")

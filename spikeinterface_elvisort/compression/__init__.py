@@ -9,12 +9,15 @@ those into bytes, the decoder restores the waveform. Modules, one concept each:
 * ``training``: the joint epochs (warm-up, k-means codebook start, restarts) and the decoder-only epochs
 * ``entropy_coding``: ``StaticEntropyCoder``, a range coder with tables learned on training data
 * ``metrics``: SNDR, entropy-based compression ratio, parameter and multiply-accumulate counts
-* ``baselines``: PCA, DCT and DWT compressors, seed and strong (quantised, entropy-coded) versions
+* ``adaptive``: ``AdaptiveCodebookCompressor``, a codebook of unit shapes learned from the spike stream
+* ``baselines``: PCA, DCT and DWT compressors (seed and strong versions) and k-means (``KMeansCompressor``)
+* ``inputs``: validation of the spike arrays
 * ``sorting``: sorting accuracy before and after a compression round trip
 * ``spikeinterface_io``: cut spikes from SpikeInterface objects, compress them into one file, restore them
 """
 
-from .baselines import DCTCompressor, DWTCompressor, PCACompressor
+from .adaptive import AdaptiveCodebookCompressor
+from .baselines import DCTCompressor, DWTCompressor, KMeansCompressor, PCACompressor
 from .compressor import SpikeCompressor
 from .entropy_coding import StaticEntropyCoder
 from .metrics import code_entropy, compression_ratio, count_macs, count_parameters, entropy_bits, sndr
@@ -31,6 +34,8 @@ from .spikeinterface_io import (
 
 __all__ = [
     "SpikeCompressor",
+    "AdaptiveCodebookCompressor",
+    "KMeansCompressor",
     "CompressiveAutoencoder",
     "CompressorConfig",
     "VectorQuantiser",

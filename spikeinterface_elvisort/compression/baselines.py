@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compressor import check_waveforms
+from .inputs import check_waveforms
 from .entropy_coding import StaticEntropyCoder
 
 
@@ -245,3 +245,79 @@ class DWTCompressor(TransformCompressor):
         """``D * W / (W * m + D)`` per channel: m coefficients at W bits plus a D-bit map of their positions."""
         self._check_fitted()
         return self.num_samples_ * bits_per_sample / (bits_per_sample * self.n_coefficients + self.num_samples_)
+
+
+class KMeansCompressor:
+    """Vector quantiser in waveform space: k-means of the whole spikes, then (residual stages) k-means of what the
+    earlier stages left; each stage's index is entropy-coded with a table learned at ``fit``.
+
+    A strong baseline when the coded spikes come from the neurons it was fitted to (a codeword per unit is then
+    nearly the unit's mean, a denoised spike); on other neurons it restores the nearest fitted shape.
+
+    Parameters
+    ----------
+    codebook_sizes : sequence of int, default: (64,)
+        Codewords of each stage: ``(64,)`` is plain k-means, ``(64, 64)`` adds a residual stage.
+    random_state : int, default: 0
+        Seeds each stage's k-means.
+    """
+
+    name = "kmeans"
+
+    def __init__(self, codebook_sizes=(64,), random_state: int = 0):
+        sizes = list(codebook_sizes) if np.ndim(codebook_sizes) else [codebook_sizes]
+        if not sizes or any(not isinstance(k, (int, np.integer)) or k < 1 for k in sizes):
+            raise ValueError(f"codebook_sizes must be positive integers, got {codebook_sizes!r}")
+        self.codebook_sizes = [int(k) for k in sizes]
+        self.random_state = random_state
+
+    def fit(self, waveforms, y=None) -> "KMeansCompressor":
+        """Fit each stage's codebook and the index tables on ``waveforms`` (num_spikes, num_samples, num_channels)."""
+        from sklearn.cluster import KMeans
+
+        waveforms = check_waveforms(waveforms)
+        if len(waveforms) < max(self.codebook_sizes):
+            raise ValueError(f"fit needs at least {max(self.codebook_sizes)} spikes (the largest codebook)")
+        self.num_samples_, self.num_channels_ = waveforms.shape[1:]
+        left = waveforms.reshape(len(waveforms), -1).astype(np.float64)
+        self.codebooks_, codes = [], []
+        for size in self.codebook_sizes:
+            kmeans = KMeans(size, n_init=1, random_state=self.random_state).fit(left)
+            self.codebooks_.append(kmeans.cluster_centers_)
+            codes.append(kmeans.labels_)
+            left = left - kmeans.cluster_centers_[kmeans.labels_]
+        self.coder_ = StaticEntropyCoder(self.codebook_sizes).fit(np.stack(codes, axis=1))
+        return self
+
+    def encode(self, waveforms) -> np.ndarray:
+        """Codeword index of each stage, (num_spikes, num_stages) int64."""
+        if not hasattr(self, "codebooks_"):
+            raise ValueError("this KMeansCompressor is not fitted yet: call fit(waveforms) first")
+        waveforms = check_waveforms(waveforms)
+        if waveforms.shape[1:] != (self.num_samples_, self.num_channels_):
+            raise ValueError(
+                f"waveforms must be (num_spikes, {self.num_samples_}, {self.num_channels_}) as in fit, "
+                f"got {waveforms.shape}"
+            )
+        left = waveforms.reshape(len(waveforms), -1).astype(np.float64)
+        codes = []
+        for codebook in self.codebooks_:
+            # nearest codeword: |x|^2 - 2 x.c + |c|^2, the |x|^2 term dropped
+            index = (codebook**2).sum(axis=1)[None] - 2 * left @ codebook.T
+            codes.append(index.argmin(axis=1))
+            left = left - codebook[codes[-1]]
+        return np.stack(codes, axis=1).astype(np.int64)
+
+    def decode(self, codes) -> np.ndarray:
+        """Waveforms (num_spikes, num_samples, num_channels) float32: the sum of each stage's codeword."""
+        codes = np.asarray(codes)
+        restored = sum(codebook[codes[:, stage]] for stage, codebook in enumerate(self.codebooks_))
+        return restored.reshape(-1, self.num_samples_, self.num_channels_).astype(np.float32)
+
+    def reconstruct(self, waveforms) -> np.ndarray:
+        """``decode(encode(waveforms))``."""
+        return self.decode(self.encode(waveforms))
+
+    def coded_bytes(self, codes) -> int:
+        """Bytes written by the range coder for ``codes`` (tables learned at ``fit``)."""
+        return len(self.coder_.encode(codes))

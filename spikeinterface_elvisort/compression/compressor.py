@@ -9,35 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from .entropy_coding import StaticEntropyCoder
+from .inputs import check_waveforms
 from .model import CompressiveAutoencoder, CompressorConfig
 from .training import finetune_decoder, train_autoencoder
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-
-
-def check_waveforms(waveforms, name: str = "waveforms", channels_per_group: int | None = None) -> np.ndarray:
-    """Validate a (num_spikes, num_samples, num_channels) array of finite numbers; return it as float32 (a copy
-    only where the dtype changes: callers never write into it)."""
-    array = np.asarray(waveforms)
-    if array.ndim != 3:
-        raise ValueError(
-            f"{name} must be a (num_spikes, num_samples, num_channels) array like SpikeInterface's waveforms, got "
-            f"shape {array.shape}; add a channel axis for single-channel spikes (waveforms[:, :, None])"
-        )
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
-    array = array.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or infinite values; remove or zero those spikes first")
-    if channels_per_group is not None and array.shape[2] % channels_per_group:
-        raise ValueError(
-            f"{name} has {array.shape[2]} channels, not a multiple of channels_per_group={channels_per_group}: "
-            "select a multiple of that many channels per spike (e.g. the nearest channels in spatial order, see "
-            "extract_spike_waveforms) or change channels_per_group"
-        )
-    return array
 
 
 class SpikeCompressor:

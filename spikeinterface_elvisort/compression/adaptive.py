@@ -1,0 +1,401 @@
+"""A compressor that learns the neurons it meets: a codebook of unit shapes that grows on the implant.
+
+A codebook fitted once (k-means, the autoencoder's quantiser) only holds the shapes of the neurons it was fitted
+to; an implant meets others (drift, new cells, another animal). Here the implant keeps clustering the raw spikes it
+sees, and when a cluster has gathered enough spikes it sends the cluster's mean as a new codeword, once, finely
+quantised; after that, every spike of that neuron costs one index. A spike that no codeword restores well goes as
+a few coarsely quantised PCA coefficients (the fallback). The receiver rebuilds the same codebook from the stream,
+so encoder and decoder stay in step without any table being sent twice.
+
+Stream, per spike (range-coded with ``constriction``): the symbol (a codeword slot or the fallback; adaptive
+counts); for the fallback, ``n_components`` quantised coefficients (tables learned at ``fit``); an update flag
+(adaptive counts); for an update, the slot and the codeword's coefficients in a full PCA basis (quantised Laplace
+models, scales learned at ``fit``). Spikes must come in time order: the stream is the code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .entropy_coding import StaticEntropyCoder
+from .inputs import check_waveforms
+
+FORMAT_VERSION = 1
+_MAX_COEFFICIENT = 2**15
+
+
+class AdaptiveCodebookCompressor:
+    """Codebook of unit shapes learned from the spike stream, with a PCA fallback for the others.
+
+    Parameters
+    ----------
+    codebook_size : int, default: 16
+        Codewords fitted by k-means on the ``fit`` spikes, known to both ends before the stream starts. More helps
+        when the stream comes from the neurons of the fit; they are never sent.
+    max_codewords : int, default: 64
+        Codeword slots in all (fitted and learned). When they are full, a new neuron takes the least used slot.
+    n_components : int, default: 24
+        PCA coefficients of a fallback spike. More restores unknown spikes better at more bits.
+    fallback_step : float, default: 3.0
+        Quantiser step of the fallback coefficients, in units of the noise level estimated at ``fit`` (the robust
+        standard deviation of the fit spikes around their k-means centroids).
+    codeword_step : float, default: 0.3
+        Quantiser step of a sent codeword's coefficients, in the same units. Smaller: truer codewords, costlier.
+    match_db : float, default: 4.0
+        A spike is sent as a codeword index when that codeword restores it at this SNDR (dB, against the spike
+        itself) or better; the same threshold groups spikes into clusters on the implant. Raise it for fewer
+        merged neurons at more fallback spikes.
+    min_spikes : int, default: 16
+        Spikes a cluster gathers before its mean is sent as a codeword. It is sent again each time its count
+        doubles (up to ``window``) and when it has moved away from the sent codeword (``resend_db``).
+    window : int, default: 64
+        The cluster means average at most the last this many spikes, so that they follow drift.
+    resend_db : float, default: 20.0
+        A cluster is sent again when its sent codeword falls below this SNDR (dB) against its current mean.
+    random_state : int, default: 0
+        Seeds the k-means of ``fit``.
+
+    Examples
+    --------
+    >>> compressor = AdaptiveCodebookCompressor().fit(other_session_spikes)  # doctest: +SKIP
+    >>> data = compressor.compress(spikes)  # spikes in time order  # doctest: +SKIP
+    >>> restored = compressor.decompress(data, num_spikes=len(spikes))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        codebook_size: int = 16,
+        max_codewords: int = 64,
+        n_components: int = 24,
+        fallback_step: float = 3.0,
+        codeword_step: float = 0.3,
+        match_db: float = 4.0,
+        min_spikes: int = 16,
+        window: int = 64,
+        resend_db: float = 20.0,
+        random_state: int = 0,
+    ):
+        self.codebook_size = codebook_size
+        self.max_codewords = max_codewords
+        self.n_components = n_components
+        self.fallback_step = fallback_step
+        self.codeword_step = codeword_step
+        self.match_db = match_db
+        self.min_spikes = min_spikes
+        self.window = window
+        self.resend_db = resend_db
+        self.random_state = random_state
+
+    def get_params(self) -> dict:
+        """Constructor arguments (scikit-learn convention)."""
+        names = (
+            "codebook_size",
+            "max_codewords",
+            "n_components",
+            "fallback_step",
+            "codeword_step",
+            "match_db",
+            "min_spikes",
+            "window",
+            "resend_db",
+            "random_state",
+        )
+        return {name: getattr(self, name) for name in names}
+
+    def _check_params(self, num_spikes: int, dimension: int) -> None:
+        for name in ("codebook_size", "max_codewords", "n_components", "min_spikes", "window"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.codebook_size > self.max_codewords:
+            raise ValueError(
+                f"codebook_size={self.codebook_size} exceeds max_codewords={self.max_codewords}: raise max_codewords"
+            )
+        if self.codebook_size > num_spikes:
+            raise ValueError(f"fit needs at least codebook_size={self.codebook_size} spikes, got {num_spikes}")
+        if self.n_components > min(num_spikes, dimension):
+            raise ValueError(
+                f"n_components={self.n_components} exceeds min(num_spikes, num_samples * num_channels) = "
+                f"{min(num_spikes, dimension)}"
+            )
+        for name in ("fallback_step", "codeword_step"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+    # -- fit -----------------------------------------------------------------------------------------------------
+
+    def fit(self, waveforms, y=None) -> "AdaptiveCodebookCompressor":
+        """Fit the starting codebook (k-means), the fallback PCA and its tables, and the codeword coder on
+        ``waveforms`` (num_spikes, num_samples, num_channels), e.g. the spikes of an earlier session."""
+        from sklearn.cluster import KMeans
+
+        waveforms = check_waveforms(waveforms)
+        flat = waveforms.reshape(len(waveforms), -1).astype(np.float64)
+        self._check_params(*flat.shape)
+        kmeans = KMeans(self.codebook_size, n_init=1, random_state=self.random_state).fit(flat)
+        labels = kmeans.labels_
+        self.noise_level_ = float(np.median(np.abs(flat - kmeans.cluster_centers_[labels])) / 0.6745) or 1.0
+        self.mean_ = flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat - self.mean_, full_matrices=True)
+        self.basis_ = vt  # (D, D) orthonormal: the codewords' coefficients
+        self.step_ = self.fallback_step * self.noise_level_
+        self.codeword_step_ = self.codeword_step * self.noise_level_
+        coefficients = (flat - self.mean_) @ self.basis_[: self.n_components].T
+        symbols = np.rint(coefficients / self.step_).astype(np.int64)
+        self.max_symbol_ = np.maximum(np.abs(symbols).max(axis=0), 1)
+        self.coder_ = StaticEntropyCoder(2 * self.max_symbol_ + 1).fit(symbols + self.max_symbol_)
+        prior = self._quantise_codeword(kmeans.cluster_centers_)
+        self.codeword_scales_ = np.maximum(np.abs(prior).mean(axis=0), 0.5)
+        self.prior_codewords_ = prior
+        self.prior_means_ = kmeans.cluster_centers_
+        self.prior_counts_ = np.bincount(labels, minlength=self.codebook_size).astype(np.float64)
+        self.num_samples_, self.num_channels_ = waveforms.shape[1:]
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "basis_"):
+            raise ValueError(f"this {type(self).__name__} is not fitted yet: call fit(waveforms) or load(path)")
+
+    def _quantise_codeword(self, vectors: np.ndarray) -> np.ndarray:
+        coefficients = (vectors - self.mean_) @ self.basis_.T
+        quantised = np.rint(coefficients / self.codeword_step_)
+        return np.clip(quantised, -_MAX_COEFFICIENT, _MAX_COEFFICIENT).astype(np.int64)
+
+    def _codeword(self, quantised: np.ndarray) -> np.ndarray:
+        return self.mean_ + (quantised * self.codeword_step_) @ self.basis_
+
+    def _fallback(self, symbols: np.ndarray) -> np.ndarray:
+        return self.mean_ + ((symbols - self.max_symbol_) * self.step_) @ self.basis_[: self.n_components]
+
+    # -- the stream ----------------------------------------------------------------------------------------------
+
+    def _start(self) -> "_Receiver":
+        receiver = _Receiver(self.max_codewords, self.mean_.size)
+        for slot, quantised in enumerate(self.prior_codewords_):
+            receiver.set(slot, self._codeword(quantised))
+            receiver.usage[slot] += self.prior_counts_[slot]
+        return receiver
+
+    def _models(self):
+        import constriction
+
+        laplace = constriction.stream.model.QuantizedLaplace(-_MAX_COEFFICIENT, _MAX_COEFFICIENT)
+        tables = [constriction.stream.model.Categorical(p, perfect=False) for p in self.coder_.probabilities_]
+        slots = constriction.stream.model.Categorical(np.ones(self.max_codewords), perfect=False)
+        return laplace, tables, slots
+
+    def compress(self, waveforms) -> bytes:
+        """The range-coded stream of ``waveforms`` (num_spikes, num_samples, num_channels), in time order, from
+        the fitted state (each call starts a new stream). :meth:`decompress` restores them."""
+        import constriction
+
+        flat = self._check_input(waveforms)
+        receiver, implant = self._start(), _Implant(self)
+        laplace, tables, slots = self._models()
+        encoder = constriction.stream.queue.RangeEncoder()
+        zeros = np.zeros(self.mean_.size)
+        for x in flat:
+            slot, restores = receiver.nearest(x)
+            if restores < self.match_db:
+                symbols = np.clip(
+                    np.rint((x - self.mean_) @ self.basis_[: self.n_components].T / self.step_),
+                    -self.max_symbol_,
+                    self.max_symbol_,
+                ).astype(np.int64) + self.max_symbol_
+                encoder.encode(receiver.fallback, receiver.symbol_model())
+                for value, table in zip(symbols, tables):
+                    encoder.encode(int(value), table)
+                receiver.count(receiver.fallback)
+            else:
+                encoder.encode(slot, receiver.symbol_model())
+                receiver.count(slot)
+            update = implant.see(x, receiver)
+            encoder.encode(int(update is not None), receiver.flag_model())
+            receiver.flag(update is not None)
+            if update is not None:
+                slot, quantised = update
+                encoder.encode(slot, slots)
+                encoder.encode(quantised.astype(np.int32), laplace, zeros, self.codeword_scales_)
+                receiver.set(slot, self._codeword(quantised))
+        return encoder.get_compressed().tobytes()
+
+    def decompress(self, data: bytes, num_spikes: int) -> np.ndarray:
+        """Spikes back from :meth:`compress`'s bytes: (num_spikes, num_samples, num_channels) float32."""
+        import constriction
+
+        self._check_fitted()
+        receiver = self._start()
+        laplace, tables, slots = self._models()
+        decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype=np.uint32).copy())
+        zeros = np.zeros(self.mean_.size)
+        restored = np.zeros((int(num_spikes), self.mean_.size))
+        for i in range(int(num_spikes)):
+            symbol = int(decoder.decode(receiver.symbol_model()))
+            if symbol == receiver.fallback:
+                restored[i] = self._fallback(np.array([decoder.decode(table) for table in tables], dtype=np.int64))
+            else:
+                restored[i] = receiver.codebook[symbol]
+            receiver.count(symbol)
+            update = bool(decoder.decode(receiver.flag_model()))
+            receiver.flag(update)
+            if update:
+                slot = int(decoder.decode(slots))
+                quantised = np.asarray(decoder.decode(laplace, zeros, self.codeword_scales_), dtype=np.int64)
+                receiver.set(slot, self._codeword(quantised))
+        return restored.reshape(-1, self.num_samples_, self.num_channels_).astype(np.float32)
+
+    def reconstruct(self, waveforms) -> np.ndarray:
+        """``decompress(compress(waveforms))``: what the receiver sees."""
+        return self.decompress(self.compress(waveforms), len(waveforms))
+
+    def _check_input(self, waveforms) -> np.ndarray:
+        self._check_fitted()
+        waveforms = check_waveforms(waveforms)
+        if waveforms.shape[1:] != (self.num_samples_, self.num_channels_):
+            raise ValueError(
+                f"waveforms must be (num_spikes, {self.num_samples_}, {self.num_channels_}) as in fit, "
+                f"got {waveforms.shape}"
+            )
+        return waveforms.reshape(len(waveforms), -1).astype(np.float64)
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+
+    _FITTED = (
+        "noise_level_",
+        "mean_",
+        "basis_",
+        "step_",
+        "codeword_step_",
+        "max_symbol_",
+        "codeword_scales_",
+        "prior_codewords_",
+        "prior_means_",
+        "prior_counts_",
+        "num_samples_",
+        "num_channels_",
+    )
+
+    def state(self) -> dict:
+        """Everything that rebuilds the fitted compressor (plain types and arrays)."""
+        self._check_fitted()
+        fitted = {name: getattr(self, name) for name in self._FITTED}
+        return {"format_version": FORMAT_VERSION, "params": self.get_params(), "fitted": fitted,
+                "coder": self.coder_.state_dict()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "AdaptiveCodebookCompressor":
+        """Inverse of :meth:`state`."""
+        if state.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported {cls.__name__} format {state.get('format_version')!r}")
+        compressor = cls(**state["params"])
+        for name, value in state["fitted"].items():
+            setattr(compressor, name, value)
+        compressor.coder_ = StaticEntropyCoder.from_state_dict(state["coder"])
+        return compressor
+
+
+class _Receiver:
+    """What both ends hold: the codebook slots, their use counts (the symbol model) and the update-flag counts."""
+
+    def __init__(self, num_slots: int, dimension: int):
+        self.fallback = num_slots
+        self.codebook = np.zeros((num_slots, dimension))
+        self.active = np.zeros(num_slots, dtype=bool)
+        self.usage = np.full(num_slots + 1, 0.01)  # inactive slots keep a tiny probability
+        self.usage[num_slots] = 1.0
+        self.flags = np.array([1.0, 0.5])
+
+    def set(self, slot: int, codeword: np.ndarray) -> None:
+        if not self.active[slot]:
+            self.usage[slot] = 1.0
+        self.codebook[slot], self.active[slot] = codeword, True
+
+    def nearest(self, x: np.ndarray) -> tuple[int, float]:
+        """The active slot that restores ``x`` best, and its SNDR against ``x`` (dB)."""
+        if not self.active.any():
+            return -1, -np.inf
+        errors = np.where(self.active, ((self.codebook - x) ** 2).sum(axis=1), np.inf)
+        slot = int(errors.argmin())
+        return slot, float(10 * np.log10(max((x**2).sum(), 1e-30) / max(errors[slot], 1e-30)))
+
+    def count(self, symbol: int) -> None:
+        self.usage[symbol] += 1.0
+
+    def flag(self, update: bool) -> None:
+        self.flags[int(update)] += 1.0
+
+    def symbol_model(self):
+        import constriction
+
+        return constriction.stream.model.Categorical(self.usage / self.usage.sum(), perfect=False)
+
+    def flag_model(self):
+        import constriction
+
+        return constriction.stream.model.Categorical(self.flags / self.flags.sum(), perfect=False)
+
+
+class _Implant:
+    """The encoder's own state: clusters of the raw spikes (running means) and which slot each was sent to."""
+
+    def __init__(self, compressor: AdaptiveCodebookCompressor):
+        self.compressor = compressor
+        self.means = [mean.copy() for mean in compressor.prior_means_]
+        self.counts = [min(int(n), compressor.window) for n in compressor.prior_counts_]
+        self.slots = list(range(compressor.codebook_size))
+        self.sent = list(self.counts)
+        self.seen = [0] * len(self.means)
+        self.time = 0
+
+    def see(self, x: np.ndarray, receiver: _Receiver):
+        """Add spike ``x`` to its cluster; return ``(slot, quantised codeword)`` when that cluster must be sent."""
+        c = self.compressor
+        self.time += 1
+        means = np.asarray(self.means)
+        errors = ((means - x) ** 2).sum(axis=1)
+        k = int(errors.argmin())
+        if 10 * np.log10(max((x**2).sum(), 1e-30) / max(errors[k], 1e-30)) >= c.match_db:
+            self.counts[k] += 1
+            self.means[k] += (x - self.means[k]) / min(self.counts[k], c.window)
+        else:
+            self._forget()
+            self.means.append(x.copy())
+            self.counts.append(1)
+            self.slots.append(-1)
+            self.sent.append(0)
+            self.seen.append(0)
+            k = len(self.means) - 1
+        self.seen[k] = self.time
+        slot = self.slots[k]
+        if slot < 0:
+            if self.counts[k] < c.min_spikes:
+                return None
+            slot = self._free_slot(receiver)
+        else:
+            grown = self.counts[k] >= 2 * self.sent[k] and self.sent[k] < c.window
+            sent = receiver.codebook[slot]
+            moved = 10 * np.log10(
+                max((self.means[k] ** 2).sum(), 1e-30) / max(((self.means[k] - sent) ** 2).sum(), 1e-30)
+            ) < c.resend_db
+            if not (grown or moved):
+                return None
+        self.slots[k], self.sent[k] = slot, self.counts[k]
+        return slot, c._quantise_codeword(self.means[k][None])[0]
+
+    def _free_slot(self, receiver: _Receiver) -> int:
+        free = np.flatnonzero(~receiver.active)
+        slot = int(free[0]) if free.size else int(receiver.usage[:-1].argmin())
+        for k, owner in enumerate(self.slots):
+            if owner == slot:
+                self.slots[k], self.sent[k] = -1, 0
+        return slot
+
+    def _forget(self) -> None:
+        # at most 4 unsent clusters per slot: the one seen longest ago goes
+        unsent = [k for k, slot in enumerate(self.slots) if slot < 0]
+        if len(unsent) >= 4 * self.compressor.max_codewords:
+            k = min(unsent, key=lambda k: self.seen[k])
+            for values in (self.means, self.counts, self.slots, self.sent, self.seen):
+                del values[k]

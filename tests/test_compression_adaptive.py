@@ -1,0 +1,94 @@
+"""The adaptive codebook compressor and the k-means baseline: fidelity against the true spike on the neurons of the
+fit and on neurons it was not fitted to, exact stream round trips, and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spikeinterface_elvisort.compression import AdaptiveCodebookCompressor, KMeansCompressor, sndr
+
+from conftest import make_spikes
+
+
+def other_neurons(num_spikes=900, seed=1):
+    """Spikes of three units that the fit never saw: the templates shifted by 5 samples, channels reversed,
+    inverted and rescaled; (spikes, labels, clean)."""
+    spikes, labels, clean = make_spikes(num_spikes, num_samples=24, seed=seed, noise=0.0)
+    clean = -0.8 * np.roll(clean, 5, axis=1)[:, :, ::-1]
+    noisy = clean + 0.05 * np.random.default_rng(seed).standard_normal(clean.shape)
+    return noisy.astype(np.float32), labels, clean.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fit_spikes():
+    return make_spikes(600, num_samples=24)
+
+
+def test_kmeans_baseline_denoises_the_fitted_units_and_a_residual_stage_adds_detail(fit_spikes):
+    waveforms, _, clean = fit_spikes
+    train, test, truth = waveforms[:300], waveforms[300:], clean[300:]
+    one = KMeansCompressor((3,)).fit(train)
+    two = KMeansCompressor((3, 16)).fit(train)
+    codes = one.encode(test)
+    assert codes.shape == (300, 1) and codes.dtype == np.int64
+    # one codeword per unit is nearly the unit's mean: closer to the truth than the recorded spike
+    assert sndr(truth, one.decode(codes)).mean() > sndr(truth, test).mean() + 3
+    assert sndr(test, two.reconstruct(test)).mean() > sndr(test, one.reconstruct(test)).mean()
+    assert 8 * one.coded_bytes(codes) / len(codes) < 2.0  # about log2(3) bits per spike
+    with pytest.raises(ValueError, match="at least 16 spikes"):
+        KMeansCompressor((16,)).fit(train[:5])
+    with pytest.raises(ValueError, match="positive integers"):
+        KMeansCompressor((0,))
+
+
+def test_adaptive_codebook_learns_neurons_it_was_not_fitted_to(fit_spikes):
+    noisy, _, truth = other_neurons()
+    compressor = AdaptiveCodebookCompressor(codebook_size=4, max_codewords=16, n_components=8).fit(fit_spikes[0])
+    data = compressor.compress(noisy)
+    restored = compressor.decompress(data, len(noisy))
+    kmeans = KMeansCompressor((16,)).fit(fit_spikes[0]).reconstruct(noisy)
+    recorded = sndr(truth, noisy).mean()
+    adaptive = sndr(truth, restored).mean()
+    # after its first spikes the stream codes each neuron as one learned codeword: closer to the truth than the
+    # recorded spike, while k-means fitted on other neurons restores shapes it does not hold
+    assert adaptive > recorded + 3
+    assert sndr(truth, kmeans).mean() < recorded
+    assert sndr(truth[-300:], restored[-300:]).mean() > sndr(truth[:50], restored[:50]).mean()
+    ratio = noisy.size * 16 / (8 * len(data))
+    assert ratio > 20
+
+
+def test_adaptive_codebook_on_the_fitted_neurons_and_its_stream(fit_spikes):
+    waveforms, _, clean = fit_spikes
+    train, test, truth = waveforms[:300], waveforms[300:], clean[300:]
+    before = test.copy()
+    compressor = AdaptiveCodebookCompressor(codebook_size=4, max_codewords=16, n_components=8).fit(train)
+    data = compressor.compress(test)
+    np.testing.assert_array_equal(test, before)  # the input is not modified
+    assert compressor.compress(test) == data  # deterministic
+    restored = compressor.decompress(data, len(test))
+    assert restored.shape == test.shape and restored.dtype == np.float32
+    assert sndr(truth, restored).mean() > sndr(truth, test).mean() + 3
+    # the state rebuilds the same codec: same bytes, same spikes back
+    again = AdaptiveCodebookCompressor.from_state(compressor.state())
+    assert again.compress(test) == data
+    np.testing.assert_array_equal(again.decompress(data, len(test)), restored)
+    np.testing.assert_array_equal(compressor.reconstruct(test), restored)
+
+
+def test_adaptive_codebook_errors(fit_spikes):
+    waveforms = fit_spikes[0]
+    with pytest.raises(ValueError, match="not fitted"):
+        AdaptiveCodebookCompressor().compress(waveforms)
+    with pytest.raises(ValueError, match="raise max_codewords"):
+        AdaptiveCodebookCompressor(codebook_size=32, max_codewords=8).fit(waveforms)
+    with pytest.raises(ValueError, match="at least codebook_size"):
+        AdaptiveCodebookCompressor(codebook_size=16).fit(waveforms[:10])
+    with pytest.raises(ValueError, match="fallback_step"):
+        AdaptiveCodebookCompressor(fallback_step=0).fit(waveforms)
+    compressor = AdaptiveCodebookCompressor(codebook_size=4, n_components=8).fit(waveforms)
+    with pytest.raises(ValueError, match="as in fit"):
+        compressor.compress(waveforms[:, :12])
+    with pytest.raises(ValueError, match="unsupported"):
+        AdaptiveCodebookCompressor.from_state({"format_version": 99})
