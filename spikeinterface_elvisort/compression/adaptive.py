@@ -9,8 +9,9 @@ so encoder and decoder stay in step without any table being sent twice.
 
 Stream, per spike (range-coded with ``constriction``): the symbol (a codeword slot or the fallback; adaptive
 counts); for the fallback, ``n_components`` quantised coefficients (tables learned at ``fit``); an update flag
-(adaptive counts); for an update, the slot and the codeword's coefficients in a full PCA basis (quantised Laplace
-models, scales learned at ``fit``). Spikes must come in time order: the stream is the code.
+(adaptive counts); for an update, the slot, whether it is a resend, and the codeword's coefficients in a full PCA
+basis (a resend: the change of the slot's codeword), under quantised Laplace models (scales learned at ``fit``; a
+resend's follow the changes sent before). Spikes must come in time order: the stream is the code.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .entropy_coding import StaticEntropyCoder
-from .inputs import check_waveforms
+from .inputs import check_waveforms, constructor_params
 
 FORMAT_VERSION = 1
 _MAX_COEFFICIENT = 2**15
@@ -43,8 +44,13 @@ class AdaptiveCodebookCompressor:
         Quantiser step of a sent codeword's coefficients, in the same units. Smaller: truer codewords, costlier.
     match_db : float, default: 4.0
         A spike is sent as a codeword index when that codeword restores it at this SNDR (dB, against the spike
-        itself) or better; the same threshold groups spikes into clusters on the implant. Raise it for fewer
-        merged neurons at more fallback spikes.
+        itself) or better, or when what the codeword leaves is no more than noise (``match_noise``); the same rule
+        groups spikes into clusters on the implant. Raise it for fewer merged neurons at more fallback spikes.
+    match_noise : float, default: 1.5
+        What a codeword may leave of a spike, in units of the noise energy of a spike (the noise level squared,
+        times samples and channels): small spikes match their unit's codeword by this rule. 0: the SNDR rule alone.
+        The encoder follows the stream's noise level from the spikes' second differences (median over the last
+        256 spikes, calibrated at ``fit``), so that a noisier recording than the fitted one is judged by its noise.
     min_spikes : int, default: 16
         Spikes a cluster gathers before its mean is sent as a codeword. It is sent again each time its count
         doubles (up to ``window``) and when it has moved away from the sent codeword (``resend_db``).
@@ -71,6 +77,7 @@ class AdaptiveCodebookCompressor:
         fallback_step: float = 3.0,
         codeword_step: float = 0.3,
         match_db: float = 4.0,
+        match_noise: float = 1.5,
         min_spikes: int = 16,
         window: int = 64,
         resend_db: float = 20.0,
@@ -82,6 +89,7 @@ class AdaptiveCodebookCompressor:
         self.fallback_step = fallback_step
         self.codeword_step = codeword_step
         self.match_db = match_db
+        self.match_noise = match_noise
         self.min_spikes = min_spikes
         self.window = window
         self.resend_db = resend_db
@@ -89,19 +97,7 @@ class AdaptiveCodebookCompressor:
 
     def get_params(self) -> dict:
         """Constructor arguments (scikit-learn convention)."""
-        names = (
-            "codebook_size",
-            "max_codewords",
-            "n_components",
-            "fallback_step",
-            "codeword_step",
-            "match_db",
-            "min_spikes",
-            "window",
-            "resend_db",
-            "random_state",
-        )
-        return {name: getattr(self, name) for name in names}
+        return constructor_params(self)
 
     def _check_params(self, num_spikes: int, dimension: int) -> None:
         for name in ("codebook_size", "max_codewords", "n_components", "min_spikes", "window"):
@@ -137,6 +133,7 @@ class AdaptiveCodebookCompressor:
         kmeans = KMeans(self.codebook_size, n_init=1, random_state=self.random_state).fit(flat)
         labels = kmeans.labels_
         self.noise_level_ = float(np.median(np.abs(flat - kmeans.cluster_centers_[labels])) / 0.6745) or 1.0
+        self.noise_calibration_ = self.noise_level_ / float(np.median(_roughness(waveforms)))
         self.mean_ = flat.mean(axis=0)
         _, _, vt = np.linalg.svd(flat - self.mean_, full_matrices=True)
         self.basis_ = vt  # (D, D) orthonormal: the codewords' coefficients
@@ -158,13 +155,20 @@ class AdaptiveCodebookCompressor:
         if not hasattr(self, "basis_"):
             raise ValueError(f"this {type(self).__name__} is not fitted yet: call fit(waveforms) or load(path)")
 
+    def _matches(self, x: np.ndarray, error: float, noise_level: float) -> bool:
+        """Whether a codeword (or cluster mean) that leaves ``error`` (squared) of spike ``x`` stands for it."""
+        if error <= self.match_noise * noise_level**2 * x.size:
+            return True
+        return bool(10 * np.log10(max((x**2).sum(), 1e-30) / max(error, 1e-30)) >= self.match_db)
+
     def _quantise_codeword(self, vectors: np.ndarray) -> np.ndarray:
         coefficients = (vectors - self.mean_) @ self.basis_.T
         quantised = np.rint(coefficients / self.codeword_step_)
         return np.clip(quantised, -_MAX_COEFFICIENT, _MAX_COEFFICIENT).astype(np.int64)
 
-    def _codeword(self, quantised: np.ndarray) -> np.ndarray:
-        return self.mean_ + (quantised * self.codeword_step_) @ self.basis_
+    def _codeword(self, quantised: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+        # a codeword from its coefficients, or (a resend) from the change of the one it replaces
+        return (self.mean_ if base is None else base) + (quantised * self.codeword_step_) @ self.basis_
 
     def _fallback(self, symbols: np.ndarray) -> np.ndarray:
         return self.mean_ + ((symbols - self.max_symbol_) * self.step_) @ self.basis_[: self.n_components]
@@ -172,7 +176,7 @@ class AdaptiveCodebookCompressor:
     # -- the stream ----------------------------------------------------------------------------------------------
 
     def _start(self) -> "_Receiver":
-        receiver = _Receiver(self.max_codewords, self.mean_.size)
+        receiver = _Receiver(self.max_codewords, self.mean_.size, self.codeword_scales_)
         for slot, quantised in enumerate(self.prior_codewords_):
             receiver.set(slot, self._codeword(quantised))
             receiver.usage[slot] += self.prior_counts_[slot]
@@ -193,12 +197,15 @@ class AdaptiveCodebookCompressor:
 
         flat = self._check_input(waveforms)
         receiver, implant = self._start(), _Implant(self)
+        roughness = _roughness(waveforms) * self.noise_calibration_
         laplace, tables, slots = self._models()
         encoder = constriction.stream.queue.RangeEncoder()
         zeros = np.zeros(self.mean_.size)
-        for x in flat:
-            slot, restores = receiver.nearest(x)
-            if restores < self.match_db:
+        for i, x in enumerate(flat):
+            # the encoder's noise level: the median of the last 256 spikes' (the fitted one for the first 32)
+            implant.noise_level = self.noise_level_ if i < 32 else float(np.median(roughness[max(0, i - 256) : i]))
+            slot, error = receiver.nearest(x)
+            if not self._matches(x, error, implant.noise_level):
                 symbols = np.clip(
                     np.rint((x - self.mean_) @ self.basis_[: self.n_components].T / self.step_),
                     -self.max_symbol_,
@@ -215,10 +222,11 @@ class AdaptiveCodebookCompressor:
             encoder.encode(int(update is not None), receiver.flag_model())
             receiver.flag(update is not None)
             if update is not None:
-                slot, quantised = update
+                slot, quantised, resend = update
                 encoder.encode(slot, slots)
-                encoder.encode(quantised.astype(np.int32), laplace, zeros, self.codeword_scales_)
-                receiver.set(slot, self._codeword(quantised))
+                encoder.encode(int(resend), receiver.kind_model())
+                encoder.encode(quantised.astype(np.int32), laplace, zeros, receiver.scales(resend))
+                receiver.update(slot, quantised, resend, self)
         return encoder.get_compressed().tobytes()
 
     def decompress(self, data: bytes, num_spikes: int) -> np.ndarray:
@@ -242,8 +250,9 @@ class AdaptiveCodebookCompressor:
             receiver.flag(update)
             if update:
                 slot = int(decoder.decode(slots))
-                quantised = np.asarray(decoder.decode(laplace, zeros, self.codeword_scales_), dtype=np.int64)
-                receiver.set(slot, self._codeword(quantised))
+                resend = bool(decoder.decode(receiver.kind_model()))
+                quantised = np.asarray(decoder.decode(laplace, zeros, receiver.scales(resend)), dtype=np.int64)
+                receiver.update(slot, quantised, resend, self)
         return restored.reshape(-1, self.num_samples_, self.num_channels_).astype(np.float32)
 
     def reconstruct(self, waveforms) -> np.ndarray:
@@ -264,6 +273,7 @@ class AdaptiveCodebookCompressor:
 
     _FITTED = (
         "noise_level_",
+        "noise_calibration_",
         "mean_",
         "basis_",
         "step_",
@@ -299,8 +309,12 @@ class AdaptiveCodebookCompressor:
 class _Receiver:
     """What both ends hold: the codebook slots, their use counts (the symbol model) and the update-flag counts."""
 
-    def __init__(self, num_slots: int, dimension: int):
+    def __init__(self, num_slots: int, dimension: int, codeword_scales: np.ndarray):
         self.fallback = num_slots
+        self.codeword_scales = codeword_scales
+        # resends code the change of a codeword; their Laplace scales follow the changes sent so far
+        self.change_sum, self.changes = 0.25 * codeword_scales, 1.0
+        self.kinds = np.array([1.0, 1.0])
         self.codebook = np.zeros((num_slots, dimension))
         self.active = np.zeros(num_slots, dtype=bool)
         self.usage = np.full(num_slots + 1, 0.01)  # inactive slots keep a tiny probability
@@ -313,12 +327,29 @@ class _Receiver:
         self.codebook[slot], self.active[slot] = codeword, True
 
     def nearest(self, x: np.ndarray) -> tuple[int, float]:
-        """The active slot that restores ``x`` best, and its SNDR against ``x`` (dB)."""
+        """The active slot that restores ``x`` best, and its squared error."""
         if not self.active.any():
-            return -1, -np.inf
+            return -1, np.inf
         errors = np.where(self.active, ((self.codebook - x) ** 2).sum(axis=1), np.inf)
         slot = int(errors.argmin())
-        return slot, float(10 * np.log10(max((x**2).sum(), 1e-30) / max(errors[slot], 1e-30)))
+        return slot, float(errors[slot])
+
+    def update(self, slot: int, quantised: np.ndarray, resend: bool, compressor) -> None:
+        """Apply a sent codeword (``resend``: a change of the slot's codeword) and learn from it."""
+        base = self.codebook[slot] if resend else None
+        self.set(slot, compressor._codeword(quantised, base))
+        self.kinds[int(resend)] += 1.0
+        if resend:
+            self.change_sum = self.change_sum + np.abs(quantised)
+            self.changes += 1.0
+
+    def scales(self, resend: bool) -> np.ndarray:
+        return np.maximum(self.change_sum / self.changes, 0.5) if resend else self.codeword_scales
+
+    def kind_model(self):
+        import constriction
+
+        return constriction.stream.model.Categorical(self.kinds / self.kinds.sum(), perfect=False)
 
     def count(self, symbol: int) -> None:
         self.usage[symbol] += 1.0
@@ -348,6 +379,7 @@ class _Implant:
         self.sent = list(self.counts)
         self.seen = [0] * len(self.means)
         self.time = 0
+        self.noise_level = compressor.noise_level_
 
     def see(self, x: np.ndarray, receiver: _Receiver):
         """Add spike ``x`` to its cluster; return ``(slot, quantised codeword)`` when that cluster must be sent."""
@@ -356,7 +388,7 @@ class _Implant:
         means = np.asarray(self.means)
         errors = ((means - x) ** 2).sum(axis=1)
         k = int(errors.argmin())
-        if 10 * np.log10(max((x**2).sum(), 1e-30) / max(errors[k], 1e-30)) >= c.match_db:
+        if c._matches(x, errors[k], self.noise_level):
             self.counts[k] += 1
             self.means[k] += (x - self.means[k]) / min(self.counts[k], c.window)
         else:
@@ -381,8 +413,12 @@ class _Implant:
             ) < c.resend_db
             if not (grown or moved):
                 return None
+        resend = self.slots[k] == slot
         self.slots[k], self.sent[k] = slot, self.counts[k]
-        return slot, c._quantise_codeword(self.means[k][None])[0]
+        if resend:
+            change = (self.means[k] - receiver.codebook[slot]) @ c.basis_.T / c.codeword_step_
+            return slot, np.clip(np.rint(change), -_MAX_COEFFICIENT, _MAX_COEFFICIENT).astype(np.int64), True
+        return slot, c._quantise_codeword(self.means[k][None])[0], False
 
     def _free_slot(self, receiver: _Receiver) -> int:
         free = np.flatnonzero(~receiver.active)
@@ -399,3 +435,10 @@ class _Implant:
             k = min(unsent, key=lambda k: self.seen[k])
             for values in (self.means, self.counts, self.slots, self.sent, self.seen):
                 del values[k]
+
+
+def _roughness(waveforms) -> np.ndarray:
+    """Per spike, a robust scale of its second differences over time (all channels): noise dominates them, so
+    that, calibrated once, it follows the noise level."""
+    second = np.diff(np.asarray(waveforms, dtype=np.float64), n=2, axis=1)
+    return np.median(np.abs(second.reshape(len(second), -1)), axis=1) / 0.6745

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .entropy_coding import StaticEntropyCoder
-from .inputs import check_waveforms
+from .inputs import check_waveforms, constructor_params
 from .model import CompressiveAutoencoder, CompressorConfig
 from .training import finetune_decoder, train_autoencoder
 
@@ -41,9 +41,8 @@ class SpikeCompressor:
         the encoder outputs. 0: the codebook starts from random encoder outputs and VQ trains from the first step.
     kmeans_refresh_every : int, default: 0
         Every this many VQ epochs (until 80 % of the epochs), reset the codebook to k-means centroids of the encoder
-        outputs instead of restarting only the dead codewords; 0: never. On dev_rec1 with the default settings,
-        3 gave 9.94 dB at 335x instead of 9.80 dB at 360x (one run). A reset moves the codewords under the decoder;
-        the decoder-only epochs (``decoder_epochs``) then refit it, so keep those when using this.
+        outputs instead of restarting only the dead codewords; 0: never. A reset moves the codewords under the
+        decoder; the decoder-only epochs (``decoder_epochs``) then refit it, so keep those when using this.
     decoder_epochs : int, default: 10
         Epochs that then train the decoder alone on the final codes (encoder and codebook frozen).
     batch_size : int, default: 32
@@ -349,25 +348,7 @@ class SpikeCompressor:
 
     def get_params(self) -> dict:
         """Constructor arguments (scikit-learn convention)."""
-        names = (
-            "channels_per_group",
-            "n_features",
-            "codebook_size",
-            "epochs",
-            "warmup_epochs",
-            "kmeans_refresh_every",
-            "decoder_epochs",
-            "batch_size",
-            "learning_rate",
-            "commitment_weight",
-            "width",
-            "decoder_width",
-            "reconstruction_loss",
-            "device",
-            "random_state",
-            "verbose",
-        )
-        return {name: getattr(self, name) for name in names}
+        return constructor_params(self)
 
     def state(self) -> dict:
         """Everything that rebuilds the fitted compressor (plain types and a torch state dict)."""

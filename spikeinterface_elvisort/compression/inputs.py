@@ -1,4 +1,4 @@
-"""Validation of the spike arrays every compressor takes."""
+"""Validation of the spike arrays every compressor takes, and the constructor-argument rule they share."""
 
 from __future__ import annotations
 
@@ -26,3 +26,11 @@ def check_waveforms(waveforms, name: str = "waveforms", channels_per_group: int 
             "extract_spike_waveforms) or change channels_per_group"
         )
     return array
+
+
+def constructor_params(estimator) -> dict:
+    """The estimator's constructor arguments and their current values (scikit-learn's ``get_params``)."""
+    import inspect
+
+    names = [name for name in inspect.signature(type(estimator).__init__).parameters if name != "self"]
+    return {name: getattr(estimator, name) for name in names}
