@@ -92,3 +92,26 @@ def test_adaptive_codebook_errors(fit_spikes):
         compressor.compress(waveforms[:, :12])
     with pytest.raises(ValueError, match="unsupported"):
         AdaptiveCodebookCompressor.from_state({"format_version": 99})
+
+
+def test_a_sorting_analyzer_compresses_with_the_adaptive_codec_by_default(tmp_path):
+    from spikeinterface.core import create_sorting_analyzer, generate_ground_truth_recording
+
+    from spikeinterface_elvisort.compression import compress_sorting_analyzer, extract_spike_waveforms, load_compressed
+
+    recording, sorting = generate_ground_truth_recording(
+        num_channels=8, num_units=3, durations=[10.0], sampling_frequency=32000.0, seed=0
+    )
+    analyzer = create_sorting_analyzer(sorting, recording, format="memory", sparse=False)
+    kwargs = dict(codebook_size=4, max_codewords=16, n_components=8)
+    summary = compress_sorting_analyzer(analyzer, tmp_path / "spikes.npz", compressor_kwargs=kwargs)
+    compressor = summary["compressor"]
+    assert isinstance(compressor, AdaptiveCodebookCompressor) and summary["payload_ratio"] > 20
+    restored = load_compressed(tmp_path / "spikes.npz")
+    waveforms, _, channels = extract_spike_waveforms(recording, sorting, num_channels=4)
+    np.testing.assert_array_equal(restored["waveforms"], compressor.reconstruct(waveforms))
+    np.testing.assert_array_equal(restored["channel_indices"], channels)
+    # the restored spikes keep the units: each is closer to its own unit's mean than the recorded spikes are
+    units = sorting.to_spike_vector()["unit_index"]
+    means = np.stack([waveforms[units == u].mean(axis=0) for u in range(3)])[units]
+    assert sndr(means, restored["waveforms"]).mean() > sndr(means, waveforms).mean()

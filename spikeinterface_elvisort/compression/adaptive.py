@@ -136,7 +136,8 @@ class AdaptiveCodebookCompressor:
         self.noise_calibration_ = self.noise_level_ / float(np.median(_roughness(waveforms)))
         self.mean_ = flat.mean(axis=0)
         _, _, vt = np.linalg.svd(flat - self.mean_, full_matrices=True)
-        self.basis_ = vt  # (D, D) orthonormal: the codewords' coefficients
+        # (D, D) orthonormal: the codewords' coefficients; float32 values, so that a saved codec is the same codec
+        self.basis_ = vt.astype(np.float32).astype(np.float64)
         self.step_ = self.fallback_step * self.noise_level_
         self.codeword_step_ = self.codeword_step * self.noise_level_
         coefficients = (flat - self.mean_) @ self.basis_[: self.n_components].T
@@ -291,6 +292,7 @@ class AdaptiveCodebookCompressor:
         """Everything that rebuilds the fitted compressor (plain types and arrays)."""
         self._check_fitted()
         fitted = {name: getattr(self, name) for name in self._FITTED}
+        fitted["basis_"] = self.basis_.astype(np.float32)  # exact: fit keeps float32 values
         return {"format_version": FORMAT_VERSION, "params": self.get_params(), "fitted": fitted,
                 "coder": self.coder_.state_dict()}
 
@@ -301,7 +303,7 @@ class AdaptiveCodebookCompressor:
             raise ValueError(f"unsupported {cls.__name__} format {state.get('format_version')!r}")
         compressor = cls(**state["params"])
         for name, value in state["fitted"].items():
-            setattr(compressor, name, value)
+            setattr(compressor, name, value.astype(np.float64) if name == "basis_" else value)
         compressor.coder_ = StaticEntropyCoder.from_state_dict(state["coder"])
         return compressor
 

@@ -151,13 +151,14 @@ def save_compressed(
     if file_path.suffix != ".npz":
         raise ValueError(f"file_path must end in .npz, got {file_path.name!r}")
     payload = compressor.compress(waveforms)
-    num_groups = waveforms.shape[2] // compressor.channels_per_group
+    num_groups = waveforms.shape[2] // getattr(compressor, "channels_per_group", waveforms.shape[2])
     meta = {
         "sampling_frequency": float(sampling_frequency),
         "ms_before": float(ms_before),
         "ms_after": float(ms_after),
         "num_spikes": int(len(waveforms)),
         "num_groups": int(num_groups),
+        "codec": type(compressor).__name__,
     }
     arrays = {
         "payload": np.frombuffer(payload, dtype=np.uint8),
@@ -186,7 +187,7 @@ def load_compressed(file_path, compressor=None) -> dict:
     Parameters
     ----------
     file_path : str | Path
-    compressor : SpikeCompressor | None
+    compressor : AdaptiveCodebookCompressor | SpikeCompressor | None
         Needed only when the file was written without its compressor.
 
     Returns
@@ -200,6 +201,7 @@ def load_compressed(file_path, compressor=None) -> dict:
 
     import torch
 
+    from .adaptive import AdaptiveCodebookCompressor
     from .compressor import SpikeCompressor
 
     file_path = Path(file_path)
@@ -214,8 +216,16 @@ def load_compressed(file_path, compressor=None) -> dict:
                 f"{file_path.name} was written without its compressor: pass compressor=SpikeCompressor.load(...)"
             )
         state = torch.load(io.BytesIO(arrays["compressor"].tobytes()), map_location="cpu", weights_only=False)
-        compressor = SpikeCompressor.from_state(state)
-    waveforms = compressor.decompress(arrays["payload"].tobytes(), meta["num_spikes"], meta["num_groups"])
+        # files written before the codec was recorded hold a SpikeCompressor
+        codec = meta.get("codec", "SpikeCompressor")
+        compressor = {"SpikeCompressor": SpikeCompressor, "AdaptiveCodebookCompressor": AdaptiveCodebookCompressor}[
+            codec
+        ].from_state(state)
+    payload = arrays["payload"].tobytes()
+    if isinstance(compressor, SpikeCompressor):
+        waveforms = compressor.decompress(payload, meta["num_spikes"], meta["num_groups"])
+    else:
+        waveforms = compressor.decompress(payload, meta["num_spikes"])
     return {
         "waveforms": waveforms,
         "spikes": arrays["spikes"],
@@ -239,14 +249,15 @@ def _compress_recording_spikes(
     verbose,
     compressor_kwargs,
 ) -> dict:
-    from .compressor import SpikeCompressor
+    from .adaptive import AdaptiveCodebookCompressor
 
     waveforms, spikes, channel_indices = extract_spike_waveforms(
         recording, sorting=sorting, peaks=peaks, num_channels=num_channels, ms_before=ms_before, ms_after=ms_after
     )
     if compressor is None:
-        logger.info("fitting a SpikeCompressor on %d spikes", len(waveforms))
-        compressor = SpikeCompressor(verbose=verbose, **(compressor_kwargs or {})).fit(waveforms)
+        if verbose:
+            logger.info("fitting an AdaptiveCodebookCompressor on %d spikes", len(waveforms))
+        compressor = AdaptiveCodebookCompressor(**(compressor_kwargs or {})).fit(waveforms)
     summary = save_compressed(
         file_path,
         compressor,
@@ -285,10 +296,17 @@ def compress_sorting_analyzer(
         Must have its recording attached.
     file_path : str | Path
         A ``.npz`` file.
-    compressor : SpikeCompressor | None
-        A fitted compressor; None fits one on these spikes (``compressor_kwargs`` go to its constructor).
+    compressor : AdaptiveCodebookCompressor | SpikeCompressor | None
+        A fitted compressor; None fits an :class:`AdaptiveCodebookCompressor` (the best measured codec, see the
+        compression page) on these spikes, ``compressor_kwargs`` going to its constructor.
+    num_channels, ms_before, ms_after : int, float, float, default: 4, 0.5, 1.0
+        How each spike is cut, see :func:`extract_spike_waveforms`.
     include_compressor : bool, default: True
         Store the compressor in the file, so that the file restores on its own.
+    verbose : bool, default: False
+        Log the fit of a new compressor.
+    compressor_kwargs : dict | None
+        Constructor arguments of the compressor fitted when ``compressor`` is None.
 
     Returns
     -------
