@@ -53,7 +53,7 @@ other_recording, other_sorting = si.generate_ground_truth_recording(**session)
 twin_recording, _ = si.generate_ground_truth_recording(**session, noise_kwargs=dict(noise_levels=0.0))
 other, other_spikes, _ = extract_spike_waveforms(other_recording, other_sorting, num_channels=4)
 truth, _, _ = extract_spike_waveforms(twin_recording, peaks=other_spikes, num_channels=4)
-print(f"second session: {len(other)} spikes; the recorded spikes are at {sndr(truth, other).mean():.1f} dB from the truth")
+print(f"second session: {len(other)} spikes, the recorded ones {sndr(truth, other).mean():.1f} dB from the truth")
 
 # %%
 # Compress a session with a codec fitted on another
