@@ -59,7 +59,7 @@ def test_adaptive_codebook_learns_neurons_it_was_not_fitted_to(fit_spikes):
     assert ratio > 20
 
 
-def test_adaptive_codebook_on_the_fitted_neurons_and_its_stream(fit_spikes):
+def test_adaptive_codebook_on_the_fitted_neurons_and_its_stream(fit_spikes, tmp_path):
     waveforms, _, clean = fit_spikes
     train, test, truth = waveforms[:300], waveforms[300:], clean[300:]
     before = test.copy()
@@ -75,6 +75,8 @@ def test_adaptive_codebook_on_the_fitted_neurons_and_its_stream(fit_spikes):
     assert again.compress(test) == data
     np.testing.assert_array_equal(again.decompress(data, len(test)), restored)
     np.testing.assert_array_equal(compressor.reconstruct(test), restored)
+    loaded = AdaptiveCodebookCompressor.load(compressor.save(tmp_path / "codec.pt"))
+    assert loaded.compress(test) == data
 
 
 def test_adaptive_codebook_errors(fit_spikes):

@@ -16,13 +16,15 @@ resend's follow the changes sent before). Spikes must come in time order: the st
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from .codebook_state import MAX_COEFFICIENT, ImplantState, ReceiverState, roughness
 from .entropy_coding import StaticEntropyCoder
 from .inputs import check_waveforms, constructor_params
 
 FORMAT_VERSION = 1
-_MAX_COEFFICIENT = 2**15
 
 
 class AdaptiveCodebookCompressor:
@@ -133,7 +135,7 @@ class AdaptiveCodebookCompressor:
         kmeans = KMeans(self.codebook_size, n_init=1, random_state=self.random_state).fit(flat)
         labels = kmeans.labels_
         self.noise_level_ = float(np.median(np.abs(flat - kmeans.cluster_centers_[labels])) / 0.6745) or 1.0
-        self.noise_calibration_ = self.noise_level_ / float(np.median(_roughness(waveforms)))
+        self.noise_calibration_ = self.noise_level_ / float(np.median(roughness(waveforms)))
         self.mean_ = flat.mean(axis=0)
         _, _, vt = np.linalg.svd(flat - self.mean_, full_matrices=True)
         # (D, D) orthonormal: the codewords' coefficients; float32 values, so that a saved codec is the same codec
@@ -165,7 +167,7 @@ class AdaptiveCodebookCompressor:
     def _quantise_codeword(self, vectors: np.ndarray) -> np.ndarray:
         coefficients = (vectors - self.mean_) @ self.basis_.T
         quantised = np.rint(coefficients / self.codeword_step_)
-        return np.clip(quantised, -_MAX_COEFFICIENT, _MAX_COEFFICIENT).astype(np.int64)
+        return np.clip(quantised, -MAX_COEFFICIENT, MAX_COEFFICIENT).astype(np.int64)
 
     def _codeword(self, quantised: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
         # a codeword from its coefficients, or (a resend) from the change of the one it replaces
@@ -176,8 +178,8 @@ class AdaptiveCodebookCompressor:
 
     # -- the stream ----------------------------------------------------------------------------------------------
 
-    def _start(self) -> "_Receiver":
-        receiver = _Receiver(self.max_codewords, self.mean_.size, self.codeword_scales_)
+    def _start(self) -> "ReceiverState":
+        receiver = ReceiverState(self.max_codewords, self.mean_.size, self.codeword_scales_)
         for slot, quantised in enumerate(self.prior_codewords_):
             receiver.set(slot, self._codeword(quantised))
             receiver.usage[slot] += self.prior_counts_[slot]
@@ -186,7 +188,7 @@ class AdaptiveCodebookCompressor:
     def _models(self):
         import constriction
 
-        laplace = constriction.stream.model.QuantizedLaplace(-_MAX_COEFFICIENT, _MAX_COEFFICIENT)
+        laplace = constriction.stream.model.QuantizedLaplace(-MAX_COEFFICIENT, MAX_COEFFICIENT)
         tables = [constriction.stream.model.Categorical(p, perfect=False) for p in self.coder_.probabilities_]
         slots = constriction.stream.model.Categorical(np.ones(self.max_codewords), perfect=False)
         return laplace, tables, slots
@@ -197,14 +199,14 @@ class AdaptiveCodebookCompressor:
         import constriction
 
         flat = self._check_input(waveforms)
-        receiver, implant = self._start(), _Implant(self)
-        roughness = _roughness(waveforms) * self.noise_calibration_
+        receiver, implant = self._start(), ImplantState(self)
+        noise_levels = roughness(waveforms) * self.noise_calibration_
         laplace, tables, slots = self._models()
         encoder = constriction.stream.queue.RangeEncoder()
         zeros = np.zeros(self.mean_.size)
         for i, x in enumerate(flat):
             # the encoder's noise level: the median of the last 256 spikes' (the fitted one for the first 32)
-            implant.noise_level = self.noise_level_ if i < 32 else float(np.median(roughness[max(0, i - 256) : i]))
+            implant.noise_level = self.noise_level_ if i < 32 else float(np.median(noise_levels[max(0, i - 256) : i]))
             slot, error = receiver.nearest(x)
             if not self._matches(x, error, implant.noise_level):
                 symbols = np.clip(
@@ -307,140 +309,18 @@ class AdaptiveCodebookCompressor:
         compressor.coder_ = StaticEntropyCoder.from_state_dict(state["coder"])
         return compressor
 
+    def save(self, file_path) -> Path:
+        """Write the fitted compressor to ``file_path`` (a torch file); returns the path."""
+        import torch
 
-class _Receiver:
-    """What both ends hold: the codebook slots, their use counts (the symbol model) and the update-flag counts."""
+        torch.save(self.state(), Path(file_path))
+        return Path(file_path)
 
-    def __init__(self, num_slots: int, dimension: int, codeword_scales: np.ndarray):
-        self.fallback = num_slots
-        self.codeword_scales = codeword_scales
-        # resends code the change of a codeword; their Laplace scales follow the changes sent so far
-        self.change_sum, self.changes = 0.25 * codeword_scales, 1.0
-        self.kinds = np.array([1.0, 1.0])
-        self.codebook = np.zeros((num_slots, dimension))
-        self.active = np.zeros(num_slots, dtype=bool)
-        self.usage = np.full(num_slots + 1, 0.01)  # inactive slots keep a tiny probability
-        self.usage[num_slots] = 1.0
-        self.flags = np.array([1.0, 0.5])
+    @classmethod
+    def load(cls, file_path) -> "AdaptiveCodebookCompressor":
+        """Read a compressor written by :meth:`save`."""
+        import torch
 
-    def set(self, slot: int, codeword: np.ndarray) -> None:
-        if not self.active[slot]:
-            self.usage[slot] = 1.0
-        self.codebook[slot], self.active[slot] = codeword, True
-
-    def nearest(self, x: np.ndarray) -> tuple[int, float]:
-        """The active slot that restores ``x`` best, and its squared error."""
-        if not self.active.any():
-            return -1, np.inf
-        errors = np.where(self.active, ((self.codebook - x) ** 2).sum(axis=1), np.inf)
-        slot = int(errors.argmin())
-        return slot, float(errors[slot])
-
-    def update(self, slot: int, quantised: np.ndarray, resend: bool, compressor) -> None:
-        """Apply a sent codeword (``resend``: a change of the slot's codeword) and learn from it."""
-        base = self.codebook[slot] if resend else None
-        self.set(slot, compressor._codeword(quantised, base))
-        self.kinds[int(resend)] += 1.0
-        if resend:
-            self.change_sum = self.change_sum + np.abs(quantised)
-            self.changes += 1.0
-
-    def scales(self, resend: bool) -> np.ndarray:
-        return np.maximum(self.change_sum / self.changes, 0.5) if resend else self.codeword_scales
-
-    def kind_model(self):
-        import constriction
-
-        return constriction.stream.model.Categorical(self.kinds / self.kinds.sum(), perfect=False)
-
-    def count(self, symbol: int) -> None:
-        self.usage[symbol] += 1.0
-
-    def flag(self, update: bool) -> None:
-        self.flags[int(update)] += 1.0
-
-    def symbol_model(self):
-        import constriction
-
-        return constriction.stream.model.Categorical(self.usage / self.usage.sum(), perfect=False)
-
-    def flag_model(self):
-        import constriction
-
-        return constriction.stream.model.Categorical(self.flags / self.flags.sum(), perfect=False)
-
-
-class _Implant:
-    """The encoder's own state: clusters of the raw spikes (running means) and which slot each was sent to."""
-
-    def __init__(self, compressor: AdaptiveCodebookCompressor):
-        self.compressor = compressor
-        self.means = [mean.copy() for mean in compressor.prior_means_]
-        self.counts = [min(int(n), compressor.window) for n in compressor.prior_counts_]
-        self.slots = list(range(compressor.codebook_size))
-        self.sent = list(self.counts)
-        self.seen = [0] * len(self.means)
-        self.time = 0
-        self.noise_level = compressor.noise_level_
-
-    def see(self, x: np.ndarray, receiver: _Receiver):
-        """Add spike ``x`` to its cluster; return ``(slot, quantised codeword)`` when that cluster must be sent."""
-        c = self.compressor
-        self.time += 1
-        means = np.asarray(self.means)
-        errors = ((means - x) ** 2).sum(axis=1)
-        k = int(errors.argmin())
-        if c._matches(x, errors[k], self.noise_level):
-            self.counts[k] += 1
-            self.means[k] += (x - self.means[k]) / min(self.counts[k], c.window)
-        else:
-            self._forget()
-            self.means.append(x.copy())
-            self.counts.append(1)
-            self.slots.append(-1)
-            self.sent.append(0)
-            self.seen.append(0)
-            k = len(self.means) - 1
-        self.seen[k] = self.time
-        slot = self.slots[k]
-        if slot < 0:
-            if self.counts[k] < c.min_spikes:
-                return None
-            slot = self._free_slot(receiver)
-        else:
-            grown = self.counts[k] >= 2 * self.sent[k] and self.sent[k] < c.window
-            sent = receiver.codebook[slot]
-            moved = 10 * np.log10(
-                max((self.means[k] ** 2).sum(), 1e-30) / max(((self.means[k] - sent) ** 2).sum(), 1e-30)
-            ) < c.resend_db
-            if not (grown or moved):
-                return None
-        resend = self.slots[k] == slot
-        self.slots[k], self.sent[k] = slot, self.counts[k]
-        if resend:
-            change = (self.means[k] - receiver.codebook[slot]) @ c.basis_.T / c.codeword_step_
-            return slot, np.clip(np.rint(change), -_MAX_COEFFICIENT, _MAX_COEFFICIENT).astype(np.int64), True
-        return slot, c._quantise_codeword(self.means[k][None])[0], False
-
-    def _free_slot(self, receiver: _Receiver) -> int:
-        free = np.flatnonzero(~receiver.active)
-        slot = int(free[0]) if free.size else int(receiver.usage[:-1].argmin())
-        for k, owner in enumerate(self.slots):
-            if owner == slot:
-                self.slots[k], self.sent[k] = -1, 0
-        return slot
-
-    def _forget(self) -> None:
-        # at most 4 unsent clusters per slot: the one seen longest ago goes
-        unsent = [k for k, slot in enumerate(self.slots) if slot < 0]
-        if len(unsent) >= 4 * self.compressor.max_codewords:
-            k = min(unsent, key=lambda k: self.seen[k])
-            for values in (self.means, self.counts, self.slots, self.sent, self.seen):
-                del values[k]
-
-
-def _roughness(waveforms) -> np.ndarray:
-    """Per spike, a robust scale of its second differences over time (all channels): noise dominates them, so
-    that, calibrated once, it follows the noise level."""
-    second = np.diff(np.asarray(waveforms, dtype=np.float64), n=2, axis=1)
-    return np.median(np.abs(second.reshape(len(second), -1)), axis=1) / 0.6745
+        if not Path(file_path).is_file():
+            raise ValueError(f"no {cls.__name__} file at {file_path}")
+        return cls.from_state(torch.load(Path(file_path), map_location="cpu", weights_only=False))
