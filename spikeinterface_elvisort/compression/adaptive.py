@@ -22,7 +22,7 @@ import numpy as np
 
 from .codebook_state import MAX_COEFFICIENT, ImplantState, ReceiverState, roughness
 from .entropy_coding import StaticEntropyCoder
-from .inputs import check_waveforms, constructor_params
+from .inputs import check_like_fit, check_waveforms, constructor_params
 
 FORMAT_VERSION = 1
 
@@ -264,12 +264,7 @@ class AdaptiveCodebookCompressor:
 
     def _check_input(self, waveforms) -> np.ndarray:
         self._check_fitted()
-        waveforms = check_waveforms(waveforms)
-        if waveforms.shape[1:] != (self.num_samples_, self.num_channels_):
-            raise ValueError(
-                f"waveforms must be (num_spikes, {self.num_samples_}, {self.num_channels_}) as in fit, "
-                f"got {waveforms.shape}"
-            )
+        waveforms = check_like_fit(waveforms, self.num_samples_, self.num_channels_)
         return waveforms.reshape(len(waveforms), -1).astype(np.float64)
 
     # -- persistence ---------------------------------------------------------------------------------------------

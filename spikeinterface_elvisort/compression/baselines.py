@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .inputs import check_waveforms
+from .inputs import check_like_fit, check_waveforms
 from .entropy_coding import StaticEntropyCoder
 
 
@@ -73,12 +73,7 @@ class TransformCompressor:
     def encode(self, waveforms) -> np.ndarray:
         """Coefficients (seed version, float64) or quantiser symbols (strong version, int64), (num_spikes, P)."""
         self._check_fitted()
-        waveforms = check_waveforms(waveforms)
-        if waveforms.shape[1:] != (self.num_samples_, self.num_channels_):
-            raise ValueError(
-                f"waveforms must be (num_spikes, {self.num_samples_}, {self.num_channels_}) as in fit, "
-                f"got {waveforms.shape}"
-            )
+        waveforms = check_like_fit(waveforms, self.num_samples_, self.num_channels_)
         coefficients = self._forward(waveforms)
         return coefficients if self.n_levels is None else self._quantise(coefficients)
 
@@ -293,12 +288,7 @@ class KMeansCompressor:
         """Codeword index of each stage, (num_spikes, num_stages) int64."""
         if not hasattr(self, "codebooks_"):
             raise ValueError("this KMeansCompressor is not fitted yet: call fit(waveforms) first")
-        waveforms = check_waveforms(waveforms)
-        if waveforms.shape[1:] != (self.num_samples_, self.num_channels_):
-            raise ValueError(
-                f"waveforms must be (num_spikes, {self.num_samples_}, {self.num_channels_}) as in fit, "
-                f"got {waveforms.shape}"
-            )
+        waveforms = check_like_fit(waveforms, self.num_samples_, self.num_channels_)
         left = waveforms.reshape(len(waveforms), -1).astype(np.float64)
         codes = []
         for codebook in self.codebooks_:

@@ -28,6 +28,17 @@ def check_waveforms(waveforms, name: str = "waveforms", channels_per_group: int 
     return array
 
 
+def check_like_fit(waveforms, num_samples: int, num_channels: int) -> np.ndarray:
+    """:func:`check_waveforms`, and the spikes must have the shape the codec was fitted on."""
+    array = check_waveforms(waveforms)
+    if array.shape[1:] != (num_samples, num_channels):
+        raise ValueError(
+            f"waveforms must be (num_spikes, {num_samples}, {num_channels}) as in fit, got {array.shape}: cut the "
+            "spikes with the same window and channels"
+        )
+    return array
+
+
 def constructor_params(estimator) -> dict:
     """The estimator's constructor arguments and their current values (scikit-learn's ``get_params``)."""
     import inspect
