@@ -50,6 +50,8 @@ CROSS = {
     "dev_rec4_drift_12c_noise10": "dev_rec1_static_10c_noise10",
 }
 BASELINES = ("pca (strong)", "dct (strong)", "dwt (strong)", "k-means")
+LEVELS = (4, 8, 12, 16, 24, 32, 48, 64)  # quantiser levels of the strong transform baselines
+KMEANS_SIZES = ((4,), (8,), (16,), (32,), (64,), (128,), (256,), (16, 16), (64, 64), (128, 128, 128))
 
 
 def load_spikes(folder: Path, name: str, num_channels: int, ms_before: float, ms_after: float):
@@ -101,7 +103,7 @@ class Test:
         return row
 
 
-def baseline_rows(train, test: Test):
+def baseline_rows(train, test: Test, levels=LEVELS, kmeans_sizes=KMEANS_SIZES):
     from spikeinterface_elvisort.compression import DCTCompressor, DWTCompressor, KMeansCompressor, PCACompressor
 
     rows = []
@@ -119,20 +121,20 @@ def baseline_rows(train, test: Test):
             row["ratio"] = compressor.seed_ratio()
             rows.append(row)
         for m in strong_grid[name]:
-            for levels in (4, 8, 12, 16, 24, 32, 48, 64):
+            for level in levels:
                 for shared in (True, False):
-                    compressor = cls(m, n_levels=levels, shared_step=shared).fit(train)
+                    compressor = cls(m, n_levels=level, shared_step=shared).fit(train)
                     codes = compressor.encode(test.noisy)
                     rows.append(
                         test.row(
                             f"{name} (strong)",
-                            f"m={m} levels={levels} {'shared' if shared else 'per'}",
+                            f"m={m} levels={level} {'shared' if shared else 'per'}",
                             compressor.decode(codes),
                             compressor.coder_.cross_entropy_bits(codes) / len(codes),
                             compressor.coded_bytes(codes),
                         )
                     )
-    for sizes in ((4,), (8,), (16,), (32,), (64,), (128,), (256,), (16, 16), (64, 64), (128, 128, 128)):
+    for sizes in kmeans_sizes:
         compressor = KMeansCompressor(sizes).fit(train)
         codes = compressor.encode(test.noisy)
         rows.append(

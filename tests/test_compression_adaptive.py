@@ -117,3 +117,35 @@ def test_a_sorting_analyzer_compresses_with_the_adaptive_codec_by_default(tmp_pa
     units = sorting.to_spike_vector()["unit_index"]
     means = np.stack([waveforms[units == u].mean(axis=0) for u in range(3)])[units]
     assert sndr(means, restored["waveforms"]).mean() > sndr(means, waveforms).mean()
+
+
+def test_bench_compression_scores_against_the_twin_and_finds_the_best_baseline(fit_spikes):
+    """benchmarks/bench_compression.py's scoring on generated spikes: the recorded spike's distance to the truth,
+    the rows of every family, and the best baseline at a level (seed versions and other families never count)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_compression.py"
+    spec = importlib.util.spec_from_file_location("bench_compression", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    noisy, labels, truth = other_neurons(400)
+    test = bench.Test(noisy, truth, bench.unit_means(noisy, labels), labels)
+    recorded = test.row("input", "recorded spike", noisy, test=test)
+    assert recorded["sndr_twin_db"] == pytest.approx(float(sndr(truth, noisy).mean()))
+    rows = [recorded] + bench.baseline_rows(fit_spikes[0], test, levels=(8, 32), kmeans_sizes=((16,), (64, 64)))
+    rows += bench.adaptive_rows(fit_spikes[0], test, ["codebook_size=4,max_codewords=16,n_components=8"])
+    families = {row["family"] for row in rows}
+    assert {"pca (strong)", "dct (seed)", "k-means", "adaptive codebook"} <= families
+    best = bench.best_baseline(rows, recorded["sndr_twin_db"])
+    assert best["family"] in bench.BASELINES and best["sndr_twin_db"] >= recorded["sndr_twin_db"]
+    assert all(
+        r["ratio"] <= best["ratio"]
+        for r in rows
+        if r["family"] in bench.BASELINES and r["sndr_twin_db"] >= recorded["sndr_twin_db"]
+    )
+    summary = bench.summarise(rows, "generated", "cross", labels)
+    adaptive = next(s for s in summary if s["method"].startswith("adaptive"))
+    # on neurons it was not fitted to, the adaptive codec is closer to the truth than the recorded spike
+    assert adaptive["closer_than_recorded"] and 0 <= adaptive["pca_kmeans_after"] <= 1

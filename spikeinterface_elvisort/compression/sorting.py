@@ -62,7 +62,10 @@ def cluster_spikes(
         from ..clustering import gmm_bic
 
         features = PCA(n_components=6, random_state=seed).fit_transform(flat)
-        return gmm_bic(features, max_components=n_clusters or 8, min_cluster_size=20, seed=seed).astype(np.int64)
+        # restored spikes may take few distinct values (a codebook's): no more components than those
+        distinct = len(np.unique(np.round(features, 6), axis=0))
+        max_components = max(1, min(n_clusters or 8, distinct))
+        return gmm_bic(features, max_components=max_components, min_cluster_size=20, seed=seed).astype(np.int64)
     raise ValueError(f"method={method!r} is not valid; choose 'pca_kmeans' or 'gmm_bic'")
 
 
