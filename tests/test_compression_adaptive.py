@@ -90,6 +90,9 @@ def test_adaptive_codebook_errors(fit_spikes):
     with pytest.raises(ValueError, match="fallback_step"):
         AdaptiveCodebookCompressor(fallback_step=0).fit(waveforms)
     compressor = AdaptiveCodebookCompressor(codebook_size=4, n_components=8).fit(waveforms)
+    assert compressor.compress(waveforms[:0]) == b"" and compressor.decompress(b"", 0).shape == (0, 24, 4)
+    with pytest.raises(ValueError, match="distinct spikes"):
+        AdaptiveCodebookCompressor(codebook_size=2, n_components=4).fit(np.ones((40, 24, 4)))
     with pytest.raises(ValueError, match="as in fit"):
         compressor.compress(waveforms[:, :12])
     with pytest.raises(ValueError, match="unsupported"):

@@ -132,10 +132,15 @@ class AdaptiveCodebookCompressor:
         waveforms = check_waveforms(waveforms)
         flat = waveforms.reshape(len(waveforms), -1).astype(np.float64)
         self._check_params(*flat.shape)
+        if len(np.unique(flat, axis=0)) < self.codebook_size:
+            raise ValueError(
+                f"fit needs at least codebook_size={self.codebook_size} distinct spikes: lower codebook_size or "
+                "fit on more spikes"
+            )
         kmeans = KMeans(self.codebook_size, n_init=1, random_state=self.random_state).fit(flat)
         labels = kmeans.labels_
         self.noise_level_ = float(np.median(np.abs(flat - kmeans.cluster_centers_[labels])) / 0.6745) or 1.0
-        self.noise_calibration_ = self.noise_level_ / float(np.median(roughness(waveforms)))
+        self.noise_calibration_ = self.noise_level_ / max(float(np.median(roughness(waveforms))), 1e-12)
         self.mean_ = flat.mean(axis=0)
         _, _, vt = np.linalg.svd(flat - self.mean_, full_matrices=True)
         # (D, D) orthonormal: the codewords' coefficients; float32 values, so that a saved codec is the same codec
@@ -199,6 +204,8 @@ class AdaptiveCodebookCompressor:
         import constriction
 
         flat = self._check_input(waveforms)
+        if len(flat) == 0:
+            return b""
         receiver, implant = self._start(), ImplantState(self)
         noise_levels = roughness(waveforms) * self.noise_calibration_
         laplace, tables, slots = self._models()
@@ -265,7 +272,7 @@ class AdaptiveCodebookCompressor:
     def _check_input(self, waveforms) -> np.ndarray:
         self._check_fitted()
         waveforms = check_like_fit(waveforms, self.num_samples_, self.num_channels_)
-        return waveforms.reshape(len(waveforms), -1).astype(np.float64)
+        return waveforms.reshape(len(waveforms), self.num_samples_ * self.num_channels_).astype(np.float64)
 
     # -- persistence ---------------------------------------------------------------------------------------------
 
