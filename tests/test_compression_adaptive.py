@@ -116,6 +116,13 @@ def test_a_sorting_analyzer_compresses_with_the_adaptive_codec_by_default(tmp_pa
     waveforms, _, channels = extract_spike_waveforms(recording, sorting, num_channels=4)
     np.testing.assert_array_equal(restored["waveforms"], compressor.reconstruct(waveforms))
     np.testing.assert_array_equal(restored["channel_indices"], channels)
+    compress_sorting_analyzer(analyzer, tmp_path / "bare.npz", compressor, include_compressor=False)
+    bare = load_compressed(tmp_path / "bare.npz", compressor)
+    np.testing.assert_array_equal(bare["waveforms"], restored["waveforms"])
+    with pytest.raises(ValueError, match="AdaptiveCodebookCompressor.load"):
+        load_compressed(tmp_path / "bare.npz")
+    with pytest.raises(ValueError, match="written by AdaptiveCodebookCompressor"):
+        load_compressed(tmp_path / "bare.npz", KMeansCompressor((2,)))
     # the restored spikes keep the units: each is closer to its own unit's mean than the recorded spikes are
     units = sorting.to_spike_vector()["unit_index"]
     means = np.stack([waveforms[units == u].mean(axis=0) for u in range(3)])[units]

@@ -213,14 +213,20 @@ def load_compressed(file_path, compressor=None) -> dict:
     if compressor is None:
         if "compressor" not in arrays:
             raise ValueError(
-                f"{file_path.name} was written without its compressor: pass compressor=SpikeCompressor.load(...)"
+                f"{file_path.name} was written without its compressor: pass the one that wrote it, "
+                f"compressor={meta.get('codec', 'SpikeCompressor')}.load(...)"
             )
         state = torch.load(io.BytesIO(arrays["compressor"].tobytes()), map_location="cpu", weights_only=False)
         # files written before the codec was recorded hold a SpikeCompressor
-        codec = meta.get("codec", "SpikeCompressor")
         compressor = {"SpikeCompressor": SpikeCompressor, "AdaptiveCodebookCompressor": AdaptiveCodebookCompressor}[
-            codec
+            meta.get("codec", "SpikeCompressor")
         ].from_state(state)
+    codec = meta.get("codec", "SpikeCompressor")
+    if type(compressor).__name__ != codec:
+        raise ValueError(
+            f"{file_path.name} was written by {codec}, not by {type(compressor).__name__}: pass the {codec} that "
+            "wrote it"
+        )
     payload = arrays["payload"].tobytes()
     if isinstance(compressor, SpikeCompressor):
         waveforms = compressor.decompress(payload, meta["num_spikes"], meta["num_groups"])
