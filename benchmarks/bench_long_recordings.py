@@ -156,8 +156,9 @@ def main():
             print(f"{minutes:g} min scores: {result['scores']}", flush=True)
         results.append(result)
         print(f"{minutes:g} min: wall {result['wall_s']:.0f} s, peak RSS {result['maxrss_self_mib']:.0f} MiB "
-              f"(process tree {result['peak_tree_rss_mib']:.0f} MiB), {result['num_units']} units found of {result['generated_units']}; stages "
-              f"{result['stages_s']}; peak RSS after each stage (MiB) {result['stages_peak_rss_mib']}", flush=True)
+              f"(process tree {result['peak_tree_rss_mib']:.0f} MiB), {result['num_units']} units found of "
+              f"{result['generated_units']}; stages {result['stages_s']}; peak RSS after each stage (MiB) "
+              f"{result['stages_peak_rss_mib']}", flush=True)
     if len(results) > 1:
         first, last = results[0], results[-1]
         print(f"ratio {last['minutes'] / first['minutes']:.1f}x duration: peak RSS x"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .codebook_state import MAX_COEFFICIENT, ImplantState, ReceiverState, roughness
+from .codebook_state import MAX_COEFFICIENT, ImplantState, ReceiverState, energy_db, roughness
 from .entropy_coding import StaticEntropyCoder
 from .inputs import check_like_fit, check_waveforms, constructor_params
 
@@ -167,10 +167,11 @@ class AdaptiveCodebookCompressor:
         """Whether a codeword (or cluster mean) that leaves ``error`` (squared) of spike ``x`` stands for it."""
         if error <= self.match_noise * noise_level**2 * x.size:
             return True
-        return bool(10 * np.log10(max((x**2).sum(), 1e-30) / max(error, 1e-30)) >= self.match_db)
+        return bool(energy_db(x, error) >= self.match_db)
 
-    def _quantise_codeword(self, vectors: np.ndarray) -> np.ndarray:
-        coefficients = (vectors - self.mean_) @ self.basis_.T
+    def _quantise_codeword(self, vectors: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+        # the inverse of _codeword: coefficients of a codeword, or (a resend) of its change from ``base``
+        coefficients = (vectors - (self.mean_ if base is None else base)) @ self.basis_.T
         quantised = np.rint(coefficients / self.codeword_step_)
         return np.clip(quantised, -MAX_COEFFICIENT, MAX_COEFFICIENT).astype(np.int64)
 

@@ -84,7 +84,8 @@ class ImplantState:
         self.noise_level = compressor.noise_level_
 
     def see(self, x: np.ndarray, receiver: ReceiverState):
-        """Add spike ``x`` to its cluster; return ``(slot, quantised codeword)`` when that cluster must be sent."""
+        """Add spike ``x`` to its cluster; return ``(slot, quantised codeword, resend)`` when that cluster must be
+        sent (a resend: the change of the slot's codeword)."""
         c = self.compressor
         self.time += 1
         means = np.asarray(self.means)
@@ -109,18 +110,13 @@ class ImplantState:
             slot = self._free_slot(receiver)
         else:
             grown = self.counts[k] >= 2 * self.sent[k] and self.sent[k] < c.window
-            sent = receiver.codebook[slot]
-            moved = 10 * np.log10(
-                max((self.means[k] ** 2).sum(), 1e-30) / max(((self.means[k] - sent) ** 2).sum(), 1e-30)
-            ) < c.resend_db
+            moved = energy_db(self.means[k], ((self.means[k] - receiver.codebook[slot]) ** 2).sum()) < c.resend_db
             if not (grown or moved):
                 return None
         resend = self.slots[k] == slot
         self.slots[k], self.sent[k] = slot, self.counts[k]
-        if resend:
-            change = (self.means[k] - receiver.codebook[slot]) @ c.basis_.T / c.codeword_step_
-            return slot, np.clip(np.rint(change), -MAX_COEFFICIENT, MAX_COEFFICIENT).astype(np.int64), True
-        return slot, c._quantise_codeword(self.means[k][None])[0], False
+        base = receiver.codebook[slot] if resend else None
+        return slot, c._quantise_codeword(self.means[k], base), resend
 
     def _free_slot(self, receiver: ReceiverState) -> int:
         free = np.flatnonzero(~receiver.active)
@@ -137,6 +133,11 @@ class ImplantState:
             k = min(unsent, key=lambda k: self.seen[k])
             for values in (self.means, self.counts, self.slots, self.sent, self.seen):
                 del values[k]
+
+
+def energy_db(x: np.ndarray, error: float) -> float:
+    """SNDR in dB of a restoration of ``x`` that leaves the squared error ``error``."""
+    return float(10 * np.log10(max((x**2).sum(), 1e-30) / max(error, 1e-30)))
 
 
 def roughness(waveforms) -> np.ndarray:
