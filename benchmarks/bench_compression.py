@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -295,21 +293,6 @@ def summarise(rows, name, protocol, units):
     return summaries
 
 
-def versions():
-    import spikeinterface
-    import torch
-
-    import spikeinterface_elvisort
-
-    return {
-        "python": platform.python_version(),
-        "spikeinterface": spikeinterface.__version__,
-        "torch": torch.__version__,
-        "spikeinterface_elvisort": spikeinterface_elvisort.__version__,
-        "numpy": np.__version__,
-    }
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recordings", nargs="+", default=DEFAULT_RECORDINGS, help="names in --folder, or 'all'")
@@ -331,6 +314,8 @@ def main(argv=None):
 
     import pandas as pd
     import torch
+
+    from spikeinterface_elvisort.benchmarks.runner import report_header
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -372,11 +357,7 @@ def main(argv=None):
     table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("restored", "test")} for r in all_rows])
     table.to_csv(args.out / "results.csv", index=False)
     summary = pd.DataFrame(summaries)
-    header = (
-        f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.node()} ({platform.machine()}, {os.cpu_count()} "
-        f"cores, torch threads {args.threads}, CUDA: {torch.cuda.is_available()}); versions: {versions()}\n"
-        f"command: python {' '.join(sys.argv)}\n"
-    )
+    header = report_header() + f"torch threads {args.threads}, CUDA: {torch.cuda.is_available()}\n"
     markdown = header + "\n## Each method's first setting against the best baseline at its SNDR (twin)\n\n"
     markdown += summary.round(3).to_markdown(index=False) + "\n\n## Envelopes (SNDR against the twin)\n\n"
     for (name, protocol, family), group in table.groupby(["recording", "protocol", "family"]):
