@@ -168,13 +168,27 @@ def adaptive_rows(train, test: Test, settings):
     return rows
 
 
+def parse_vq(setting: str):
+    """``"n_features:codebook_size[,name=value...]"`` -> (n_features, codebook_size, other SpikeCompressor
+    arguments), e.g. ``"1:64,residual_stages=2,ema_decay=0.99,codeword_outputs=1"``."""
+    head, *items = setting.split(",")
+    n_features, codebook_size = (int(v) for v in head.split(":"))
+    extra = {}
+    for item in items:
+        key, value = item.split("=")
+        extra[key] = None if value == "none" else float(value) if "." in value else int(value)
+    if "codeword_outputs" in extra:
+        extra["codeword_outputs"] = bool(extra["codeword_outputs"])
+    return n_features, codebook_size, extra
+
+
 def autoencoder_rows(train, test: Test, settings, epochs, seed, verbose):
     from spikeinterface_elvisort.compression import SpikeCompressor
 
     rows = []
     for setting in settings:
-        n_features, codebook_size = (int(v) for v in setting.split(":"))
-        kwargs = dict(n_features=n_features, codebook_size=codebook_size, random_state=seed, verbose=verbose)
+        n_features, codebook_size, extra = parse_vq(setting)
+        kwargs = dict(n_features=n_features, codebook_size=codebook_size, random_state=seed, verbose=verbose, **extra)
         if epochs is not None:
             kwargs.update(epochs=epochs, warmup_epochs=min(2, epochs - 1))
         start = time.perf_counter()
@@ -186,9 +200,9 @@ def autoencoder_rows(train, test: Test, settings, epochs, seed, verbose):
         rows.append(
             test.row(
                 "autoencoder",
-                f"n_features={n_features} K={codebook_size}",
+                f"n_features={n_features} K={codebook_size}" + "".join(f" {k}={v}" for k, v in extra.items()),
                 restored,
-                compressor.coder_.cross_entropy_bits(codes.reshape(-1, n_features)) / len(codes),
+                compressor.coder_.cross_entropy_bits(codes.reshape(-1, codes.shape[-1])) / len(codes),
                 len(compressor.compress(test.noisy)),
                 fit_s=fit_s,
                 encoder_parameters=size["parameters"],
@@ -298,7 +312,8 @@ def main(argv=None):
     parser.add_argument("--recordings", nargs="+", default=DEFAULT_RECORDINGS, help="names in --folder, or 'all'")
     parser.add_argument("--folder", type=Path, default=MEAREC_FOLDER)
     parser.add_argument("--protocols", nargs="+", default=["half", "cross"], choices=["half", "cross"])
-    parser.add_argument("--vq", nargs="*", default=["2:64"], help="autoencoder settings n_features:codebook_size")
+    parser.add_argument("--vq", nargs="*", default=["2:64"],
+                        help="autoencoder settings n_features:codebook_size[,name=value...] (SpikeCompressor arguments)")
     parser.add_argument(
         "--adaptive", nargs="*", default=[""], help="adaptive codebook settings, e.g. '' (default) 'match_db=3.0'"
     )

@@ -15,6 +15,7 @@ from spikeinterface_elvisort.compression import (  # noqa: E402
     DCTCompressor,
     DWTCompressor,
     PCACompressor,
+    ResidualVectorQuantiser,
     SpikeCompressor,
     StaticEntropyCoder,
     VectorQuantiser,
@@ -217,6 +218,90 @@ def test_quantiser_straight_through_and_restarts():
     assert quantiser.restart_dead(torch.randn(10, 3)) == 4  # usage was reset by initialise
 
 
+def test_ema_codebook_follows_the_mean_of_its_vectors():
+    quantiser = VectorQuantiser(codebook_size=2, dim=2, ema_decay=0.5).train()
+    assert not quantiser.codebook.requires_grad
+    with torch.no_grad():
+        quantiser.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]]))
+    quantiser._reset_ema()
+    latents = torch.tensor([[[1.0, 1.0], [3.0, 1.0], [9.0, 9.0]]])
+    for _ in range(30):
+        _, indices, losses = quantiser(latents)
+    assert indices.tolist() == [[0, 0, 1]] and set(losses) == {"commitment"}
+    # each codeword converges to the mean of the vectors that choose it
+    np.testing.assert_allclose(quantiser.codebook.numpy(), [[2.0, 1.0], [9.0, 9.0]], atol=1e-3)
+    with pytest.raises(ValueError, match="ema_decay"):
+        VectorQuantiser(4, 2, ema_decay=1.5)
+
+
+def test_residual_quantiser_codes_what_the_first_stage_leaves():
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(500, 6, generator=generator)
+    one, two = ResidualVectorQuantiser(16, 6, stages=1), ResidualVectorQuantiser(16, 6, stages=2)
+    one.initialise_kmeans(latents, seed=0)
+    two.initialise_kmeans(latents, seed=0)
+    torch.testing.assert_close(one.stages[0].codebook, two.stages[0].codebook)  # the same first stage
+    indices = two.nearest(latents)
+    assert indices.shape == (500, 2)
+    error_one = (latents - one.lookup(one.nearest(latents))).pow(2).sum(1).mean()
+    error_two = (latents - two.lookup(indices)).pow(2).sum(1).mean()
+    assert error_two < 0.8 * error_one
+    quantised, forward_indices, losses = two.train()(latents[None])
+    assert torch.equal(forward_indices[0], indices) and set(losses) == {"codebook", "commitment"}
+    torch.testing.assert_close(quantised[0], two.lookup(indices))
+
+
+def test_codeword_outputs_restore_each_codeword_as_the_mean_of_its_spikes(spikes, single_thread_torch):
+    """With one index per spike, the decoder's per-codeword waveforms make it k-means' centroid step exactly."""
+    waveforms, _, clean = spikes
+    train = waveforms[:400]
+    kwargs = dict(n_features=1, codebook_size=8, epochs=4, warmup_epochs=1, decoder_epochs=2, device="cpu",
+                  random_state=0, **SMALL)
+    compressor = SpikeCompressor(codeword_outputs=True, **kwargs).fit(train)
+    codes = compressor.encode(train)[:, 0, 0]
+    used = np.unique(codes)
+    restored = compressor.decode(used[:, None, None])
+    for k, waveform in zip(used, restored):
+        np.testing.assert_allclose(waveform, train[codes == k].mean(axis=0), atol=1e-4)
+    plain = SpikeCompressor(**kwargs).fit(train)
+    test, test_clean = waveforms[400:], clean[400:]
+    assert sndr(test_clean, compressor.reconstruct(test)).mean() > sndr(test_clean, plain.reconstruct(test)).mean()
+
+
+def test_residual_stages_and_ema_in_the_compressor(spikes, single_thread_torch, tmp_path):
+    waveforms, _, clean = spikes
+    train, test, test_clean = waveforms[:400], waveforms[400:], clean[400:]
+    # 3 units, 2 codewords: one stage cannot tell them apart, two stages (4 combinations) can
+    kwargs = dict(n_features=1, codebook_size=2, epochs=6, warmup_epochs=2, decoder_epochs=3, device="cpu",
+                  random_state=0, codeword_outputs=True, **SMALL)
+    one = SpikeCompressor(**kwargs).fit(train)
+    two = SpikeCompressor(residual_stages=2, ema_decay=0.99, **kwargs).fit(train)
+    codes = two.encode(test)
+    assert codes.shape == (200, 1, 2) and two.codes_per_group == 2
+    assert sndr(test_clean, two.decode(codes)).mean() > sndr(test_clean, one.reconstruct(test)).mean()
+    assert sndr(test_clean, two.decode(codes)).mean() > 15.0
+    loaded = SpikeCompressor.load(two.save(tmp_path / "two.pt"))
+    assert loaded.compress(test) == two.compress(test)
+    np.testing.assert_array_equal(loaded.decompress(two.compress(test), len(test)), two.reconstruct(test))
+    with pytest.raises(ValueError, match="residual_stages"):
+        SpikeCompressor(residual_stages=0).fit(train)
+    with pytest.raises(ValueError, match="ema_decay"):
+        SpikeCompressor(ema_decay=1.0).fit(train)
+
+
+def test_a_file_of_the_first_format_still_loads(spikes, fitted):
+    """Files written before residual stages existed (format 1: one quantiser, no such settings) load unchanged."""
+    state = fitted.state()
+    legacy = dict(state, format_version=1)
+    legacy["state_dict"] = {key.replace("quantiser.stages.0.", "quantiser."): value
+                            for key, value in state["state_dict"].items()}
+    for field in ("residual_stages", "ema_decay", "codeword_outputs"):
+        del legacy["params"][field], legacy["config"][field]
+    loaded = SpikeCompressor.from_state(legacy)
+    test = spikes[0][400:]
+    assert loaded.compress(test) == fitted.compress(test)
+
+
 def test_compressor_reconstructs_held_out_spikes(spikes, fitted):
     waveforms, _, clean = spikes
     test, test_clean = waveforms[400:], clean[400:]
@@ -287,7 +372,7 @@ def test_kmeans_refresh_resets_the_codebook(spikes, single_thread_torch):
     )
     plain = SpikeCompressor(**kwargs).fit(train)
     refreshed = SpikeCompressor(kmeans_refresh_every=1, **kwargs).fit(train)
-    assert not torch.equal(plain.model_.quantiser.codebook, refreshed.model_.quantiser.codebook)
+    assert not torch.equal(plain.model_.quantiser.stages[0].codebook, refreshed.model_.quantiser.stages[0].codebook)
     assert sndr(train, refreshed.reconstruct(train)).mean() > 8.0  # the decoder epochs adapt to the new codebook
     with pytest.raises(ValueError, match="kmeans_refresh_every"):
         SpikeCompressor(kmeans_refresh_every=-1).fit(train)

@@ -4,7 +4,7 @@ The on-implant part (encoder and quantiser) turns a spike into a few codeword in
 those into bytes, the decoder restores the waveform. Modules, one concept each:
 
 * ``model``: the ResNeXt encoder and transposed-convolution decoder (``CompressiveAutoencoder``)
-* ``quantiser``: the vector quantiser (``VectorQuantiser``)
+* ``quantiser``: the vector quantiser (``VectorQuantiser``) and its residual chain (``ResidualVectorQuantiser``)
 * ``compressor``: ``SpikeCompressor``, the scikit-learn style front (fit, encode, decode, save, load)
 * ``training``: the joint epochs (warm-up, k-means codebook start, restarts) and the decoder-only epochs
 * ``entropy_coding``: ``StaticEntropyCoder``, a range coder with tables learned on training data
@@ -22,7 +22,7 @@ from .compressor import SpikeCompressor
 from .entropy_coding import StaticEntropyCoder
 from .metrics import code_entropy, compression_ratio, count_macs, count_parameters, entropy_bits, sndr
 from .model import CompressiveAutoencoder, CompressorConfig
-from .quantiser import VectorQuantiser
+from .quantiser import ResidualVectorQuantiser, VectorQuantiser
 from .sorting import cluster_spikes, matched_accuracy, sorting_change
 from .spikeinterface_io import (
     compress_peaks,
@@ -39,6 +39,7 @@ __all__ = [
     "CompressiveAutoencoder",
     "CompressorConfig",
     "VectorQuantiser",
+    "ResidualVectorQuantiser",
     "StaticEntropyCoder",
     "PCACompressor",
     "DCTCompressor",

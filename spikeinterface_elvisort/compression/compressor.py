@@ -11,11 +11,13 @@ import numpy as np
 from .entropy_coding import StaticEntropyCoder
 from .inputs import check_waveforms, constructor_params
 from .model import CompressiveAutoencoder, CompressorConfig
-from .training import finetune_decoder, train_autoencoder
+from .training import finetune_decoder, fit_codeword_outputs, train_autoencoder
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# what a format-1 file (written before these settings existed) was fitted with
+LEGACY_SETTINGS = {"residual_stages": 1, "ema_decay": None, "codeword_outputs": False}
 
 
 class SpikeCompressor:
@@ -33,7 +35,19 @@ class SpikeCompressor:
         Feature maps after the encoder, i.e. codeword indices per group (the seed's N_feat). Fewer means a higher
         compression ratio and a lower SNDR.
     codebook_size : int, default: 64
-        Codewords K of the vector quantiser.
+        Codewords K of the vector quantiser (of each stage).
+    residual_stages : int, default: 1
+        Quantisers per feature map, each coding what the ones before it left (residual codes): a group costs
+        ``n_features * residual_stages`` indices. More stages: a higher SNDR at more bits.
+    ema_decay : float | None, default: None
+        None: the codebook is trained by gradient with the network. A number in (0, 1) (0.99 is usual): each
+        codeword follows the moving average of the encoder outputs that chose it, with this decay per batch.
+    codeword_outputs : bool, default: False
+        The decoder adds a learned waveform per (index position, codeword), set at the k-means start and at the end
+        of ``fit`` to the mean spike of each codeword (the k-means centroid step): with ``n_features=1`` and one
+        stage the decoder restores every codeword as exactly the mean of the training spikes it codes. Costs
+        ``n_features * residual_stages * codebook_size * num_samples * channels_per_group`` decoder weights (off the
+        implant).
     epochs : int, default: 16
         Training epochs (Adam, cosine learning-rate decay), the warm-up epochs included.
     warmup_epochs : int, default: 2
@@ -87,6 +101,9 @@ class SpikeCompressor:
         channels_per_group: int = 4,
         n_features: int = 2,
         codebook_size: int = 64,
+        residual_stages: int = 1,
+        ema_decay: float | None = None,
+        codeword_outputs: bool = False,
         epochs: int = 16,
         warmup_epochs: int = 2,
         kmeans_refresh_every: int = 0,
@@ -104,6 +121,9 @@ class SpikeCompressor:
         self.channels_per_group = channels_per_group
         self.n_features = n_features
         self.codebook_size = codebook_size
+        self.residual_stages = residual_stages
+        self.ema_decay = ema_decay
+        self.codeword_outputs = codeword_outputs
         self.epochs = epochs
         self.warmup_epochs = warmup_epochs
         self.kmeans_refresh_every = kmeans_refresh_every
@@ -132,6 +152,10 @@ class SpikeCompressor:
             )
         if not isinstance(self.kmeans_refresh_every, (int, np.integer)) or self.kmeans_refresh_every < 0:
             raise ValueError(f"kmeans_refresh_every must be a non-negative integer, got {self.kmeans_refresh_every!r}")
+        if not isinstance(self.residual_stages, (int, np.integer)) or self.residual_stages < 1:
+            raise ValueError(f"residual_stages must be a positive integer, got {self.residual_stages!r}")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float)) and 0 < self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be None or a number in (0, 1) such as 0.99, got {self.ema_decay!r}")
         if not isinstance(self.decoder_epochs, (int, np.integer)) or self.decoder_epochs < 0:
             raise ValueError(f"decoder_epochs must be a non-negative integer, got {self.decoder_epochs!r}")
         for name in ("learning_rate", "commitment_weight"):
@@ -191,6 +215,9 @@ class SpikeCompressor:
             channels_per_group=int(self.channels_per_group),
             n_features=self.n_features,
             codebook_size=self.codebook_size,
+            residual_stages=self.residual_stages,
+            ema_decay=None if self.ema_decay is None else float(self.ema_decay),
+            codeword_outputs=bool(self.codeword_outputs),
             width=self.width,
             decoder_width=self.decoder_width,
             reconstruction_loss=self.reconstruction_loss,
@@ -228,6 +255,8 @@ class SpikeCompressor:
             generator=generator,
             verbose=self.verbose,
         )
+        if config.codeword_outputs:
+            fit_codeword_outputs(model, data)
         model.eval()
         self.model_ = model.cpu()
         self.config_ = config
@@ -235,8 +264,14 @@ class SpikeCompressor:
         self.num_samples_ = int(waveforms.shape[1])
         self.history_ = history
         codes = self.encode(waveforms)
-        self.coder_ = StaticEntropyCoder([self.codebook_size] * self.n_features).fit(codes.reshape(-1, self.n_features))
+        positions = config.codes_per_input
+        self.coder_ = StaticEntropyCoder([self.codebook_size] * positions).fit(codes.reshape(-1, positions))
         return self
+
+    @property
+    def codes_per_group(self) -> int:
+        """Codeword indices per channel group: ``n_features * residual_stages``."""
+        return self.n_features * self.residual_stages
 
     # -- encode / decode -----------------------------------------------------------------------------------------
 
@@ -265,23 +300,24 @@ class SpikeCompressor:
 
         Returns
         -------
-        (num_spikes, num_groups, n_features) int64
-            ``num_groups = num_channels // channels_per_group``.
+        (num_spikes, num_groups, codes_per_group) int64
+            ``num_groups = num_channels // channels_per_group``; ``codes_per_group = n_features * residual_stages``
+            (the stages of feature map 0 first).
         """
         waveforms = self._check_input(waveforms)
         num_groups = waveforms.shape[2] // self.channels_per_group
         if len(waveforms) == 0:
-            return np.zeros((0, num_groups, self.n_features), dtype=np.int64)
+            return np.zeros((0, num_groups, self.codes_per_group), dtype=np.int64)
         groups = (self._groups(waveforms) / self.scale_).astype(np.float32)
         codes = self._run("encode", groups)
-        return codes.reshape(len(waveforms), num_groups, self.n_features).astype(np.int64)
+        return codes.reshape(len(waveforms), num_groups, self.codes_per_group).astype(np.int64)
 
     def decode(self, codes) -> np.ndarray:
         """Reconstruct spikes from codeword indices.
 
         Parameters
         ----------
-        codes : (num_spikes, num_groups, n_features) int array
+        codes : (num_spikes, num_groups, codes_per_group) int array
             As returned by :meth:`encode`.
 
         Returns
@@ -290,8 +326,10 @@ class SpikeCompressor:
         """
         self._check_fitted()
         codes = np.asarray(codes)
-        if codes.ndim != 3 or codes.shape[2] != self.n_features:
-            raise ValueError(f"codes must be (num_spikes, num_groups, {self.n_features}), got shape {codes.shape}")
+        if codes.ndim != 3 or codes.shape[2] != self.codes_per_group:
+            raise ValueError(
+                f"codes must be (num_spikes, num_groups, {self.codes_per_group}), got shape {codes.shape}"
+            )
         if codes.size and (
             not np.issubdtype(codes.dtype, np.integer) or codes.min() < 0 or codes.max() >= self.codebook_size
         ):
@@ -300,7 +338,7 @@ class SpikeCompressor:
         M = self.channels_per_group
         if num_spikes == 0:
             return np.zeros((0, self.num_samples_, num_groups * M), dtype=np.float32)
-        groups = self._run("decode", codes.reshape(-1, self.n_features).astype(np.int64))  # (num * G, T, M)
+        groups = self._run("decode", codes.reshape(-1, self.codes_per_group).astype(np.int64))  # (num * G, T, M)
         waveforms = groups.reshape(num_spikes, num_groups, self.num_samples_, M).transpose(0, 2, 1, 3)
         return (waveforms.reshape(num_spikes, self.num_samples_, num_groups * M) * self.scale_).astype(np.float32)
 
@@ -311,19 +349,19 @@ class SpikeCompressor:
     def compress(self, waveforms) -> bytes:
         """Entropy-coded bytes of the spikes' indices (what the implant would transmit); see :meth:`decompress`."""
         codes = self.encode(waveforms)
-        return self.coder_.encode(codes.reshape(-1, self.n_features))
+        return self.coder_.encode(codes.reshape(-1, self.codes_per_group))
 
     def decompress(self, data: bytes, num_spikes: int, num_groups: int = 1) -> np.ndarray:
         """Spikes back from :meth:`compress`'s bytes: (num_spikes, num_samples, num_groups * channels_per_group)."""
         self._check_fitted()
         codes = self.coder_.decode(data, num_rows=num_spikes * num_groups)
-        return self.decode(codes.reshape(num_spikes, num_groups, self.n_features))
+        return self.decode(codes.reshape(num_spikes, num_groups, self.codes_per_group))
 
     # -- rate ----------------------------------------------------------------------------------------------------
 
     def bits_per_group(self, codes) -> float:
-        """Entropy of ``codes`` (num_spikes, num_groups, n_features) in bits per channel group: the sum over the
-        feature positions of each position's index entropy (the coder keeps one table per position)."""
+        """Entropy of ``codes`` (num_spikes, num_groups, codes_per_group) in bits per channel group: the sum over
+        the index positions of each position's index entropy (the coder keeps one table per position)."""
         from .metrics import code_entropy
 
         codes = np.asarray(codes)
@@ -340,7 +378,7 @@ class SpikeCompressor:
         config = self.config_
         example = torch.zeros(2, config.padded_samples, config.channels_per_group)
         encoder_macs = count_macs(self.model_.encoder, example.transpose(1, 2)) // 2
-        search_macs = config.n_features * config.codebook_size * config.code_dim
+        search_macs = config.codes_per_input * config.codebook_size * config.code_dim
         parameters = count_parameters(self.model_.encoder) + count_parameters(self.model_.quantiser)
         return {"parameters": parameters, "macs": encoder_macs + search_macs}
 
@@ -370,14 +408,18 @@ class SpikeCompressor:
     @classmethod
     def from_state(cls, state: dict) -> "SpikeCompressor":
         """Inverse of :meth:`state`."""
-        if state.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported SpikeCompressor format {state.get('format_version')!r} (expected {FORMAT_VERSION})"
-            )
-        compressor = cls(**state["params"])
-        compressor.config_ = CompressorConfig(**state["config"])
+        version = state.get("format_version")
+        if version not in (1, FORMAT_VERSION):
+            raise ValueError(f"unsupported SpikeCompressor format {version!r} (expected 1 or {FORMAT_VERSION})")
+        params, config, weights = dict(state["params"]), dict(state["config"]), dict(state["state_dict"])
+        if version == 1:  # one quantiser stage, stored as "quantiser.<name>"
+            params, config = {**LEGACY_SETTINGS, **params}, {**LEGACY_SETTINGS, **config}
+            weights = {key.replace("quantiser.", "quantiser.stages.0.", 1) if key.startswith("quantiser.") else key:
+                       value for key, value in weights.items()}
+        compressor = cls(**params)
+        compressor.config_ = CompressorConfig(**config)
         compressor.model_ = CompressiveAutoencoder(compressor.config_)
-        compressor.model_.load_state_dict(state["state_dict"])
+        compressor.model_.load_state_dict(weights)
         compressor.model_.eval()
         compressor.scale_ = float(state["scale"])
         compressor.num_samples_ = int(state["num_samples"])

@@ -3,18 +3,22 @@
 Encoder (the on-implant part, with the quantiser): a 1x1 convolution expands the ``channels_per_group`` input
 channels to 256 features, two ResNeXt bottleneck stages (32 groups) each followed by 2x temporal downsampling, and a
 1x1 convolution reduces to ``n_features`` feature maps. Each feature map (length ``ceil(num_samples / 4)``) is one
-vector for the quantiser, so an input costs ``n_features`` codeword indices. The decoder (run off-implant) mirrors
-the encoder with transposed convolutions and upsampling, with plain (ungrouped) residual blocks.
+vector for the quantiser, so an input costs ``n_features`` codeword indices (times ``residual_stages``). The decoder
+(run off-implant) mirrors the encoder with transposed convolutions and upsampling, with plain (ungrouped) residual
+blocks. With ``codeword_outputs``, the decoder also adds a learned waveform per (index position, codeword): with one
+index per input, setting it to the mean spike of each codeword (``training.fit_codeword_outputs``) makes the decoder
+reproduce k-means' centroid step exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .quantiser import VectorQuantiser
+from .quantiser import ResidualVectorQuantiser
 
 
 @dataclass
@@ -29,6 +33,14 @@ class CompressorConfig:
     groups: int = 32  # groups of the ResNeXt convolutions (seed: 32)
     decoder_width: int = 64  # features in the decoder's residual blocks (seed: 256)
     reconstruction_loss: str = "mse"  # "relative": |x - x_hat|^2 / |x|^2 per spike; "mse": the seed's MSE
+    residual_stages: int = 1  # quantisers per feature map, each coding what the ones before left
+    ema_decay: float | None = None  # None: codebook trained by gradient; else its moving-average decay per batch
+    codeword_outputs: bool = False  # the decoder adds a learned waveform per (index position, codeword)
+
+    @property
+    def codes_per_input(self) -> int:
+        """Codeword indices per input: ``n_features * residual_stages``."""
+        return self.n_features * self.residual_stages
 
     @property
     def padded_samples(self) -> int:
@@ -42,7 +54,8 @@ class CompressorConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent field."""
-        for name in ("num_samples", "channels_per_group", "n_features", "codebook_size", "width", "groups"):
+        for name in ("num_samples", "channels_per_group", "n_features", "codebook_size", "width", "groups",
+                     "residual_stages"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -57,6 +70,8 @@ class CompressorConfig:
             raise ValueError(f"reconstruction_loss must be 'relative' or 'mse', got {self.reconstruction_loss!r}")
         if not isinstance(self.decoder_width, int) or self.decoder_width < 1:
             raise ValueError(f"decoder_width must be a positive integer, got {self.decoder_width!r}")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, float) and 0.0 < self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay must be None or a number in (0, 1), got {self.ema_decay!r}")
 
 
 class ResNeXtBlock(nn.Module):
@@ -121,7 +136,9 @@ class CompressiveAutoencoder(nn.Module):
             nn.Conv1d(width, config.n_features, 1, bias=False),
             nn.BatchNorm1d(config.n_features),
         )
-        self.quantiser = VectorQuantiser(config.codebook_size, config.code_dim)
+        self.quantiser = ResidualVectorQuantiser(
+            config.codebook_size, config.code_dim, config.residual_stages, config.ema_decay
+        )
         dwidth = config.decoder_width
         self.decoder = nn.Sequential(
             nn.ConvTranspose1d(config.n_features, dwidth, 1, bias=False),
@@ -133,6 +150,12 @@ class CompressiveAutoencoder(nn.Module):
             ResidualDeconvBlock(dwidth),
             nn.ConvTranspose1d(dwidth, config.channels_per_group, 1),
         )
+        if config.codeword_outputs:
+            # (index position, codeword, channels * padded_samples): added to the decoder's output
+            self.codeword_outputs = nn.Parameter(
+                torch.zeros(config.codes_per_input, config.codebook_size,
+                            config.channels_per_group * config.padded_samples)
+            )
 
     def latents(self, spikes: Tensor) -> Tensor:
         """Encoder outputs before quantisation, (batch, num_samples, channels) -> (batch, n_features, code_dim)."""
@@ -143,17 +166,33 @@ class CompressiveAutoencoder(nn.Module):
         return self.encoder(x)
 
     def encode(self, spikes: Tensor) -> Tensor:
-        """Codeword indices, (batch, num_samples, channels) -> (batch, n_features) int64."""
-        return self.quantiser.nearest(self.latents(spikes))
+        """Codeword indices, (batch, num_samples, channels) -> (batch, codes_per_input) int64, feature-major (the
+        ``residual_stages`` indices of feature map 0 first)."""
+        indices = self.quantiser.nearest(self.latents(spikes))  # (batch, n_features, stages)
+        return indices.reshape(len(indices), -1)
 
     def decode(self, indices: Tensor) -> Tensor:
-        """Reconstruction from indices, (batch, n_features) -> (batch, num_samples, channels)."""
-        return self._synthesis(self.quantiser.lookup(indices))
+        """Reconstruction from indices, (batch, codes_per_input) -> (batch, num_samples, channels)."""
+        return self.synthesis(self.quantised(indices), indices)
 
-    def _synthesis(self, quantised: Tensor) -> Tensor:
-        # (batch, n_features, code_dim) -> (batch, channels, padded_samples) -> (batch, num_samples, channels)
-        out = self.decoder(quantised)
+    def quantised(self, indices: Tensor) -> Tensor:
+        """The decoder's input for ``indices`` (batch, codes_per_input): (batch, n_features, code_dim)."""
+        config = self.config
+        return self.quantiser.lookup(indices.reshape(len(indices), config.n_features, config.residual_stages))
+
+    def synthesis(self, quantised: Tensor, indices: Tensor | None = None) -> Tensor:
+        """The decoder: (batch, n_features, code_dim) -> (batch, num_samples, channels); with
+        ``codeword_outputs``, plus the waveforms of ``indices`` (batch, codes_per_input) when given."""
+        out = self.decoder(quantised)  # (batch, channels, padded_samples)
+        if indices is not None and self.config.codeword_outputs:
+            out = out + self.codeword_output(indices).reshape(out.shape)
         return out[:, :, : self.config.num_samples].transpose(1, 2)
+
+    def codeword_output(self, indices: Tensor) -> Tensor:
+        """Sum over index positions of their codewords' learned waveforms, (batch, codes_per_input) ->
+        (batch, channels * padded_samples)."""
+        positions = torch.arange(indices.shape[1], device=indices.device)
+        return self.codeword_outputs[positions[None, :], indices].sum(dim=1)
 
     def forward(self, spikes: Tensor, quantise: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """Reconstruction and the unweighted loss terms ``{"reconstruction", "codebook", "commitment"}``.
@@ -166,11 +205,13 @@ class CompressiveAutoencoder(nn.Module):
         "mse" it is the seed's mean squared error, where the largest spikes dominate.
         """
         latents = self.latents(spikes)
+        indices = None
         if quantise:
-            latents, _, losses = self.quantiser(latents)
+            latents, indices, losses = self.quantiser(latents)
+            indices = indices.reshape(len(indices), -1)
         else:
             losses = {}
-        reconstruction = self._synthesis(latents)
+        reconstruction = self.synthesis(latents, indices)
         return reconstruction, {"reconstruction": self.reconstruction_error(reconstruction, spikes), **losses}
 
     def reconstruction_error(self, reconstruction: Tensor, spikes: Tensor) -> Tensor:
