@@ -18,13 +18,13 @@ Measured per compressor and setting, on the test half (in time order):
   cross-entropy; the adaptive codebook's tables adapt in the stream, so its ratio is from the bytes written);
   ``coded_ratio``: raw bits over the bytes the range coder wrote.
 
-Methods: the autoencoder (``SpikeCompressor``, --vq settings), the adaptive codebook
+Methods: the autoencoder (``AutoencoderCompressor``, --vq settings), the adaptive codebook
 (``AdaptiveCodebookCompressor``), k-means and residual k-means of the raw waveforms (``KMeansCompressor``), and
 PCA, DCT, DWT in the strong version (quantised, entropy-coded; swept) and the seed's (16 bits per coefficient).
 
 Examples
 --------
-python benchmarks/bench_compression.py --recordings all                # both protocols, all dev recordings
+python benchmarks/bench_compression.py --recordings all --vq 2:64 1:16 1:64  # both protocols, all dev recordings
 python benchmarks/bench_compression.py --protocols half --vq 2:64 1:64  # other autoencoder settings
 """
 
@@ -96,6 +96,7 @@ class Test:
             "bits_per_spike": bits,
             "ratio": compression_ratio(num_samples, num_channels, bits) if bits else None,
             "coded_ratio": compression_ratio(num_samples, num_channels, coded_bits) if coded_bits else None,
+            "restored": reconstruction,
         }
         row.update(extra)
         return row
@@ -142,7 +143,7 @@ def baseline_rows(train, test: Test, levels=LEVELS, kmeans_sizes=KMEANS_SIZES):
                 compressor.decode(codes),
                 compressor.coder_.cross_entropy_bits(codes) / len(codes),
                 compressor.coded_bytes(codes),
-                restored=compressor.decode(codes) if sizes in ((16,), (64,), (64, 64)) else None,
+                candidate=sizes in ((16,), (64,), (64, 64)),
             )
         )
     return rows
@@ -162,14 +163,14 @@ def adaptive_rows(train, test: Test, settings):
         restored = compressor.decompress(data, len(test.noisy))
         rows.append(
             test.row("adaptive codebook", setting or "default", restored, None, len(data), fit_s=seconds,
-                     restored=restored if setting == settings[0] else None)
+                     candidate=setting == settings[0])
         )
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "restored" and v is not None}), flush=True)
     return rows
 
 
 def parse_vq(setting: str):
-    """``"n_features:codebook_size[,name=value...]"`` -> (n_features, codebook_size, other SpikeCompressor
+    """``"n_features:codebook_size[,name=value...]"`` -> (n_features, codebook_size, other AutoencoderCompressor
     arguments), e.g. ``"1:64,residual_stages=2,ema_decay=0.99,codeword_outputs=1"``."""
     head, *items = setting.split(",")
     n_features, codebook_size = (int(v) for v in head.split(":"))
@@ -183,7 +184,7 @@ def parse_vq(setting: str):
 
 
 def autoencoder_rows(train, test: Test, settings, epochs, seed, verbose):
-    from spikeinterface_elvisort.compression import SpikeCompressor
+    from spikeinterface_elvisort.compression import AutoencoderCompressor
 
     rows = []
     for setting in settings:
@@ -192,7 +193,7 @@ def autoencoder_rows(train, test: Test, settings, epochs, seed, verbose):
         if epochs is not None:
             kwargs.update(epochs=epochs, warmup_epochs=min(2, epochs - 1))
         start = time.perf_counter()
-        compressor = SpikeCompressor(**kwargs).fit(train)
+        compressor = AutoencoderCompressor(**kwargs).fit(train)
         fit_s = time.perf_counter() - start
         codes = compressor.encode(test.noisy)
         restored = compressor.decode(codes)
@@ -207,7 +208,7 @@ def autoencoder_rows(train, test: Test, settings, epochs, seed, verbose):
                 fit_s=fit_s,
                 encoder_parameters=size["parameters"],
                 encoder_macs=size["macs"],
-                restored=restored if setting == settings[0] else None,
+                candidate=setting == settings[0],
             )
         )
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "restored" and v is not None}), flush=True)
@@ -227,7 +228,8 @@ def envelope(points):
 
 
 def plot(rows, title, file_path):
-    """Rate-quality curves: (a) SNDR against the noise-free twin, (b) against the recorded spike."""
+    """Per protocol: rate-quality curves, SNDR (a) against the noise-free twin and (b) against the recorded spike,
+    and (c) the clustering accuracy after the round trip of the points on the (a) envelopes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,34 +244,57 @@ def plot(rows, title, file_path):
         "dwt": ("tab:green", "v"),
     }
     families = sorted({r["family"] for r in rows} - {"input"})
-    figure, axes = plt.subplots(2, 2, figsize=(12, 9))
+    panels = (("sndr_twin_db", "mean SNDR against the noise-free twin (dB)", (0, 22)),
+              ("sndr_db", "mean SNDR against the recorded spike (dB)", (0, 22)),
+              ("pca_kmeans_after", "PCA + k-means accuracy after the round trip", (0, 1)))
+    figure, axes = plt.subplots(2, 3, figsize=(17, 9))
     for line, protocol in enumerate(("half", "cross")):
-        for column, (key, label) in enumerate(
-            (("sndr_twin_db", "mean SNDR against the noise-free twin (dB)"),
-             ("sndr_db", "mean SNDR against the recorded spike (dB)"))
-        ):
+        protocol_rows = [r for r in rows if r["protocol"] == protocol]
+        recorded = next(r for r in protocol_rows if r["family"] == "input")
+        for column, (key, label, limits) in enumerate(panels):
             axis = axes[line, column]
-            protocol_rows = [r for r in rows if r["protocol"] == protocol]
-            for row in protocol_rows:
-                if row["family"] == "input" and key == "sndr_twin_db":
-                    axis.axhline(row[key], color="tab:red", linestyle=":", linewidth=1, label="recorded spike")
+            if key != "sndr_db":
+                axis.axhline(recorded[key], color="tab:red", linestyle=":", linewidth=1, label="recorded spike")
             for family in families:
                 colour, marker = styles[family.split()[0]]
-                points = envelope([(r["ratio"], r[key]) for r in protocol_rows if r["family"] == family])
+                family_rows = [r for r in protocol_rows if r["family"] == family and r.get(key) is not None]
+                points = envelope([(r["ratio"], r[key]) for r in family_rows])
+                if key == "pca_kmeans_after":
+                    points = sorted((r["ratio"], r[key]) for r in family_rows)
                 if points:
                     x, y = zip(*points)
                     axis.plot(x, y, "--" if "seed" in family else "-", color=colour, marker=marker, markersize=4,
                               label=family)
             axis.set_xscale("log")
-            axis.set_ylim(0, 22)
+            axis.set_ylim(*limits)
             axis.set_xlabel("compression ratio")
             axis.set_ylabel(label)
             axis.set_title(f"protocol {protocol}", fontsize=9)
             axis.legend(fontsize=7)
-    figure.suptitle(title + "; each curve: its upper envelope", fontsize=9)
+    figure.suptitle(title + "; (a), (b): each family's upper envelope; (c): the points of the (a) envelope",
+                    fontsize=9)
     figure.tight_layout()
     figure.savefig(file_path, dpi=100)
     plt.close(figure)
+
+
+def sort_envelopes(rows, units):
+    """Waveform clustering accuracy (PCA + k-means with the true number of units, as ``sorting_change``) of the
+    recorded spikes and, after the round trip, of every point on each family's envelope (SNDR against the twin):
+    the ``pca_kmeans_after`` of those rows."""
+    from spikeinterface_elvisort.compression import cluster_spikes, matched_accuracy
+
+    num_units = int(np.unique(units).size)
+    recorded = next(r for r in rows if r["family"] == "input")
+    labels = cluster_spikes(recorded["restored"], "pca_kmeans", num_units)
+    recorded["pca_kmeans_after"] = matched_accuracy(units, labels)
+    for family in {r["family"] for r in rows} - {"input"}:
+        group = [r for r in rows if r["family"] == family and r["ratio"]]
+        points = envelope([(r["ratio"], r["sndr_twin_db"]) for r in group])
+        for row in group:
+            if (row["ratio"], row["sndr_twin_db"]) in points:
+                labels = cluster_spikes(row["restored"], "pca_kmeans", num_units)
+                row["pca_kmeans_after"] = matched_accuracy(units, labels)
 
 
 def summarise(rows, name, protocol, units):
@@ -280,7 +305,7 @@ def summarise(rows, name, protocol, units):
     test = recorded["test"]
     summaries = []
     for row in rows:
-        if row.get("restored") is None:
+        if not row.get("candidate"):
             continue
         best = best_baseline(rows, row["sndr_twin_db"])
         change = sorting_change(test.noisy, row["restored"], units)
@@ -312,12 +337,14 @@ def main(argv=None):
     parser.add_argument("--recordings", nargs="+", default=DEFAULT_RECORDINGS, help="names in --folder, or 'all'")
     parser.add_argument("--folder", type=Path, default=MEAREC_FOLDER)
     parser.add_argument("--protocols", nargs="+", default=["half", "cross"], choices=["half", "cross"])
-    parser.add_argument("--vq", nargs="*", default=["2:64"],
-                        help="autoencoder settings n_features:codebook_size[,name=value...] (SpikeCompressor arguments)")
+    parser.add_argument("--vq", nargs="*", default=["2:64", "1:16"],
+                        help="autoencoder settings n_features:codebook_size[,name=value...] (AutoencoderCompressor "
+                        "arguments)")
     parser.add_argument(
         "--adaptive", nargs="*", default=[""], help="adaptive codebook settings, e.g. '' (default) 'match_db=3.0'"
     )
-    parser.add_argument("--epochs", type=int, default=None, help="autoencoder epochs (default: SpikeCompressor's)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="autoencoder epochs (default: AutoencoderCompressor's)")
     parser.add_argument("--num-channels", type=int, default=4)
     parser.add_argument("--ms-before", type=float, default=0.5)
     parser.add_argument("--ms-after", type=float, default=1.0)
@@ -362,14 +389,16 @@ def main(argv=None):
             rows += adaptive_rows(fit, test, args.adaptive)
             rows += autoencoder_rows(fit, test, args.vq, args.epochs, args.seed, args.verbose)
             summaries += summarise(rows, name, protocol, test.units)
+            sort_envelopes(rows, test.units)
             for row in rows:
                 row.update(recording=name, protocol=protocol, fitted_on=fit_name)
+                del row["restored"]  # hundreds of restored test halves: keep the scores only
             recording_rows += rows
         plot(recording_rows, f"{name}: test half, {len(test.noisy)} spikes, {noisy.shape[2]} channels x "
              f"{noisy.shape[1]} samples", args.out / f"rate_quality_{name}.png")
         all_rows += recording_rows
 
-    table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("restored", "test")} for r in all_rows])
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "test"} for r in all_rows])
     table.to_csv(args.out / "results.csv", index=False)
     summary = pd.DataFrame(summaries)
     header = report_header() + f"torch threads {args.threads}, CUDA: {torch.cuda.is_available()}\n"
@@ -378,7 +407,8 @@ def main(argv=None):
     for (name, protocol, family), group in table.groupby(["recording", "protocol", "family"]):
         points = envelope(list(zip(group["ratio"], group["sndr_twin_db"])))
         kept = group[[(r, s) in points for r, s in zip(group["ratio"], group["sndr_twin_db"])]].sort_values("ratio")
-        columns = ["recording", "protocol", "family", "setting", "sndr_twin_db", "sndr_db", "ratio", "coded_ratio"]
+        columns = ["recording", "protocol", "family", "setting", "sndr_twin_db", "sndr_db", "ratio", "coded_ratio",
+                   "pca_kmeans_after"]
         markdown += kept[columns].round(2).to_markdown(index=False) + "\n\n"
     (args.out / "results.md").write_text(markdown)
     (args.out / "summary.json").write_text(json.dumps(summaries, indent=1, default=float))

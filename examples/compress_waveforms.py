@@ -9,7 +9,7 @@ High-channel-count implants must cut their bandwidth before transmitting. This e
 3. fits an :class:`~spikeinterface_elvisort.compression.AdaptiveCodebookCompressor` on the first session and
    compresses the second, whose neurons it learns from the stream, next to k-means and PCA fitted the same way;
 4. trains the vector-quantised autoencoder of seed 004
-   (:class:`~spikeinterface_elvisort.compression.SpikeCompressor`), a documented option;
+   (:class:`~spikeinterface_elvisort.compression.AutoencoderCompressor`), a documented option;
 5. compresses every spike of a ``SortingAnalyzer`` into one file and restores it.
 
 It takes about 20 s of CPU time (a small network, few epochs); the documentation build does not execute it: run
@@ -30,7 +30,7 @@ from spikeinterface_elvisort.compression import (
     AdaptiveCodebookCompressor,
     KMeansCompressor,
     PCACompressor,
-    SpikeCompressor,
+    AutoencoderCompressor,
     compress_sorting_analyzer,
     compression_ratio,
     extract_spike_waveforms,
@@ -80,7 +80,7 @@ for name, (restored_other, num_bytes) in codecs.items():
 # Two codeword indices per spike from a codebook of 64. ``width`` and ``epochs`` are reduced from the defaults so
 # that the example is quick; the defaults are what the benchmark measures.
 
-compressor = SpikeCompressor(
+compressor = AutoencoderCompressor(
     n_features=2, codebook_size=64, width=64, epochs=8, warmup_epochs=2, decoder_epochs=5, device="auto", random_state=0
 ).fit(train)
 codes = compressor.encode(test)  # (num_spikes, num_groups, n_features) int64

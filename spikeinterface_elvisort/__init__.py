@@ -36,6 +36,7 @@ _LAZY = {
     "BicEnsembleClustering": ".ssae.clustering",
     "make_hybrid_set": ".ssae.hybrid",
     "SpikeCompressor": ".compression",
+    "AutoencoderCompressor": ".compression",
     "compress_sorting_analyzer": ".compression",
     "load_compressed": ".compression",
 }

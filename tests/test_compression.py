@@ -1,5 +1,5 @@
 """The compression module (issue 7): metrics against hand computation, the range coder, the baselines on known
-inputs, SpikeCompressor's quality on held-out generated spikes, persistence, determinism and errors, and the
+inputs, AutoencoderCompressor's quality on held-out generated spikes, persistence, determinism and errors, and the
 SpikeInterface round trip. Tiny generated spikes, CPU, fixed seeds: seconds."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from spikeinterface_elvisort.compression import (  # noqa: E402
     DWTCompressor,
     PCACompressor,
     ResidualVectorQuantiser,
-    SpikeCompressor,
+    AutoencoderCompressor,
     StaticEntropyCoder,
     VectorQuantiser,
     code_entropy,
@@ -44,7 +44,7 @@ def spikes():
 @pytest.fixture(scope="module")
 def fitted(spikes, single_thread_torch):
     train = spikes[0][:400]
-    return SpikeCompressor(
+    return AutoencoderCompressor(
         n_features=2,
         codebook_size=32,
         epochs=8,
@@ -92,7 +92,7 @@ def test_count_macs_of_a_convolution():
 
 def test_encoder_matches_seed_table_2_parameter_count():
     # the seed's Table 2: 4 channels x 48 samples, 256 features, N_feat = 16, K = 256 -> 17,952 parameters on chip
-    compressor = SpikeCompressor(n_features=16, codebook_size=256)
+    compressor = AutoencoderCompressor(n_features=16, codebook_size=256)
     compressor.config_ = CompressorConfig(num_samples=48, n_features=16, codebook_size=256)
     compressor.model_ = CompressiveAutoencoder(compressor.config_).eval()
     size = compressor.encoder_size()
@@ -257,13 +257,13 @@ def test_codeword_outputs_restore_each_codeword_as_the_mean_of_its_spikes(spikes
     train = waveforms[:400]
     kwargs = dict(n_features=1, codebook_size=8, epochs=4, warmup_epochs=1, decoder_epochs=2, device="cpu",
                   random_state=0, **SMALL)
-    compressor = SpikeCompressor(codeword_outputs=True, **kwargs).fit(train)
+    compressor = AutoencoderCompressor(codeword_outputs=True, **kwargs).fit(train)
     codes = compressor.encode(train)[:, 0, 0]
     used = np.unique(codes)
     restored = compressor.decode(used[:, None, None])
     for k, waveform in zip(used, restored):
         np.testing.assert_allclose(waveform, train[codes == k].mean(axis=0), atol=1e-4)
-    plain = SpikeCompressor(**kwargs).fit(train)
+    plain = AutoencoderCompressor(codeword_outputs=False, **kwargs).fit(train)
     test, test_clean = waveforms[400:], clean[400:]
     assert sndr(test_clean, compressor.reconstruct(test)).mean() > sndr(test_clean, plain.reconstruct(test)).mean()
 
@@ -274,30 +274,32 @@ def test_residual_stages_and_ema_in_the_compressor(spikes, single_thread_torch, 
     # 3 units, 2 codewords: one stage cannot tell them apart, two stages (4 combinations) can
     kwargs = dict(n_features=1, codebook_size=2, epochs=6, warmup_epochs=2, decoder_epochs=3, device="cpu",
                   random_state=0, codeword_outputs=True, **SMALL)
-    one = SpikeCompressor(**kwargs).fit(train)
-    two = SpikeCompressor(residual_stages=2, ema_decay=0.99, **kwargs).fit(train)
+    one = AutoencoderCompressor(**kwargs).fit(train)
+    two = AutoencoderCompressor(residual_stages=2, ema_decay=0.99, **kwargs).fit(train)
     codes = two.encode(test)
     assert codes.shape == (200, 1, 2) and two.codes_per_group == 2
     assert sndr(test_clean, two.decode(codes)).mean() > sndr(test_clean, one.reconstruct(test)).mean()
     assert sndr(test_clean, two.decode(codes)).mean() > 15.0
-    loaded = SpikeCompressor.load(two.save(tmp_path / "two.pt"))
+    loaded = AutoencoderCompressor.load(two.save(tmp_path / "two.pt"))
     assert loaded.compress(test) == two.compress(test)
     np.testing.assert_array_equal(loaded.decompress(two.compress(test), len(test)), two.reconstruct(test))
     with pytest.raises(ValueError, match="residual_stages"):
-        SpikeCompressor(residual_stages=0).fit(train)
+        AutoencoderCompressor(residual_stages=0).fit(train)
     with pytest.raises(ValueError, match="ema_decay"):
-        SpikeCompressor(ema_decay=1.0).fit(train)
+        AutoencoderCompressor(ema_decay=1.0).fit(train)
 
 
-def test_a_file_of_the_first_format_still_loads(spikes, fitted):
+def test_a_file_of_the_first_format_still_loads(spikes, single_thread_torch):
     """Files written before residual stages existed (format 1: one quantiser, no such settings) load unchanged."""
+    fitted = AutoencoderCompressor(n_features=2, codebook_size=8, epochs=2, warmup_epochs=1, decoder_epochs=1,
+                                   ema_decay=None, codeword_outputs=False, device="cpu", **SMALL).fit(spikes[0][:200])
     state = fitted.state()
     legacy = dict(state, format_version=1)
     legacy["state_dict"] = {key.replace("quantiser.stages.0.", "quantiser."): value
                             for key, value in state["state_dict"].items()}
     for field in ("residual_stages", "ema_decay", "codeword_outputs"):
         del legacy["params"][field], legacy["config"][field]
-    loaded = SpikeCompressor.from_state(legacy)
+    loaded = AutoencoderCompressor.from_state(legacy)
     test = spikes[0][400:]
     assert loaded.compress(test) == fitted.compress(test)
 
@@ -339,7 +341,7 @@ def test_compress_bytes_round_trip(spikes, fitted):
 def test_save_load_gives_identical_codes(spikes, fitted, tmp_path):
     test = spikes[0][400:]
     path = fitted.save(tmp_path / "compressor.pt")
-    loaded = SpikeCompressor.load(path)
+    loaded = AutoencoderCompressor.load(path)
     np.testing.assert_array_equal(loaded.encode(test), fitted.encode(test))
     np.testing.assert_array_equal(loaded.decode(fitted.encode(test)), fitted.decode(fitted.encode(test)))
     assert loaded.compress(test) == fitted.compress(test)
@@ -350,8 +352,8 @@ def test_same_random_state_same_model(spikes, single_thread_torch):
     kwargs = dict(
         n_features=1, codebook_size=8, epochs=2, warmup_epochs=1, decoder_epochs=1, batch_size=32, device="cpu", **SMALL
     )
-    first = SpikeCompressor(random_state=3, **kwargs).fit(train)
-    second = SpikeCompressor(random_state=3, **kwargs).fit(train)
+    first = AutoencoderCompressor(random_state=3, **kwargs).fit(train)
+    second = AutoencoderCompressor(random_state=3, **kwargs).fit(train)
     np.testing.assert_array_equal(first.encode(train), second.encode(train))
     for a, b in zip(first.model_.state_dict().values(), second.model_.state_dict().values()):
         assert torch.equal(a, b)
@@ -370,12 +372,12 @@ def test_kmeans_refresh_resets_the_codebook(spikes, single_thread_torch):
         random_state=0,
         **SMALL,
     )
-    plain = SpikeCompressor(**kwargs).fit(train)
-    refreshed = SpikeCompressor(kmeans_refresh_every=1, **kwargs).fit(train)
+    plain = AutoencoderCompressor(**kwargs).fit(train)
+    refreshed = AutoencoderCompressor(kmeans_refresh_every=1, **kwargs).fit(train)
     assert not torch.equal(plain.model_.quantiser.stages[0].codebook, refreshed.model_.quantiser.stages[0].codebook)
     assert sndr(train, refreshed.reconstruct(train)).mean() > 8.0  # the decoder epochs adapt to the new codebook
     with pytest.raises(ValueError, match="kmeans_refresh_every"):
-        SpikeCompressor(kmeans_refresh_every=-1).fit(train)
+        AutoencoderCompressor(kmeans_refresh_every=-1).fit(train)
 
 
 def test_inputs_are_not_modified(spikes, fitted):
@@ -403,21 +405,21 @@ def test_bad_input_gives_clear_errors(spikes, fitted):
     with pytest.raises(ValueError, match="codebook_size"):
         fitted.decode(np.full((1, 1, 2), 99))
     with pytest.raises(ValueError, match="not fitted"):
-        SpikeCompressor().encode(test)
+        AutoencoderCompressor().encode(test)
     with pytest.raises(ValueError, match="epochs"):
-        SpikeCompressor(epochs=0).fit(test)
+        AutoencoderCompressor(epochs=0).fit(test)
     with pytest.raises(ValueError, match="warmup_epochs"):
-        SpikeCompressor(epochs=2, warmup_epochs=2).fit(test)
+        AutoencoderCompressor(epochs=2, warmup_epochs=2).fit(test)
     with pytest.raises(ValueError, match="decoder_epochs"):
-        SpikeCompressor(decoder_epochs=-1).fit(test)
+        AutoencoderCompressor(decoder_epochs=-1).fit(test)
     with pytest.raises(ValueError, match="reconstruction_loss"):
-        SpikeCompressor(reconstruction_loss="l1", epochs=3).fit(test)
+        AutoencoderCompressor(reconstruction_loss="l1", epochs=3).fit(test)
     with pytest.raises(ValueError, match="width"):
-        SpikeCompressor(width=48, epochs=3).fit(test)
+        AutoencoderCompressor(width=48, epochs=3).fit(test)
     with pytest.raises(ValueError, match="CUDA"):
         if torch.cuda.is_available():
             pytest.skip("CUDA is available")
-        SpikeCompressor(device="cuda", epochs=3).fit(test)
+        AutoencoderCompressor(device="cuda", epochs=3).fit(test)
 
 
 # -- sorting and SpikeInterface --------------------------------------------------------------------------------------
@@ -450,7 +452,7 @@ def test_sorting_analyzer_round_trip(tmp_path, single_thread_torch):
     assert channels.shape == (len(waveforms), 4)
     np.testing.assert_array_equal(spike_vector["unit_index"], sorting.to_spike_vector()["unit_index"])
     analyzer = create_sorting_analyzer(sorting, recording, format="memory", sparse=False)
-    compressor = SpikeCompressor(
+    compressor = AutoencoderCompressor(
         n_features=2, codebook_size=16, epochs=2, warmup_epochs=1, decoder_epochs=1, device="cpu", **SMALL
     ).fit(waveforms)
     summary = compress_sorting_analyzer(analyzer, tmp_path / "spikes.npz", compressor=compressor)
@@ -461,3 +463,31 @@ def test_sorting_analyzer_round_trip(tmp_path, single_thread_torch):
     assert restored["sampling_frequency"] == recording.sampling_frequency
     with pytest.raises(ValueError, match=".npz"):
         compress_sorting_analyzer(analyzer, tmp_path / "spikes.bin", compressor=compressor)
+
+
+def test_spike_compressor_is_the_default_codec_and_autoencoder_files_load(spikes, fitted, tmp_path):
+    """SpikeCompressor is the adaptive codebook (the best codec measured); files of version 0.1.0, whose autoencoder
+    was named SpikeCompressor, restore with the autoencoder; loading one as the default codec says what to call."""
+    import json
+
+    from spikeinterface_elvisort import SpikeCompressor as TopLevel
+    from spikeinterface_elvisort.compression import AdaptiveCodebookCompressor, save_compressed
+    from spikeinterface_elvisort.compression import SpikeCompressor as Default
+
+    assert Default is AdaptiveCodebookCompressor and TopLevel is Default
+    waveforms = spikes[0][400:]
+    path = tmp_path / "old.npz"
+    spike_vector = np.zeros(len(waveforms), dtype=[("sample_index", "int64"), ("unit_index", "int64")])
+    save_compressed(path, fitted, waveforms, spikes=spike_vector, channel_indices=np.zeros((len(waveforms), 4), int),
+                    sampling_frequency=32000.0, ms_before=0.5, ms_after=1.0)
+    with np.load(path) as data:  # write the file as version 0.1.0 did: the autoencoder under its old name
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    assert meta["codec"] == "AutoencoderCompressor"
+    arrays["meta"] = np.frombuffer(json.dumps({**meta, "codec": "SpikeCompressor"}).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
+    restored = load_compressed(path)
+    assert isinstance(restored["compressor"], AutoencoderCompressor)
+    np.testing.assert_allclose(restored["waveforms"], fitted.reconstruct(waveforms), atol=1e-6)
+    with pytest.raises(ValueError, match="AutoencoderCompressor.load"):
+        Default.load(fitted.save(tmp_path / "autoencoder.pt"))

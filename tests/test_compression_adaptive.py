@@ -159,3 +159,13 @@ def test_bench_compression_scores_against_the_twin_and_finds_the_best_baseline(f
     adaptive = next(s for s in summary if s["method"].startswith("adaptive"))
     # on neurons it was not fitted to, the adaptive codec is closer to the truth than the recorded spike
     assert adaptive["closer_than_recorded"] and 0 <= adaptive["pca_kmeans_after"] <= 1
+    # the clustering accuracy of every envelope point: each family has some; three well separated units sort well
+    bench.sort_envelopes(rows, labels)
+    assert recorded["pca_kmeans_after"] > 0.95
+    for family in families - {"input"}:
+        scored = [r["pca_kmeans_after"] for r in rows if r["family"] == family and "pca_kmeans_after" in r]
+        assert scored and all(0 <= value <= 1 for value in scored), family
+    # a transform that keeps the shapes keeps the sorting; k-means fitted on other neurons does not
+    best_pca = max((r for r in rows if r["family"] == "pca (strong)"), key=lambda r: r["sndr_twin_db"])
+    assert best_pca["pca_kmeans_after"] > recorded["pca_kmeans_after"] - 0.05
+    assert min(r.get("pca_kmeans_after", 1) for r in rows if r["family"] == "k-means") < 0.8

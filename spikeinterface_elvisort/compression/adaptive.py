@@ -304,6 +304,11 @@ class AdaptiveCodebookCompressor:
     @classmethod
     def from_state(cls, state: dict) -> "AdaptiveCodebookCompressor":
         """Inverse of :meth:`state`."""
+        if "state_dict" in state:
+            raise ValueError(
+                "this holds an autoencoder (AutoencoderCompressor, named SpikeCompressor in version 0.1.0): "
+                "load it with AutoencoderCompressor.load(path) or AutoencoderCompressor.from_state(state)"
+            )
         if state.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported {cls.__name__} format {state.get('format_version')!r}")
         compressor = cls(**state["params"])
@@ -327,3 +332,8 @@ class AdaptiveCodebookCompressor:
         if not Path(file_path).is_file():
             raise ValueError(f"no {cls.__name__} file at {file_path}")
         return cls.from_state(torch.load(Path(file_path), map_location="cpu", weights_only=False))
+
+
+#: The package's spike compressor: the best codec measured (docs/compression.rst), an
+#: :class:`AdaptiveCodebookCompressor` with its defaults. The autoencoder of seed 004 is :class:`AutoencoderCompressor`.
+SpikeCompressor = AdaptiveCodebookCompressor

@@ -23,7 +23,7 @@ from .quantiser import ResidualVectorQuantiser
 
 @dataclass
 class CompressorConfig:
-    """Architecture of :class:`CompressiveAutoencoder`; the defaults are those of :class:`SpikeCompressor`."""
+    """Architecture of :class:`CompressiveAutoencoder`; the defaults are those of :class:`AutoencoderCompressor`."""
 
     num_samples: int  # samples per spike (time)
     channels_per_group: int = 4  # M_spk: adjacent channels sharing one input
@@ -117,7 +117,7 @@ class CompressiveAutoencoder(nn.Module):
     """ResNeXt encoder, vector quantiser and transposed-convolution decoder.
 
     Inputs are spike groups (batch, num_samples, channels_per_group), channels in spatial order, already scaled
-    (:class:`SpikeCompressor` divides by a scale learned at ``fit``).
+    (:class:`AutoencoderCompressor` divides by a scale learned at ``fit``).
     """
 
     def __init__(self, config: CompressorConfig):
@@ -198,7 +198,7 @@ class CompressiveAutoencoder(nn.Module):
         """Reconstruction and the unweighted loss terms ``{"reconstruction", "codebook", "commitment"}``.
 
         ``quantise=False`` skips the quantiser (a plain autoencoder: the warm-up epochs of
-        :meth:`SpikeCompressor.fit`) and reports the reconstruction term only.
+        :meth:`AutoencoderCompressor.fit`) and reports the reconstruction term only.
 
         With ``reconstruction_loss="relative"`` the reconstruction term is the mean over spikes of
         ``|x - x_hat|^2 / |x|^2`` (each spike counts alike, as in the mean SNDR the compressor is judged by); with

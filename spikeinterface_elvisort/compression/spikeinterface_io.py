@@ -187,7 +187,7 @@ def load_compressed(file_path, compressor=None) -> dict:
     Parameters
     ----------
     file_path : str | Path
-    compressor : AdaptiveCodebookCompressor | SpikeCompressor | None
+    compressor : SpikeCompressor (AdaptiveCodebookCompressor) | AutoencoderCompressor | None
         Needed only when the file was written without its compressor.
 
     Returns
@@ -202,7 +202,7 @@ def load_compressed(file_path, compressor=None) -> dict:
     import torch
 
     from .adaptive import AdaptiveCodebookCompressor
-    from .compressor import SpikeCompressor
+    from .autoencoder import AutoencoderCompressor
 
     file_path = Path(file_path)
     if not file_path.is_file():
@@ -210,25 +210,26 @@ def load_compressed(file_path, compressor=None) -> dict:
     with np.load(file_path, allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     meta = json.loads(arrays["meta"].tobytes().decode())
+    # files written before the codec was recorded, and those of version 0.1.0 ("SpikeCompressor"), hold the
+    # autoencoder
+    codec = meta.get("codec", "AutoencoderCompressor")
+    codec = "AutoencoderCompressor" if codec == "SpikeCompressor" else codec
     if compressor is None:
         if "compressor" not in arrays:
             raise ValueError(
                 f"{file_path.name} was written without its compressor: pass the one that wrote it, "
-                f"compressor={meta.get('codec', 'SpikeCompressor')}.load(...)"
+                f"compressor={codec}.load(...)"
             )
         state = torch.load(io.BytesIO(arrays["compressor"].tobytes()), map_location="cpu", weights_only=False)
-        # files written before the codec was recorded hold a SpikeCompressor
-        compressor = {"SpikeCompressor": SpikeCompressor, "AdaptiveCodebookCompressor": AdaptiveCodebookCompressor}[
-            meta.get("codec", "SpikeCompressor")
-        ].from_state(state)
-    codec = meta.get("codec", "SpikeCompressor")
+        compressor = {"AutoencoderCompressor": AutoencoderCompressor,
+                      "AdaptiveCodebookCompressor": AdaptiveCodebookCompressor}[codec].from_state(state)
     if type(compressor).__name__ != codec:
         raise ValueError(
             f"{file_path.name} was written by {codec}, not by {type(compressor).__name__}: pass the {codec} that "
             "wrote it"
         )
     payload = arrays["payload"].tobytes()
-    if isinstance(compressor, SpikeCompressor):
+    if isinstance(compressor, AutoencoderCompressor):
         waveforms = compressor.decompress(payload, meta["num_spikes"], meta["num_groups"])
     else:
         waveforms = compressor.decompress(payload, meta["num_spikes"])
@@ -302,7 +303,7 @@ def compress_sorting_analyzer(
         Must have its recording attached.
     file_path : str | Path
         A ``.npz`` file.
-    compressor : AdaptiveCodebookCompressor | SpikeCompressor | None
+    compressor : SpikeCompressor (AdaptiveCodebookCompressor) | AutoencoderCompressor | None
         A fitted compressor; None fits an :class:`AdaptiveCodebookCompressor` (the best measured codec, see the
         compression page) on these spikes, ``compressor_kwargs`` going to its constructor.
     num_channels, ms_before, ms_after : int, float, float, default: 4, 0.5, 1.0

@@ -96,7 +96,7 @@ def train_autoencoder(
         row = {"epoch": epoch, **{name: value / max(count, 1) for name, value in sums.items()}, "restarted": restarted}
         history.append(row)
         progress.set_postfix(reconstruction=f"{row.get('reconstruction', float('nan')):.3g}", restarted=restarted)
-        logger.debug("SpikeCompressor epoch %d: %s", epoch, row)
+        logger.debug("AutoencoderCompressor epoch %d: %s", epoch, row)
     model.eval()
     return history
 

@@ -1,4 +1,5 @@
-"""``SpikeCompressor``: the scikit-learn style front of the compressive autoencoder (fit, encode, decode, save)."""
+"""``AutoencoderCompressor``: the scikit-learn style front of the compressive autoencoder (fit, encode, decode,
+save)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ FORMAT_VERSION = 2
 LEGACY_SETTINGS = {"residual_stages": 1, "ema_decay": None, "codeword_outputs": False}
 
 
-class SpikeCompressor:
+class AutoencoderCompressor:
     """Vector-quantised compressive autoencoder for spike waveforms (Wu et al. 2018, seed 004).
 
     Each spike's channels, in spatial order, are split into consecutive groups of ``channels_per_group`` adjacent
@@ -39,10 +40,11 @@ class SpikeCompressor:
     residual_stages : int, default: 1
         Quantisers per feature map, each coding what the ones before it left (residual codes): a group costs
         ``n_features * residual_stages`` indices. More stages: a higher SNDR at more bits.
-    ema_decay : float | None, default: None
-        None: the codebook is trained by gradient with the network. A number in (0, 1) (0.99 is usual): each
-        codeword follows the moving average of the encoder outputs that chose it, with this decay per batch.
-    codeword_outputs : bool, default: False
+    ema_decay : float | None, default: 0.99
+        A number in (0, 1): each codeword follows the moving average of the encoder outputs that chose it, with
+        this decay per batch (faster to settle than by gradient: +1.7 dB at n_features=1, K=16 on dev_rec1).
+        None: the codebook is trained by gradient with the network (the seed's).
+    codeword_outputs : bool, default: True
         The decoder adds a learned waveform per (index position, codeword), set at the k-means start and at the end
         of ``fit`` to the mean spike of each codeword (the k-means centroid step): with ``n_features=1`` and one
         stage the decoder restores every codeword as exactly the mean of the training spikes it codes. Costs
@@ -90,7 +92,7 @@ class SpikeCompressor:
 
     Examples
     --------
-    >>> compressor = SpikeCompressor(epochs=5).fit(train_waveforms)  # doctest: +SKIP
+    >>> compressor = AutoencoderCompressor(epochs=5).fit(train_waveforms)  # doctest: +SKIP
     >>> codes = compressor.encode(test_waveforms)  # (num_spikes, num_groups, n_features)  # doctest: +SKIP
     >>> restored = compressor.decode(codes)  # doctest: +SKIP
     """
@@ -102,8 +104,8 @@ class SpikeCompressor:
         n_features: int = 2,
         codebook_size: int = 64,
         residual_stages: int = 1,
-        ema_decay: float | None = None,
-        codeword_outputs: bool = False,
+        ema_decay: float | None = 0.99,
+        codeword_outputs: bool = True,
         epochs: int = 16,
         warmup_epochs: int = 2,
         kmeans_refresh_every: int = 0,
@@ -166,7 +168,7 @@ class SpikeCompressor:
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise ValueError(
-                "this SpikeCompressor is not fitted yet: call fit(waveforms) or SpikeCompressor.load(path)"
+                "this AutoencoderCompressor is not fitted yet: call fit(waveforms) or AutoencoderCompressor.load(path)"
             )
 
     def _groups(self, waveforms: np.ndarray) -> np.ndarray:
@@ -188,7 +190,7 @@ class SpikeCompressor:
 
     # -- fit -----------------------------------------------------------------------------------------------------
 
-    def fit(self, waveforms, y=None) -> "SpikeCompressor":
+    def fit(self, waveforms, y=None) -> "AutoencoderCompressor":
         """Train the autoencoder and the entropy coder's tables on ``waveforms``.
 
         Parameters
@@ -406,11 +408,11 @@ class SpikeCompressor:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "SpikeCompressor":
+    def from_state(cls, state: dict) -> "AutoencoderCompressor":
         """Inverse of :meth:`state`."""
         version = state.get("format_version")
         if version not in (1, FORMAT_VERSION):
-            raise ValueError(f"unsupported SpikeCompressor format {version!r} (expected 1 or {FORMAT_VERSION})")
+            raise ValueError(f"unsupported AutoencoderCompressor format {version!r} (expected 1 or {FORMAT_VERSION})")
         params, config, weights = dict(state["params"]), dict(state["config"]), dict(state["state_dict"])
         if version == 1:  # one quantiser stage, stored as "quantiser.<name>"
             params, config = {**LEGACY_SETTINGS, **params}, {**LEGACY_SETTINGS, **config}
@@ -436,11 +438,11 @@ class SpikeCompressor:
         return file_path
 
     @classmethod
-    def load(cls, file_path) -> "SpikeCompressor":
+    def load(cls, file_path) -> "AutoencoderCompressor":
         """Read a compressor written by :meth:`save`."""
         import torch
 
         file_path = Path(file_path)
         if not file_path.is_file():
-            raise ValueError(f"no SpikeCompressor file at {file_path}")
+            raise ValueError(f"no AutoencoderCompressor file at {file_path}")
         return cls.from_state(torch.load(file_path, map_location="cpu", weights_only=False))
