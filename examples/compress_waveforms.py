@@ -6,8 +6,9 @@ High-channel-count implants must cut their bandwidth before transmitting. This e
 
 1. generates two small ground-truth recordings with different neurons (two sessions);
 2. cuts every spike on the 4 channels around its unit (spatial order);
-3. fits an :class:`~spikeinterface_elvisort.compression.AdaptiveCodebookCompressor` on the first session and
-   compresses the second, whose neurons it learns from the stream, next to k-means and PCA fitted the same way;
+3. fits the package's codec, :class:`~spikeinterface_elvisort.compression.SpikeCompressor` (an adaptive codebook,
+   :class:`~spikeinterface_elvisort.compression.AdaptiveCodebookCompressor`), on the first session and compresses
+   the second, whose neurons it learns from the stream, next to k-means and PCA fitted the same way;
 4. trains the vector-quantised autoencoder of seed 004
    (:class:`~spikeinterface_elvisort.compression.AutoencoderCompressor`), a documented option;
 5. compresses every spike of a ``SortingAnalyzer`` into one file and restores it.
@@ -27,10 +28,10 @@ import spikeinterface.full as si
 import torch
 
 from spikeinterface_elvisort.compression import (
-    AdaptiveCodebookCompressor,
+    AutoencoderCompressor,
     KMeansCompressor,
     PCACompressor,
-    AutoencoderCompressor,
+    SpikeCompressor,
     compress_sorting_analyzer,
     compression_ratio,
     extract_spike_waveforms,
@@ -62,7 +63,7 @@ print(f"second session: {len(other)} spikes, the recorded ones {sndr(truth, othe
 # from its stream (spikes in time order). k-means and PCA (coefficients quantised and entropy-coded) are fitted on
 # the same spikes. Fidelity: the mean SNDR against the true spikes; ratio: 16-bit samples over the bytes written.
 
-adaptive = AdaptiveCodebookCompressor().fit(waveforms)
+adaptive = SpikeCompressor().fit(waveforms)
 data = adaptive.compress(other)
 codecs = {"adaptive codebook": (adaptive.decompress(data, len(other)), len(data))}
 kmeans = KMeansCompressor((16,)).fit(waveforms)
@@ -77,13 +78,14 @@ for name, (restored_other, num_bytes) in codecs.items():
 # %%
 # The autoencoder
 # ---------------
-# Two codeword indices per spike from a codebook of 64. ``width`` and ``epochs`` are reduced from the defaults so
-# that the example is quick; the defaults are what the benchmark measures.
+# Two codeword indices per spike from a codebook of 64 (the codebook follows moving averages of the encoder outputs,
+# and the decoder restores each codeword as the mean of its training spikes). ``width`` and ``epochs`` are reduced
+# from the defaults so that the example is quick; the defaults are what the benchmark measures.
 
 compressor = AutoencoderCompressor(
     n_features=2, codebook_size=64, width=64, epochs=8, warmup_epochs=2, decoder_epochs=5, device="auto", random_state=0
 ).fit(train)
-codes = compressor.encode(test)  # (num_spikes, num_groups, n_features) int64
+codes = compressor.encode(test)  # (num_spikes, num_groups, codes_per_group) int64
 restored = compressor.decode(codes)
 bits = compressor.bits_per_group(codes)
 print(
