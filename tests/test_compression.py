@@ -19,6 +19,7 @@ from spikeinterface_elvisort.compression import (  # noqa: E402
     AutoencoderCompressor,
     StaticEntropyCoder,
     VectorQuantiser,
+    cluster_spikes,
     code_entropy,
     compress_sorting_analyzer,
     compression_ratio,
@@ -491,3 +492,17 @@ def test_spike_compressor_is_the_default_codec_and_autoencoder_files_load(spikes
     np.testing.assert_allclose(restored["waveforms"], fitted.reconstruct(waveforms), atol=1e-6)
     with pytest.raises(ValueError, match="AutoencoderCompressor.load"):
         Default.load(fitted.save(tmp_path / "autoencoder.pt"))
+
+
+def test_clustering_point_masses_asks_for_no_more_clusters_than_values(spikes):
+    """Restored spikes that take 2 distinct values, clustered with k = 3: two clusters, no warning."""
+    import warnings
+
+    waveforms, labels, _ = spikes
+    two = np.where((labels[:, None, None] == 0), waveforms[labels == 0].mean(0), waveforms[labels != 0].mean(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clusters = cluster_spikes(two.astype(np.float32), "pca_kmeans", n_clusters=3)
+    assert len(np.unique(clusters)) == 2
+    expected = (np.sum(labels == 0) + np.bincount(labels)[1:].max()) / len(labels)
+    assert matched_accuracy(labels, clusters) == pytest.approx(expected)

@@ -57,6 +57,8 @@ def cluster_spikes(
         if n_clusters is None:
             raise ValueError("method='pca_kmeans' needs n_clusters (the seed gives k-means the number of units)")
         features = PCA(n_components=n_components, random_state=seed).fit_transform(flat)
+        # restored spikes may take fewer distinct values than n_clusters (a codebook's): no more clusters than those
+        n_clusters = min(n_clusters, len(np.unique(np.round(features, 6), axis=0)))
         return KMeans(n_clusters, n_init=n_init, random_state=seed).fit_predict(features).astype(np.int64)
     if method == "gmm_bic":
         from ..clustering import gmm_bic
