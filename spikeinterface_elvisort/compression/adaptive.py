@@ -48,7 +48,7 @@ class AdaptiveCodebookCompressor:
         A spike is sent as a codeword index when that codeword restores it at this SNDR (dB, against the spike
         itself) or better, or when what the codeword leaves is no more than noise (``match_noise``); the same rule
         groups spikes into clusters on the implant. Lower it for a higher ratio at more merged neurons (4 dB: about
-        1.3-1.9x the ratio on the dev recordings, and a sorting accuracy after the round trip up to 0.14 lower).
+        1.25-2.15x the ratio on the dev recordings, and a sorting accuracy after the round trip up to 0.14 lower).
     match_noise : float, default: 1.5
         What a codeword may leave of a spike, in units of the noise energy of a spike (the noise level squared,
         times samples and channels): small spikes match their unit's codeword by this rule. 0: the SNDR rule alone.
