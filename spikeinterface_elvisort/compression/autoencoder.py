@@ -25,8 +25,8 @@ class AutoencoderCompressor:
     """Vector-quantised compressive autoencoder for spike waveforms (Wu et al. 2018, seed 004).
 
     Each spike's channels, in spatial order, are split into consecutive groups of ``channels_per_group`` adjacent
-    channels; every group goes through the same network and becomes ``n_features`` codeword indices, which an
-    entropy coder (probability tables learned at ``fit``) turns into bytes.
+    channels; every group goes through the same network and becomes ``n_features * residual_stages`` codeword
+    indices, which an entropy coder (probability tables learned at ``fit``) turns into bytes.
 
     Parameters
     ----------
@@ -42,7 +42,7 @@ class AutoencoderCompressor:
         ``n_features * residual_stages`` indices. More stages: a higher SNDR at more bits.
     ema_decay : float | None, default: 0.99
         A number in (0, 1): each codeword follows the moving average of the encoder outputs that chose it, with
-        this decay per batch (faster to settle than by gradient: +1.7 dB at n_features=1, K=16 on dev_rec1).
+        this decay per batch (faster to settle than by gradient: +1.7 dB at n_features=1, K=16 on dev_rec1, half).
         None: the codebook is trained by gradient with the network (the seed's).
     codeword_outputs : bool, default: True
         The decoder adds a learned waveform per (index position, codeword), set at the k-means start and at the end
@@ -65,7 +65,7 @@ class AutoencoderCompressor:
     learning_rate : float, default: 1e-3
         Adam's learning rate (the seed's).
     commitment_weight : float, default: 0.25
-        Weight of the commitment term (VQ-VAE's beta); the codebook term weighs 1.
+        Weight of the commitment term (VQ-VAE's beta); the codebook term (``ema_decay=None`` only) weighs 1.
     width : int, default: 256
         Features after the encoder's 1x1 expansion (the seed's 256).
     decoder_width : int, default: 64
@@ -93,7 +93,7 @@ class AutoencoderCompressor:
     Examples
     --------
     >>> compressor = AutoencoderCompressor(epochs=5).fit(train_waveforms)  # doctest: +SKIP
-    >>> codes = compressor.encode(test_waveforms)  # (num_spikes, num_groups, n_features)  # doctest: +SKIP
+    >>> codes = compressor.encode(test_waveforms)  # (num_spikes, num_groups, codes_per_group)  # doctest: +SKIP
     >>> restored = compressor.decode(codes)  # doctest: +SKIP
     """
 

@@ -34,8 +34,8 @@ class CompressorConfig:
     decoder_width: int = 64  # features in the decoder's residual blocks (seed: 256)
     reconstruction_loss: str = "mse"  # "relative": |x - x_hat|^2 / |x|^2 per spike; "mse": the seed's MSE
     residual_stages: int = 1  # quantisers per feature map, each coding what the ones before left
-    ema_decay: float | None = None  # None: codebook trained by gradient; else its moving-average decay per batch
-    codeword_outputs: bool = False  # the decoder adds a learned waveform per (index position, codeword)
+    ema_decay: float | None = 0.99  # None: codebook trained by gradient; else its moving-average decay per batch
+    codeword_outputs: bool = True  # the decoder adds a learned waveform per (index position, codeword)
 
     @property
     def codes_per_input(self) -> int:
@@ -195,7 +195,8 @@ class CompressiveAutoencoder(nn.Module):
         return self.codeword_outputs[positions[None, :], indices].sum(dim=1)
 
     def forward(self, spikes: Tensor, quantise: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
-        """Reconstruction and the unweighted loss terms ``{"reconstruction", "codebook", "commitment"}``.
+        """Reconstruction and the unweighted loss terms ``{"reconstruction", "codebook", "commitment"}`` (no
+        "codebook" term with an EMA codebook).
 
         ``quantise=False`` skips the quantiser (a plain autoencoder: the warm-up epochs of
         :meth:`AutoencoderCompressor.fit`) and reports the reconstruction term only.
