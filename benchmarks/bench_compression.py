@@ -26,6 +26,9 @@ Examples
 --------
 python benchmarks/bench_compression.py --recordings all --vq 2:64 1:16 1:64  # both protocols, all dev recordings
 python benchmarks/bench_compression.py --protocols half --vq 2:64 1:64  # other autoencoder settings
+python benchmarks/bench_compression.py --folder /tmp/mearec_recordings/validation \
+    --recordings val_rec5_static_15c_noise10 val_rec6_drift_10c_noise15 \
+    --cross-fit /tmp/mearec_recordings/dev/dev_rec3_static_20c_noise10.h5  # benchmarks/make_validation_recordings.py
 """
 
 from __future__ import annotations
@@ -281,13 +284,16 @@ def plot(rows, title, file_path):
 def sort_envelopes(rows, units):
     """Waveform clustering accuracy (PCA + k-means with the true number of units, as ``sorting_change``) of the
     recorded spikes and, after the round trip, of every point on each family's envelope (SNDR against the twin):
-    the ``pca_kmeans_after`` of those rows."""
+    the ``pca_kmeans_after`` of those rows. The recorded row also gets ``pca_kmeans_twin``, the accuracy on the
+    noise-free spikes: what the clusterer reaches without any noise."""
     from spikeinterface_elvisort.compression import cluster_spikes, matched_accuracy
 
     num_units = int(np.unique(units).size)
     recorded = next(r for r in rows if r["family"] == "input")
     labels = cluster_spikes(recorded["restored"], "pca_kmeans", num_units)
     recorded["pca_kmeans_after"] = matched_accuracy(units, labels)
+    labels = cluster_spikes(recorded["test"].twin, "pca_kmeans", num_units)
+    recorded["pca_kmeans_twin"] = matched_accuracy(units, labels)
     for family in {r["family"] for r in rows} - {"input"}:
         group = [r for r in rows if r["family"] == family and r["ratio"]]
         points = envelope([(r["ratio"], r["sndr_twin_db"]) for r in group])
@@ -298,7 +304,8 @@ def sort_envelopes(rows, units):
 
 
 def summarise(rows, name, protocol, units):
-    """Per candidate (each family's first setting): the targets, and the sorting accuracy after the round trip."""
+    """Per candidate (each family's first setting): the targets, and the sorting accuracy after the round trip
+    (with ``pca_kmeans_twin`` when :func:`sort_envelopes` has scored the rows)."""
     from spikeinterface_elvisort.compression import sorting_change
 
     recorded = next(r for r in rows if r["family"] == "input")
@@ -324,6 +331,7 @@ def summarise(rows, name, protocol, units):
                 "gain": row["ratio"] / best["ratio"] if best else None,
                 "closer_than_recorded": row["sndr_twin_db"] >= recorded["sndr_twin_db"],
                 "pca_kmeans_before": change["pca_kmeans"]["before"],
+                "pca_kmeans_twin": recorded.get("pca_kmeans_twin"),
                 "pca_kmeans_after": change["pca_kmeans"]["after"],
                 "gmm_bic_before": change["gmm_bic"]["before"],
                 "gmm_bic_after": change["gmm_bic"]["after"],
@@ -336,6 +344,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recordings", nargs="+", default=DEFAULT_RECORDINGS, help="names in --folder, or 'all'")
     parser.add_argument("--folder", type=Path, default=MEAREC_FOLDER)
+    parser.add_argument(
+        "--cross-fit", default=None,
+        help="what the cross protocol fits on: a recording name in --folder or the path of a MEArec .h5 (with its "
+        "_noisefree twin beside it); default: CROSS's pairs of the dev recordings",
+    )
     parser.add_argument("--protocols", nargs="+", default=["half", "cross"], choices=["half", "cross"])
     parser.add_argument("--vq", nargs="*", default=["2:64", "1:16"],
                         help="autoencoder settings n_features:codebook_size[,name=value...] (AutoencoderCompressor "
@@ -362,15 +375,26 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     names = list(CROSS) if args.recordings == ["all"] else args.recordings
-    missing = [n for n in names + [CROSS.get(n, n) for n in names] if not (args.folder / f"{n}.h5").is_file()]
+
+    def locate(name):  # (folder, name) of a name in --folder or of a path to an .h5
+        return (Path(name).parent, Path(name).stem) if name.endswith(".h5") else (args.folder, name)
+
+    def cross_fit(name):
+        return args.cross_fit or CROSS.get(name)
+
+    if "cross" in args.protocols and any(cross_fit(n) is None for n in names):
+        sys.exit(f"no cross-protocol pair for {[n for n in names if cross_fit(n) is None]}: pass --cross-fit")
+    needed = names + [cross_fit(n) for n in names if "cross" in args.protocols]
+    missing = [n for n in needed if not (locate(n)[0] / f"{locate(n)[1]}.h5").is_file()]
     if missing:
-        sys.exit(f"recordings {missing} not found in {args.folder}; run ../shared/data/mearec/make_recordings.py")
+        sys.exit(f"recordings {missing} not found (--folder {args.folder}); run "
+                 "../shared/data/mearec/make_recordings.py or benchmarks/make_validation_recordings.py")
     window = (args.num_channels, args.ms_before, args.ms_after)
     cache = {}
 
     def spikes(name):
         if name not in cache:
-            noisy, twin, units = load_spikes(args.folder, name, *window)
+            noisy, twin, units = load_spikes(*locate(name), *window)
             order = np.random.default_rng(args.seed).permutation(len(noisy))
             cache[name] = noisy, twin, units, np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
         return cache[name]
@@ -381,17 +405,17 @@ def main(argv=None):
         test = Test(noisy[test_index], twin[test_index], unit_means(noisy, units)[test_index], units[test_index])
         recording_rows = []
         for protocol in args.protocols:
-            fit_name = name if protocol == "half" else CROSS[name]
+            fit_name = name if protocol == "half" else cross_fit(name)
             fit = spikes(fit_name)[0][spikes(fit_name)[3]]
-            print(f"# {name}, {protocol}: fitted on {len(fit)} spikes of {fit_name}", flush=True)
+            print(f"# {name}, {protocol}: fitted on {len(fit)} spikes of {locate(fit_name)[1]}", flush=True)
             rows = [test.row("input", "recorded spike, uncompressed", test.noisy, test=test)]
             rows += baseline_rows(fit, test)
             rows += adaptive_rows(fit, test, args.adaptive)
             rows += autoencoder_rows(fit, test, args.vq, args.epochs, args.seed, args.verbose)
-            summaries += summarise(rows, name, protocol, test.units)
             sort_envelopes(rows, test.units)
+            summaries += summarise(rows, name, protocol, test.units)
             for row in rows:
-                row.update(recording=name, protocol=protocol, fitted_on=fit_name)
+                row.update(recording=name, protocol=protocol, fitted_on=locate(fit_name)[1])
                 del row["restored"]  # hundreds of restored test halves: keep the scores only
             recording_rows += rows
         plot(recording_rows, f"{name}: test half, {len(test.noisy)} spikes, {noisy.shape[2]} channels x "
