@@ -7,8 +7,8 @@ recorded one). Two protocols:
 
 * ``half``: the spikes are split at random (--seed) into halves; every compressor is fitted on one half and
   measured on the other (the same neurons in both);
-* ``cross``: every compressor is fitted on the first half of another recording (``CROSS``: other neurons) and
-  measured on the same test half.
+* ``cross``: every compressor is fitted on the first half of another recording (``CROSS``, or ``--cross-fit``:
+  other neurons) and measured on the same test half.
 
 Measured per compressor and setting, on the test half (in time order):
 
